@@ -1,0 +1,271 @@
+"""Samplers: plain functions that own their loop, for any tensor shape.
+
+Every sampler takes a denoiser (anything called as `denoiser(x_t, t, cond) -> Prediction` with a
+`.schedule`), the starting noise x_T and a step count, and returns x_0. State such as the solver
+history lives in local variables; randomness comes only from the `generator` argument.
+Hooks (`SamplerHook`) let guidance and inpainting act between steps of every sampler.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .utils import append_dims, randn
+
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+class SamplerHook:
+    """Acts on the state between sampler steps; x is always in variance-preserving form x_t."""
+
+    def start(self, x, t, generator):
+        """Called once on x_T before the first step."""
+        return x
+
+    def before_step(self, x, t, cond):
+        """Called before the denoiser is evaluated at (x, t)."""
+        return x
+
+    def after_step(self, x, t_next, generator):
+        """Called on the new state x_{t_next}; t_next < 0 means the final, clean sample."""
+        return x
+
+
+def _hooks(hooks, name, x, *args):
+    for h in hooks:
+        x = getattr(h, name)(x, *args)
+    return x
+
+
+def timesteps_for(T: int, steps: int, spacing: str = "leading") -> torch.Tensor:
+    """Descending integer timesteps for a `steps`-step sampler (DDIM/diffusers spacing conventions).
+
+    leading: (0, k, 2k, ...) with k = T // steps (Song et al. 2021); trailing: ending at T-1
+    (Lin et al. 2024, Table 2); linspace: rounded linspace(0, T-1, steps).
+    """
+    if not 1 <= steps <= T:
+        raise ValueError(f"timesteps_for: steps must be in [1, T={T}], got {steps}")
+    if spacing == "leading":
+        ts = np.arange(steps) * (T // steps)
+    elif spacing == "trailing":
+        ts = np.round(np.arange(T, 0, -T / steps)).astype(np.int64)[::-1] - 1
+    elif spacing == "linspace":
+        ts = np.linspace(0, T - 1, steps).round().astype(np.int64)
+    else:
+        raise ValueError(f"timesteps_for: unknown spacing {spacing!r}; valid: {SPACINGS}")
+    return torch.as_tensor(np.ascontiguousarray(ts[::-1]), dtype=torch.float64)
+
+
+def _grid(schedule, timesteps, alpha_bars=None):
+    """(t_i, alpha_bar_i) for the given timesteps, followed by the clean end point (-1, 1)."""
+    ts = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
+    ab = schedule.alpha_bar_at(ts) if alpha_bars is None else torch.as_tensor(alpha_bars, dtype=torch.float64)
+    return torch.cat([ts, ts.new_tensor([-1.0])]), torch.cat([ab, ab.new_ones(1)])
+
+
+def _call(denoiser, x, t, cond):
+    return denoiser(x, torch.full((x.shape[0],), float(t), device=x.device), cond)
+
+
+def _scalar(v, x):
+    return torch.as_tensor(float(v), dtype=x.dtype, device=x.device)
+
+
+def ddpm_step(pred, x, ab_t, ab_prev, variance, generator, last):
+    """One ancestral step x_t -> x_{t-1} (Ho et al. 2020, Alg. 2; respaced as Nichol & Dhariwal 2021, Sec. 4)."""
+    beta = 1 - ab_t / ab_prev
+    c1 = math.sqrt(ab_prev) * beta / (1 - ab_t)
+    c2 = math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab_t)
+    mean = c1 * pred.x0 + c2 * x
+    if last:
+        return mean
+    beta_tilde = beta * (1 - ab_prev) / (1 - ab_t)
+    if variance == "beta":
+        log_var = _scalar(math.log(beta), x)
+    elif variance == "beta_tilde":
+        log_var = _scalar(math.log(beta_tilde), x)
+    elif variance == "learned":
+        if pred.v_var is None:
+            raise ValueError("ddpm(variance='learned') needs a denoiser with learned_variance=True")
+        frac = (pred.v_var + 1) / 2  # IDDPM eq. 15
+        log_var = frac * math.log(beta) + (1 - frac) * math.log(beta_tilde)
+    else:
+        raise ValueError(f"ddpm: unknown variance {variance!r}; valid: beta, beta_tilde, learned")
+    return mean + (0.5 * log_var).exp() * randn(x.shape, generator, x.device, x.dtype)
+
+
+def ddpm(denoiser, x, steps: int | None = None, *, cond=None, generator=None, hooks: Sequence = (),
+         variance: str = "beta_tilde", spacing: str = "linspace", timesteps=None, alpha_bars=None,
+         progress: bool = False):
+    """DDPM ancestral sampling over all T steps or a respaced subset (Ho et al. 2020, Algorithm 2)."""
+    T = denoiser.schedule.T
+    if timesteps is None:
+        timesteps = timesteps_for(T, steps or T, spacing)
+    ts, abs_ = _grid(denoiser.schedule, timesteps, alpha_bars)
+    x = _hooks(hooks, "start", x, ts[0], generator)
+    for i in tqdm(range(len(ts) - 1), disable=not progress, desc="ddpm"):
+        x = _hooks(hooks, "before_step", x, ts[i], cond)
+        pred = _call(denoiser, x, ts[i], cond)
+        x = ddpm_step(pred, x, float(abs_[i]), float(abs_[i + 1]), variance, generator, last=i == len(ts) - 2)
+        x = _hooks(hooks, "after_step", x, ts[i + 1], generator)
+    return x
+
+
+def ddim_step(pred, x, ab_t, ab_prev, eta, generator):
+    """One DDIM step x_t -> x_{t_prev} (Song et al. 2021, eq. 12 with sigma from eq. 16)."""
+    sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))
+    x_prev = math.sqrt(ab_prev) * pred.x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * pred.eps
+    if sigma > 0:
+        x_prev = x_prev + sigma * randn(x.shape, generator, x.device, x.dtype)
+    return x_prev
+
+
+def ddim(denoiser, x, steps: int = 50, *, cond=None, generator=None, hooks: Sequence = (), eta: float = 0.0,
+         spacing: str = "leading", timesteps=None, alpha_bars=None, progress: bool = False):
+    """DDIM sampling with eta in [0, 1] on any subset of steps (Song et al. 2021, Sec. 4.2)."""
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"ddim: eta must be in [0, 1], got {eta}")
+    if timesteps is None:
+        timesteps = timesteps_for(denoiser.schedule.T, steps, spacing)
+    ts, abs_ = _grid(denoiser.schedule, timesteps, alpha_bars)
+    x = _hooks(hooks, "start", x, ts[0], generator)
+    for i in tqdm(range(len(ts) - 1), disable=not progress, desc="ddim"):
+        x = _hooks(hooks, "before_step", x, ts[i], cond)
+        pred = _call(denoiser, x, ts[i], cond)
+        x = ddim_step(pred, x, float(abs_[i]), float(abs_[i + 1]), eta, generator)
+        x = _hooks(hooks, "after_step", x, ts[i + 1], generator)
+    return x
+
+
+def dpmpp_2m(denoiser, x, steps: int = 20, *, cond=None, generator=None, hooks: Sequence = (),
+             spacing: str = "linspace", timesteps=None, alpha_bars=None, lower_order_final: bool = True,
+             progress: bool = False):
+    """DPM-Solver++(2M), data prediction, multistep (Lu et al. 2022b, Algorithm 2)."""
+    if timesteps is None:
+        timesteps = timesteps_for(denoiser.schedule.T, steps, spacing)
+    ts, abs_ = _grid(denoiser.schedule, timesteps, alpha_bars)
+    alpha, sigma = abs_.sqrt(), (1 - abs_).sqrt()
+    lam = alpha.log() - sigma.log()  # lambda_t = log(alpha_t / sigma_t); +inf at the clean end
+    x = _hooks(hooks, "start", x, ts[0], generator)
+    x0_prev, h_prev = None, None
+    n = len(ts) - 1
+    for i in tqdm(range(n), disable=not progress, desc="dpm++2m"):
+        x = _hooks(hooks, "before_step", x, ts[i], cond)
+        x0 = _call(denoiser, x, ts[i], cond).x0
+        if i == n - 1:  # the clean end point: lambda = inf, the update is exactly x0 (first order)
+            x = x0 if abs_[i + 1] >= 1 else _dpm_first(x, x0, alpha, sigma, lam, i)
+        else:
+            h = float(lam[i + 1] - lam[i])
+            use_second = x0_prev is not None and not (lower_order_final and n < 15 and i == n - 2)
+            D = x0
+            if use_second:
+                r = h_prev / h
+                D = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+            x = float(sigma[i + 1] / sigma[i]) * x - float(alpha[i + 1] * math.expm1(-h)) * D
+            h_prev = h
+        x0_prev = x0
+        x = _hooks(hooks, "after_step", x, ts[i + 1], generator)
+    return x
+
+
+def _dpm_first(x, x0, alpha, sigma, lam, i):
+    h = float(lam[i + 1] - lam[i])
+    return float(sigma[i + 1] / sigma[i]) * x - float(alpha[i + 1] * math.expm1(-h)) * x0
+
+
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022) eq. 5: sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho, then 0."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    inv_min, inv_max = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sig = (inv_max + ramp * (inv_min - inv_max)) ** rho
+    return torch.cat([sig, sig.new_zeros(1)])
+
+
+def _karras_grid(schedule, steps, sigma_min, sigma_max, rho):
+    smin = float(schedule.sigma[0]) if sigma_min is None else sigma_min
+    finite = schedule.sigma[torch.isfinite(schedule.sigma)]
+    smax = float(finite[-1]) if sigma_max is None else sigma_max
+    return karras_sigmas(steps, smin, smax, rho)
+
+
+def _denoise_ve(denoiser, x_ve, sigma, cond, hooks):
+    """Evaluate a VP-trained denoiser at VE state x = x_t / sqrt(alpha_bar) (Karras et al. 2022, Table 1)."""
+    t = denoiser.schedule.sigma_to_t(torch.tensor(sigma, dtype=torch.float64))
+    scale = 1 / math.sqrt(1 + sigma**2)  # sqrt(alpha_bar)
+    x_vp = _hooks(hooks, "before_step", x_ve * scale, t, cond)
+    return _call(denoiser, x_vp, t, cond).x0, x_vp / scale
+
+
+def _ve_hooks_after(denoiser, hooks, x_ve, sigma_next, generator):
+    if not hooks:
+        return x_ve
+    t_next = denoiser.schedule.sigma_to_t(torch.tensor(sigma_next)) if sigma_next > 0 else torch.tensor(-1.0)
+    scale = 1 / math.sqrt(1 + sigma_next**2)
+    return _hooks(hooks, "after_step", x_ve * scale, t_next, generator) / scale
+
+
+def _karras_start(denoiser, x, sigmas, hooks, generator):
+    s0 = float(sigmas[0])
+    x = _hooks(hooks, "start", x, denoiser.schedule.sigma_to_t(torch.tensor(s0)), generator)
+    return x * math.sqrt(1 + s0**2)  # x_T ~ N(0, I) in VP form is N(0, (1 + sigma^2) I) in VE form
+
+
+def euler(denoiser, x, steps: int = 50, *, cond=None, generator=None, hooks: Sequence = (),
+          sigma_min=None, sigma_max=None, rho: float = 7.0, progress: bool = False):
+    """Euler's method on the probability-flow ODE over Karras sigmas (Karras et al. 2022, Alg. 1 without 2nd order)."""
+    sigmas = _karras_grid(denoiser.schedule, steps, sigma_min, sigma_max, rho)
+    x = _karras_start(denoiser, x, sigmas, hooks, generator)
+    for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="euler"):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        x0, x = _denoise_ve(denoiser, x, s, cond, hooks)
+        x = x + (s_next - s) * (x - x0) / s
+        x = _ve_hooks_after(denoiser, hooks, x, s_next, generator)
+    return x
+
+
+def heun(denoiser, x, steps: int = 50, *, cond=None, generator=None, hooks: Sequence = (),
+         sigma_min=None, sigma_max=None, rho: float = 7.0, progress: bool = False):
+    """Heun's 2nd-order method over Karras sigmas (Karras et al. 2022, Algorithm 1); 2*steps - 1 NFE."""
+    sigmas = _karras_grid(denoiser.schedule, steps, sigma_min, sigma_max, rho)
+    x = _karras_start(denoiser, x, sigmas, hooks, generator)
+    for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="heun"):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        x0, x = _denoise_ve(denoiser, x, s, cond, hooks)
+        d = (x - x0) / s
+        x_next = x + (s_next - s) * d
+        if s_next > 0:
+            x0_2, _ = _denoise_ve(denoiser, x_next, s_next, cond, ())
+            d2 = (x_next - x0_2) / s_next
+            x_next = x + (s_next - s) * (d + d2) / 2
+        x = _ve_hooks_after(denoiser, hooks, x_next, s_next, generator)
+    return x
+
+
+SAMPLERS: dict[str, Callable] = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "euler": euler, "heun": heun}
+
+
+def nfe(sampler: str, steps: int) -> int:
+    """Network evaluations a sampler spends for `steps` steps."""
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def get_sampler(name: str) -> Callable:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; valid: {sorted(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+@torch.no_grad()
+def sample(denoiser, shape, sampler: str = "ddim", steps: int | None = 50, *, generator=None, cond=None,
+           hooks: Sequence = (), device=None, x_T=None, progress: bool = False, **options):
+    """Draw samples of `shape` with a named sampler; x_T ~ N(0, I) from `generator` unless given."""
+    fn = get_sampler(sampler)
+    if x_T is None:
+        x_T = randn(tuple(shape), generator, device)
+    needs_grad = any(getattr(h, "needs_grad", False) for h in hooks) or getattr(denoiser, "needs_grad", False)
+    with torch.set_grad_enabled(needs_grad):
+        return fn(denoiser, x_T, steps, cond=cond, generator=generator, hooks=hooks, progress=progress, **options)

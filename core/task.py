@@ -1,0 +1,54 @@
+"""What a modality supplies to the generic train / sample pipeline: a network, a dataset, a sample shape.
+
+A modality subclasses `Task`, sets `name`, `ModelConfig` and `DataConfig` (dataclasses whose fields map
+1:1 to constructor arguments) and implements the methods below. Everything else (schedule,
+parameterization, loss, sampler, guidance, trainer, checkpoints, CLI) comes from the core.
+
+Dataset items are either a tensor x0 of the sample shape, or a dict {"x0": tensor, "cond": tensor}.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class NoConfig:
+    """An empty config section."""
+
+
+class Task:
+    name: str = "task"
+    ModelConfig: type = NoConfig
+    DataConfig: type = NoConfig
+    #: value of the condition meaning "unconditional", for classifier-free guidance (None: no CFG)
+    null_cond: Any = None
+
+    def build_net(self, model: Any, diffusion: Any) -> nn.Module:
+        """The raw network net(x_t, t, cond) -> output (or (output, v_var) with learned variance)."""
+        raise NotImplementedError
+
+    def build_dataset(self, data: Any, split: str = "train") -> torch.utils.data.Dataset:
+        """A map-style dataset of x0 tensors or {"x0", "cond"} dicts; split is 'train', 'val' or 'test'."""
+        raise NotImplementedError
+
+    def sample_shape(self, model: Any, data: Any) -> tuple:
+        """Shape of one sample, without the batch dimension."""
+        raise NotImplementedError
+
+    def sample_cond(self, n: int, cfg: Any, generator: Optional[torch.Generator] = None):
+        """Conditions for n samples in `diffsuite sample` (None for unconditional)."""
+        return None
+
+    def save_samples(self, x: torch.Tensor, cond, out_dir: Path, cfg: Any) -> dict:
+        """Write what people look at (pictures, sounds, MIDI) under out_dir; return {name: path}."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        from safetensors.torch import save_file
+        p = out_dir / "samples.safetensors"
+        save_file({"x": x.detach().cpu().contiguous()}, str(p))
+        return {"samples": str(p)}

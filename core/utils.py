@@ -1,0 +1,86 @@
+"""Small shared helpers: broadcasting per-sample scalars, atomic file writes, hashing."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def append_dims(a: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Append trailing singleton dims so a per-sample tensor (B,) broadcasts against (B, ...)."""
+    if a.ndim > ndim:
+        raise ValueError(f"append_dims: tensor has {a.ndim} dims, more than the target {ndim}")
+    return a.reshape(*a.shape, *([1] * (ndim - a.ndim)))
+
+
+def mean_flat(x: torch.Tensor) -> torch.Tensor:
+    """Mean over every dimension except the batch dimension, giving one value per sample."""
+    return x.reshape(x.shape[0], -1).mean(dim=1)
+
+
+def sum_flat(x: torch.Tensor) -> torch.Tensor:
+    """Sum over every dimension except the batch dimension."""
+    return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+def randn(shape, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise drawn from `generator` (on its device), then moved to `device`."""
+    gen_device = generator.device if generator is not None else device
+    x = torch.randn(shape, generator=generator, device=gen_device, dtype=dtype)
+    return x.to(device) if device is not None else x
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically: a temporary file in the same folder, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` as indented JSON, atomically."""
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode())
+
+
+def _json_default(o):
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Content hash of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_dir(*parts: str) -> Path:
+    """The built-in dataset cache: $DIFFSUITE_CACHE or ~/.cache/diffsuite, with sub-folders."""
+    root = Path(os.environ.get("DIFFSUITE_CACHE", Path.home() / ".cache" / "diffsuite"))
+    p = root.joinpath(*parts)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
