@@ -71,9 +71,15 @@ class Denoiser(nn.Module):
             raise ValueError("Denoiser: the network returned a tuple but learned_variance=False")
         if raw.shape != x_t.shape:
             raise ValueError(f"Denoiser: network output shape {tuple(raw.shape)} != input shape {tuple(x_t.shape)}")
-        ab = self.schedule.alpha_bar_at(t.double()).to(x_t.dtype)
+        ab = self._alpha_bar(t, x_t)
         x0, eps = output_to_x0_eps(self.prediction, x_t, raw, ab)
         if self.x0_transform is not None:
             x0 = self.x0_transform(x0)
             eps = x0_to_eps(x_t, x0, ab)
         return Prediction(x0=x0, eps=eps, out=raw, v_var=v_var)
+
+    def _alpha_bar(self, t, x_t):
+        """alpha_bar per sample, or one Python float when every sample shares t on the CPU (the sampler case)."""
+        if t.device.type == "cpu" and t.numel() > 0 and bool((t == t[0]).all()):
+            return self.schedule.alpha_bar_scalar(float(t[0]))
+        return self.schedule.alpha_bar_at(t.double()).to(x_t.dtype)

@@ -6,6 +6,8 @@ v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 (Salimans & Ho 2022, Sec. 4).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .utils import append_dims
@@ -14,6 +16,8 @@ PREDICTIONS = ("eps", "x0", "v")
 
 
 def _coefs(alpha_bar, x):
+    if isinstance(alpha_bar, float):  # one noise level for the whole batch
+        return math.sqrt(alpha_bar), math.sqrt(1 - alpha_bar)
     ab = append_dims(torch.as_tensor(alpha_bar, dtype=x.dtype, device=x.device).expand(x.shape[0]), x.ndim)
     return ab.sqrt(), (1 - ab).sqrt()
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .utils import append_dims, randn
 
-SPACINGS = ("leading", "trailing", "linspace")
+SPACINGS = ("leading", "trailing", "linspace", "logsnr")
 
 
 class SamplerHook:
@@ -60,6 +60,24 @@ def timesteps_for(T: int, steps: int, spacing: str = "leading") -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(ts[::-1]), dtype=torch.float64)
 
 
+def logsnr_timesteps(schedule, steps: int) -> torch.Tensor:
+    """Fractional timesteps uniform in lambda = log(alpha / sigma) from t = T-1 to t = 0 (Lu et al. 2022, Sec. 3.3)."""
+    if steps == 1:
+        return torch.tensor([schedule.T - 1.0], dtype=torch.float64)
+    lam = -schedule.log_sigma_table  # lambda_t = -log(sigma_VE)
+    lam_min = float(lam[-1]) if torch.isfinite(lam[-1]) else float(lam[-2])
+    lams = torch.linspace(lam_min, float(lam[0]), steps, dtype=torch.float64)
+    ts = schedule.sigma_to_t(torch.exp(-lams))
+    ts[0], ts[-1] = schedule.T - 1, 0.0
+    return ts
+
+
+def _timesteps(schedule, steps: int, spacing: str) -> torch.Tensor:
+    if spacing == "logsnr":
+        return logsnr_timesteps(schedule, steps)
+    return timesteps_for(schedule.T, steps, spacing)
+
+
 def _grid(schedule, timesteps, alpha_bars=None):
     """(t_i, alpha_bar_i) for the given timesteps, followed by the clean end point (-1, 1)."""
     ts = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
@@ -71,10 +89,6 @@ def _call(denoiser, x, t, cond):
     return denoiser(x, torch.full((x.shape[0],), float(t), device=x.device), cond)
 
 
-def _scalar(v, x):
-    return torch.as_tensor(float(v), dtype=x.dtype, device=x.device)
-
-
 def ddpm_step(pred, x, ab_t, ab_prev, variance, generator, last):
     """One ancestral step x_t -> x_{t-1} (Ho et al. 2020, Alg. 2; respaced as Nichol & Dhariwal 2021, Sec. 4)."""
     beta = 1 - ab_t / ab_prev
@@ -84,11 +98,10 @@ def ddpm_step(pred, x, ab_t, ab_prev, variance, generator, last):
     if last:
         return mean
     beta_tilde = beta * (1 - ab_prev) / (1 - ab_t)
-    if variance == "beta":
-        log_var = _scalar(math.log(beta), x)
-    elif variance == "beta_tilde":
-        log_var = _scalar(math.log(beta_tilde), x)
-    elif variance == "learned":
+    if variance in ("beta", "beta_tilde"):
+        std = math.sqrt(beta if variance == "beta" else beta_tilde)
+        return mean + std * randn(x.shape, generator, x.device, x.dtype)
+    if variance == "learned":
         if pred.v_var is None:
             raise ValueError("ddpm(variance='learned') needs a denoiser with learned_variance=True")
         frac = (pred.v_var + 1) / 2  # IDDPM eq. 15
@@ -104,13 +117,14 @@ def ddpm(denoiser, x, steps: int | None = None, *, cond=None, generator=None, ho
     """DDPM ancestral sampling over all T steps or a respaced subset (Ho et al. 2020, Algorithm 2)."""
     T = denoiser.schedule.T
     if timesteps is None:
-        timesteps = timesteps_for(T, steps or T, spacing)
+        timesteps = _timesteps(denoiser.schedule, steps or T, spacing)
     ts, abs_ = _grid(denoiser.schedule, timesteps, alpha_bars)
+    ab = abs_.tolist()
     x = _hooks(hooks, "start", x, ts[0], generator)
     for i in tqdm(range(len(ts) - 1), disable=not progress, desc="ddpm"):
         x = _hooks(hooks, "before_step", x, ts[i], cond)
         pred = _call(denoiser, x, ts[i], cond)
-        x = ddpm_step(pred, x, float(abs_[i]), float(abs_[i + 1]), variance, generator, last=i == len(ts) - 2)
+        x = ddpm_step(pred, x, ab[i], ab[i + 1], variance, generator, last=i == len(ts) - 2)
         x = _hooks(hooks, "after_step", x, ts[i + 1], generator)
     return x
 
@@ -130,51 +144,60 @@ def ddim(denoiser, x, steps: int = 50, *, cond=None, generator=None, hooks: Sequ
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"ddim: eta must be in [0, 1], got {eta}")
     if timesteps is None:
-        timesteps = timesteps_for(denoiser.schedule.T, steps, spacing)
+        timesteps = _timesteps(denoiser.schedule, steps, spacing)
     ts, abs_ = _grid(denoiser.schedule, timesteps, alpha_bars)
+    ab = abs_.tolist()
     x = _hooks(hooks, "start", x, ts[0], generator)
     for i in tqdm(range(len(ts) - 1), disable=not progress, desc="ddim"):
         x = _hooks(hooks, "before_step", x, ts[i], cond)
         pred = _call(denoiser, x, ts[i], cond)
-        x = ddim_step(pred, x, float(abs_[i]), float(abs_[i + 1]), eta, generator)
+        x = ddim_step(pred, x, ab[i], ab[i + 1], eta, generator)
         x = _hooks(hooks, "after_step", x, ts[i + 1], generator)
     return x
 
 
 def dpmpp_2m(denoiser, x, steps: int = 20, *, cond=None, generator=None, hooks: Sequence = (),
-             spacing: str = "linspace", timesteps=None, alpha_bars=None, lower_order_final: bool = True,
+             spacing: str = "linspace", timesteps=None, alpha_bars=None,
              progress: bool = False):
-    """DPM-Solver++(2M), data prediction, multistep (Lu et al. 2022b, Algorithm 2)."""
+    """DPM-Solver++(2M), data prediction, multistep (Lu et al. 2022b, Algorithm 2).
+
+    The last step, to the clean end point (lambda = inf), is always first order (it returns x0): this is the
+    reference code's `lower_order_final`; every earlier step after the first is second order.
+    """
     if timesteps is None:
-        timesteps = timesteps_for(denoiser.schedule.T, steps, spacing)
+        timesteps = _timesteps(denoiser.schedule, steps, spacing)
     ts, abs_ = _grid(denoiser.schedule, timesteps, alpha_bars)
-    alpha, sigma = abs_.sqrt(), (1 - abs_).sqrt()
-    lam = alpha.log() - sigma.log()  # lambda_t = log(alpha_t / sigma_t); +inf at the clean end
+    alpha, sigma = abs_.sqrt().tolist(), (1 - abs_).sqrt().tolist()
+    lam = [_log_snr_half(a, s) for a, s in zip(alpha, sigma)]  # lambda = log(alpha / sigma); +inf at the clean end
     x = _hooks(hooks, "start", x, ts[0], generator)
     x0_prev, h_prev = None, None
     n = len(ts) - 1
     for i in tqdm(range(n), disable=not progress, desc="dpm++2m"):
         x = _hooks(hooks, "before_step", x, ts[i], cond)
         x0 = _call(denoiser, x, ts[i], cond).x0
-        if i == n - 1:  # the clean end point: lambda = inf, the update is exactly x0 (first order)
-            x = x0 if abs_[i + 1] >= 1 else _dpm_first(x, x0, alpha, sigma, lam, i)
+        if i == n - 1:  # to the clean end point (sigma = 0): the first-order update is exactly x0
+            x = x0
+        elif lam[i + 1] == lam[i]:  # a repeated timestep (h = 0) is a no-op
+            x = _hooks(hooks, "after_step", x, ts[i + 1], generator)
+            continue
         else:
-            h = float(lam[i + 1] - lam[i])
-            use_second = x0_prev is not None and not (lower_order_final and n < 15 and i == n - 2)
+            h = lam[i + 1] - lam[i]
             D = x0
-            if use_second:
+            if x0_prev is not None:  # second order: D = (1 + 1/2r) x0_i - 1/2r x0_{i-1}, r = h_{i-1} / h_i
                 r = h_prev / h
                 D = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-            x = float(sigma[i + 1] / sigma[i]) * x - float(alpha[i + 1] * math.expm1(-h)) * D
+            x = (sigma[i + 1] / sigma[i]) * x - (alpha[i + 1] * math.expm1(-h)) * D
             h_prev = h
         x0_prev = x0
         x = _hooks(hooks, "after_step", x, ts[i + 1], generator)
     return x
 
 
-def _dpm_first(x, x0, alpha, sigma, lam, i):
-    h = float(lam[i + 1] - lam[i])
-    return float(sigma[i + 1] / sigma[i]) * x - float(alpha[i + 1] * math.expm1(-h)) * x0
+def _log_snr_half(alpha: float, sigma: float) -> float:
+    """lambda = log(alpha / sigma) with the limits -inf (alpha = 0) and +inf (sigma = 0)."""
+    if sigma == 0:
+        return math.inf
+    return math.log(alpha / sigma) if alpha > 0 else -math.inf
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
@@ -194,7 +217,7 @@ def _karras_grid(schedule, steps, sigma_min, sigma_max, rho):
 
 def _denoise_ve(denoiser, x_ve, sigma, cond, hooks):
     """Evaluate a VP-trained denoiser at VE state x = x_t / sqrt(alpha_bar) (Karras et al. 2022, Table 1)."""
-    t = denoiser.schedule.sigma_to_t(torch.tensor(sigma, dtype=torch.float64))
+    t = torch.tensor(denoiser.schedule.sigma_to_t_scalar(sigma), dtype=torch.float64)
     scale = 1 / math.sqrt(1 + sigma**2)  # sqrt(alpha_bar)
     x_vp = _hooks(hooks, "before_step", x_ve * scale, t, cond)
     return _call(denoiser, x_vp, t, cond).x0, x_vp / scale
@@ -203,14 +226,14 @@ def _denoise_ve(denoiser, x_ve, sigma, cond, hooks):
 def _ve_hooks_after(denoiser, hooks, x_ve, sigma_next, generator):
     if not hooks:
         return x_ve
-    t_next = denoiser.schedule.sigma_to_t(torch.tensor(sigma_next)) if sigma_next > 0 else torch.tensor(-1.0)
+    t_next = torch.tensor(denoiser.schedule.sigma_to_t_scalar(sigma_next) if sigma_next > 0 else -1.0)
     scale = 1 / math.sqrt(1 + sigma_next**2)
     return _hooks(hooks, "after_step", x_ve * scale, t_next, generator) / scale
 
 
 def _karras_start(denoiser, x, sigmas, hooks, generator):
     s0 = float(sigmas[0])
-    x = _hooks(hooks, "start", x, denoiser.schedule.sigma_to_t(torch.tensor(s0)), generator)
+    x = _hooks(hooks, "start", x, torch.tensor(denoiser.schedule.sigma_to_t_scalar(s0)), generator)
     return x * math.sqrt(1 + s0**2)  # x_T ~ N(0, I) in VP form is N(0, (1 + sigma^2) I) in VE form
 
 

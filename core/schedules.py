@@ -7,6 +7,7 @@ Indices run t = 0..T-1 (paper's t = 1..T); t = -1 denotes clean data (alpha_bar 
 """
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -116,6 +117,36 @@ class Schedule:
         log_sigma = torch.where(frac, (1 - w) * ls[lo] + w * torch.where(frac, ls[hi], ls[lo]), ls[lo])
         ab = torch.where(frac, torch.sigmoid(-2 * log_sigma), ab_table[lo])
         return torch.where(t < 0, torch.ones_like(ab), ab)
+
+    def _float_tables(self):
+        """alpha_bar and log(sigma) as Python lists, cached, for the per-step scalar look-ups of samplers."""
+        if getattr(self, "_tables", None) is None:
+            self._tables = (self.alpha_bar.tolist(), self.log_sigma_table.tolist())
+        return self._tables
+
+    def alpha_bar_scalar(self, t: float) -> float:
+        """`alpha_bar_at` for one Python float t, without tensor ops (same log-sigma interpolation)."""
+        t = float(t)
+        if t < 0:
+            return 1.0
+        ab, ls = self._float_tables()
+        tc = min(t, self.T - 1.0)
+        lo = int(math.floor(tc))
+        w = tc - lo
+        if w == 0:
+            return ab[lo]
+        log_sigma = (1 - w) * ls[lo] + w * ls[lo + 1]
+        if log_sigma >= 0:  # sigmoid(-2 log_sigma), written to avoid overflow
+            e = math.exp(-2 * log_sigma)
+            return e / (1 + e)
+        return 1 / (1 + math.exp(2 * log_sigma))
+
+    def sigma_to_t_scalar(self, sigma: float) -> float:
+        """`sigma_to_t` for one Python float sigma, by bisection on the log-sigma table."""
+        _, ls = self._float_tables()
+        log_s = min(max(math.log(max(float(sigma), 1e-30)), ls[0]), ls[-1])
+        hi = min(max(bisect.bisect_left(ls, log_s), 1), self.T - 1)
+        return hi - 1 + (log_s - ls[hi - 1]) / (ls[hi] - ls[hi - 1])
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Fractional index t whose interpolated sigma equals `sigma` (inverse of alpha_bar_at)."""

@@ -1,0 +1,314 @@
+"""The Accelerate trainer: unchanged from CPU to one GPU to many (`accelerate launch`).
+
+Batches, noise and per-item data randomness are functions of (seed, micro-step, rank), so a run that is
+stopped and resumed from a checkpoint reproduces the uninterrupted run exactly (CPU, deterministic ops).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import default_collate
+from tqdm.auto import tqdm
+
+from .checkpoint import (CheckpointError, flatten_optimizer_state, load_checkpoint, read_json, save_checkpoint,
+                         unflatten_optimizer_state)
+from .config import TrainerConfig, to_dict
+from .ema import EMA
+from .guidance import drop_condition
+from .utils import atomic_write_json
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_lambda(cfg: TrainerConfig) -> Callable[[int], float]:
+    """Linear warm-up over warmup_steps, then constant, cosine (Loshchilov & Hutter 2017) or linear decay to 0."""
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"train.lr_schedule: unknown {cfg.lr_schedule!r}; valid: {LR_SCHEDULES}")
+
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        p = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return {"constant": 1.0, "cosine": 0.5 * (1 + math.cos(math.pi * min(p, 1.0))), "linear": max(0.0, 1 - p)}[cfg.lr_schedule]
+    return f
+
+
+def batch_indices(n: int, micro_step: int, batch_size: int, seed: int) -> list[int]:
+    """Global indices of a micro-step's batch: a fresh permutation per epoch, seeded by (seed, epoch)."""
+    out, pos, end = [], micro_step * batch_size, (micro_step + 1) * batch_size
+    while pos < end:
+        epoch, off = divmod(pos, n)
+        take = min(end - pos, n - off)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        out += perm[off: off + take].tolist()
+        pos += take
+    return out
+
+
+class _SeededItems(Dataset):
+    """Each item is fetched with torch's RNG seeded by (seed, micro-step, index): random crops are reproducible."""
+
+    def __init__(self, dataset, seed):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        m, i = key
+        torch.default_generator.manual_seed((self.seed * 7919 + m * 104_729 + i) % (2**63))
+        return self.dataset[i]
+
+
+class _StepBatches(torch.utils.data.Sampler):
+    def __init__(self, n, start, stop, batch_size, seed, rank, world):
+        self.args = (n, start, stop, batch_size, seed, rank, world)
+
+    def __iter__(self):
+        n, start, stop, bs, seed, rank, world = self.args
+        per = bs // world
+        for m in range(start, stop):
+            idx = batch_indices(n, m, bs, seed)[rank * per: (rank + 1) * per]
+            yield [(m, i) for i in idx]
+
+    def __len__(self):
+        return self.args[2] - self.args[1]
+
+
+def split_batch(batch):
+    """A collated batch is a tensor x0, a tuple (x0[, cond]) or a dict with 'x0' and optionally 'cond'."""
+    if isinstance(batch, dict):
+        if "x0" not in batch:
+            raise KeyError(f"dataset items that are dicts need an 'x0' key; got keys {sorted(batch)}")
+        return batch["x0"], batch.get("cond")
+    if isinstance(batch, (list, tuple)):  # e.g. TensorDataset items: (x0,) or (x0, cond)
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    return batch, None
+
+
+class Trainer:
+    """Train a denoiser with a per-sample loss on a map-style dataset; checkpoints resume exactly."""
+
+    def __init__(self, denoiser, dataset, cfg: TrainerConfig, out_dir, loss_fn, *, config: Optional[dict] = None,
+                 cond_drop_prob: float = 0.0, null_cond=None, sample_fn: Optional[Callable] = None,
+                 accelerator: Optional[Accelerator] = None):
+        self.cfg, self.out_dir, self.loss_fn = cfg, Path(out_dir), loss_fn
+        self.config = config or {"train": to_dict(cfg)}
+        self.cond_drop_prob, self.null_cond, self.sample_fn = cond_drop_prob, null_cond, sample_fn
+        self.acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision,
+                                              gradient_accumulation_steps=cfg.grad_accum)
+        if cfg.batch_size % self.acc.num_processes:
+            raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by the {self.acc.num_processes} processes")
+        if len(dataset) == 0:
+            raise ValueError("the training dataset is empty")
+        if cond_drop_prob > 0 and null_cond is None:
+            raise ValueError("diffusion.cond_drop_prob > 0 needs a task with a null condition (null_cond)")
+        self.dataset = dataset
+        self.denoiser = denoiser
+        params = [p for p in denoiser.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.model, self.optimizer = self.acc.prepare(denoiser, self.optimizer)
+        self.ema = EMA(self.net, cfg.ema_decay, cfg.ema_warmup)
+        self.step = 0
+        self.history: list[dict] = []
+
+    @property
+    def net(self):
+        return self.acc.unwrap_model(self.model).net
+
+    # ----------------------------------------------------------------- checkpoints
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def save(self) -> Optional[Path]:
+        """Write a checkpoint for the current step (main process only) and prune old ones."""
+        self.acc.wait_for_everyone()
+        if not self.acc.is_main_process:
+            return None
+        opt_t, opt_meta = flatten_optimizer_state(self.optimizer.state_dict())
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        state = {"step": self.step, "ema_updates": self.ema.num_updates, "optimizer": opt_meta,
+                 "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
+                 "numpy_rng": _np_state(), "python_rng": _py_state(), "history_tail": self.history[-5:]}
+        net_sd = {k: v for k, v in self.net.state_dict().items()}
+        path = save_checkpoint(self.ckpt_dir / f"step_{self.step:08d}",
+                               {"model": net_sd, "ema": self.ema.state_dict(), "optimizer": opt_t, "rng": rng},
+                               state, self.config)
+        atomic_write_json(self.ckpt_dir / "latest.json", {"path": path.name, "step": self.step})
+        self._prune()
+        return path
+
+    def _prune(self):
+        keep = self.cfg.keep_checkpoints
+        ckpts = sorted(p for p in self.ckpt_dir.glob("step_*") if p.is_dir())
+        for p in ckpts[:-keep] if keep > 0 else []:
+            import shutil
+            shutil.rmtree(p, ignore_errors=True)
+
+    def latest_checkpoint(self) -> Optional[Path]:
+        f = self.ckpt_dir / "latest.json"
+        return self.ckpt_dir / read_json(f)["path"] if f.is_file() else None
+
+    def resume(self, path) -> None:
+        """Restore weights, EMA, optimizer, LR scheduler, step and RNG states from a checkpoint folder."""
+        tensors, state, _ = load_checkpoint(path)
+        self.net.load_state_dict(tensors["model"])
+        self.ema.load_state_dict(tensors["ema"], state["ema_updates"])
+        self.optimizer.load_state_dict(unflatten_optimizer_state(tensors["optimizer"], state["optimizer"]))
+        sched = self.scheduler.state_dict()
+        sched.update(state["scheduler"])
+        self.scheduler.load_state_dict(sched)
+        torch.set_rng_state(tensors["rng"]["torch"])
+        if "cuda" in tensors["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng"]["cuda"])
+        np.random.set_state(_np_from(state["numpy_rng"]))
+        random.setstate(_py_from(state["python_rng"]))
+        self.step = state["step"]
+
+    # ----------------------------------------------------------------- training
+    def _loader(self, start_micro: int, stop_micro: int):
+        if isinstance(self.dataset, torch.utils.data.TensorDataset):  # in-memory: index whole batches at once
+            return self._tensor_batches(start_micro, stop_micro)
+        sampler = _StepBatches(len(self.dataset), start_micro, stop_micro, self.cfg.batch_size, self.cfg.seed,
+                               self.acc.process_index, self.acc.num_processes)
+        return DataLoader(_SeededItems(self.dataset, self.cfg.seed), batch_sampler=sampler,
+                          num_workers=self.cfg.num_workers, collate_fn=default_collate,
+                          pin_memory=self.acc.device.type == "cuda")
+
+    def _tensor_batches(self, start_micro: int, stop_micro: int):
+        per, r = self.cfg.batch_size // self.acc.num_processes, self.acc.process_index
+        for m in range(start_micro, stop_micro):
+            idx = torch.as_tensor(batch_indices(len(self.dataset), m, self.cfg.batch_size, self.cfg.seed)[r * per: (r + 1) * per])
+            yield tuple(t[idx] for t in self.dataset.tensors)
+
+    def _generator(self, micro: int) -> torch.Generator:
+        g = torch.Generator(device=self.acc.device if self.acc.device.type == "cuda" else "cpu")
+        return g.manual_seed((self.cfg.seed * 1_000_003 + micro * self.acc.num_processes + self.acc.process_index) % (2**63))
+
+    def _micro_step(self, batch, micro: int) -> torch.Tensor:
+        x0, cond = split_batch(batch)
+        x0 = x0.to(self.acc.device)
+        cond = cond.to(self.acc.device) if isinstance(cond, torch.Tensor) else cond
+        g = self._generator(micro)
+        if self.cond_drop_prob > 0 and cond is not None:
+            cond = drop_condition(cond, self.cond_drop_prob, self.null_cond, g)
+        with self.acc.accumulate(self.model):
+            with self.acc.autocast():
+                losses, _ = self.loss_fn(self.model, x0, cond, g)
+            loss = losses.float().mean()
+            self.acc.backward(loss)
+            if self.acc.sync_gradients and self.cfg.clip_grad:
+                self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def train(self, resume: Optional[str | Path] = None, stop_at: Optional[int] = None) -> list[dict]:
+        """Train to cfg.steps (or stop_at); resume='auto' picks the latest checkpoint in out_dir."""
+        if resume == "auto":
+            resume = self.latest_checkpoint()
+        if resume:
+            self.resume(resume)
+        stop = min(stop_at or self.cfg.steps, self.cfg.steps)
+        ga = self.cfg.grad_accum
+        log = _Logger(self.out_dir, self.acc.is_main_process, self.cfg.tensorboard)
+        bar = tqdm(total=stop, initial=self.step, disable=not (self.cfg.progress and self.acc.is_main_process),
+                   desc="train", dynamic_ncols=True)
+        self.model.train()
+        t0, start, micro_losses = time.perf_counter(), self.step, []
+        for i, batch in enumerate(self._loader(self.step * ga, stop * ga)):
+            micro = self.step * ga + (i % ga)
+            micro_losses.append(self._micro_step(batch, micro))
+            if (i + 1) % ga:
+                continue
+            self.scheduler.step()
+            self.step += 1
+            self.ema.update(self.net)
+            loss = self.acc.gather(torch.stack(micro_losses).mean()[None]).mean().item()
+            micro_losses = []
+            rec = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0]}
+            self.history.append(rec)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if self.step % self.cfg.log_every == 0 or self.step == stop:
+                rec["steps_per_s"] = (self.step - start) / max(1e-9, time.perf_counter() - t0)
+                log.write(rec)
+            if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and self.step < stop:
+                self.save()
+            if self.sample_fn and self.cfg.sample_every and self.step % self.cfg.sample_every == 0 and self.acc.is_main_process:
+                self.sample_fn(self.ema_denoiser(), self.step, self.out_dir / "samples" / f"step_{self.step:08d}")
+        bar.close()
+        log.close()
+        self.save()
+        return self.history
+
+    def ema_denoiser(self):
+        """A copy of the denoiser carrying the EMA weights, in eval mode."""
+        d = copy.deepcopy(self.acc.unwrap_model(self.model))
+        self.ema.copy_to(d.net)
+        return d.eval()
+
+
+class _Logger:
+    """JSONL (always) and TensorBoard (when installed) logs, main process only."""
+
+    def __init__(self, out_dir: Path, main: bool, tensorboard: bool):
+        self.main, self.tb, self.f = main, None, None
+        if not main:
+            return
+        (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.f = open(out_dir / "logs" / "train.jsonl", "a")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(out_dir / "logs" / "tb"))
+            except Exception:  # tensorboard is optional
+                self.tb = None
+
+    def write(self, rec: dict):
+        if not self.main:
+            return
+        self.f.write(json.dumps(rec) + "\n")
+        self.f.flush()
+        if self.tb:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"train/{k}", v, rec["step"])
+
+    def close(self):
+        if self.f:
+            self.f.close()
+        if self.tb:
+            self.tb.close()
+
+
+def _np_state():
+    s = np.random.get_state()
+    return [s[0], s[1].tolist(), int(s[2]), int(s[3]), float(s[4])]
+
+
+def _np_from(s):
+    return (s[0], np.array(s[1], dtype=np.uint32), s[2], s[3], s[4])
+
+
+def _py_state():
+    v, st, g = random.getstate()
+    return [v, list(st), g]
+
+
+def _py_from(s):
+    return (s[0], tuple(s[1]), s[2])
