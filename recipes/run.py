@@ -1,0 +1,197 @@
+"""Recipes: YAML files loaded into typed configs; train a recipe, load a checkpoint, generate samples."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import yaml
+
+from diffsuite.core.build import build_denoiser, build_loss
+from diffsuite.core.checkpoint import CheckpointError, load_checkpoint, read_json
+from diffsuite.core.config import (ConfigError, DiffusionConfig, SampleConfig, TrainerConfig, deep_merge, from_dict,
+                                   load_yaml, parse_overrides, to_dict)
+from diffsuite.core.guidance import ClassifierFreeGuidance
+from diffsuite.core.samplers import sample
+from diffsuite.core.trainer import Trainer
+from diffsuite.core.utils import atomic_write_bytes, atomic_write_json
+
+from .registry import get_task
+
+RECIPE_DIR = Path(__file__).resolve().parent
+SECTIONS = ("task", "tour", "description", "model", "data", "diffusion", "train", "sample")
+
+
+@dataclass
+class Recipe:
+    """A whole recipe: the task name and one typed config per component."""
+
+    task: str
+    model: Any
+    data: Any
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainerConfig = field(default_factory=TrainerConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    tour: bool = False
+    description: str = ""
+    name: str = "recipe"
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe path, or the name of a built-in recipe (with or without .yaml)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for cand in (RECIPE_DIR / p.name, RECIPE_DIR / f"{p.name}.yaml"):
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"recipe not found: {name_or_path} (built-in recipes: {', '.join(list_recipes())})")
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def recipe_from_dict(data: dict, name: str = "recipe", where: str = "recipe") -> Recipe:
+    """Build a typed Recipe from a nested dict; unknown sections or keys are errors listing the valid ones."""
+    unknown = sorted(set(data) - set(SECTIONS) - {"name"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {unknown}; valid sections: {list(SECTIONS)}")
+    if "task" not in data:
+        raise ConfigError(f"{where}: missing 'task' (one of the registered tasks)")
+    task = get_task(data["task"])
+    for sec in ("model", "data", "diffusion", "train", "sample"):
+        if data.get(sec) is not None and not isinstance(data[sec], dict):
+            raise ConfigError(f"{where}.{sec}: expected a mapping, got {type(data[sec]).__name__}")
+    return Recipe(task=data["task"], name=data.get("name", name), tour=bool(data.get("tour", False)),
+                  description=str(data.get("description", "")),
+                  model=from_dict(task.ModelConfig, data.get("model"), f"{where}.model"),
+                  data=from_dict(task.DataConfig, data.get("data"), f"{where}.data"),
+                  diffusion=from_dict(DiffusionConfig, data.get("diffusion"), f"{where}.diffusion"),
+                  train=from_dict(TrainerConfig, data.get("train"), f"{where}.train"),
+                  sample=from_dict(SampleConfig, data.get("sample"), f"{where}.sample"))
+
+
+def load_recipe(recipe: str | Path | dict | Recipe, overrides: Sequence[str] = ()) -> Recipe:
+    """Load a recipe file (or dict) and apply `section.key=value` overrides."""
+    if isinstance(recipe, Recipe):
+        recipe = recipe_to_dict(recipe)
+    if isinstance(recipe, dict):
+        data, name, where = recipe, recipe.get("name", "recipe"), "recipe"
+    else:
+        path = find_recipe(recipe)
+        data, name, where = load_yaml(path), path.stem, str(path)
+    data = deep_merge(data, parse_overrides(list(overrides)))
+    return recipe_from_dict(data, name, where)
+
+
+def recipe_to_dict(r: Recipe) -> dict:
+    return {"name": r.name, "task": r.task, "tour": r.tour, "description": r.description,
+            **{k: to_dict(getattr(r, k)) for k in ("model", "data", "diffusion", "train", "sample")}}
+
+
+def make_sample_fn(task, recipe: Recipe):
+    """The trainer's periodic sampling callback: sample with the recipe's sampler settings, save via the task."""
+    def fn(denoiser, step, out_dir):
+        x, cond = generate(denoiser, task, recipe, progress=False)
+        task.save_samples(x, cond, out_dir, recipe)
+    return fn
+
+
+def train(recipe, overrides: Sequence[str] = (), out_dir: Optional[str | Path] = None,
+          resume: Optional[str] = None, stop_at: Optional[int] = None) -> Path:
+    """Train a recipe; returns the run folder (config, logs, checkpoints, samples)."""
+    r = load_recipe(recipe, overrides)
+    task = get_task(r.task)
+    run = Path(out_dir) if out_dir else Path("runs") / f"{r.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    torch.manual_seed(r.train.seed)
+    net = task.build_net(r.model, r.diffusion)
+    denoiser = build_denoiser(net, r.diffusion)
+    dataset = task.build_dataset(r.data, "train")
+    cfg = recipe_to_dict(r)
+    trainer = Trainer(denoiser, dataset, r.train, run, build_loss(r.diffusion), config=cfg,
+                      cond_drop_prob=r.diffusion.cond_drop_prob, null_cond=task.null_cond,
+                      sample_fn=make_sample_fn(task, r))
+    if trainer.acc.is_main_process:
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
+    trainer.train(resume=resume, stop_at=stop_at)
+    return run
+
+
+@dataclass
+class Loaded:
+    task: Any
+    recipe: Recipe
+    denoiser: Any
+    checkpoint: Path
+    step: int
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder (its latest checkpoint)."""
+    p = Path(path)
+    if (p / "state.json").is_file():
+        return p
+    latest = p / "checkpoints" / "latest.json"
+    if latest.is_file():
+        return p / "checkpoints" / read_json(latest)["path"]
+    if (p / "latest.json").is_file():
+        return p / read_json(p / "latest.json")["path"]
+    raise CheckpointError(f"no checkpoint at {p}: expected a checkpoint folder (with state.json) or a run folder")
+
+
+def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> Loaded:
+    """Load a checkpoint without its recipe: the config saved beside the weights rebuilds the model."""
+    ckpt = resolve_checkpoint(path)
+    group = "ema" if ema else "model"
+    tensors, state, config = load_checkpoint(ckpt, groups=(group,))
+    r = load_recipe(config)
+    task = get_task(r.task)
+    net = task.build_net(r.model, r.diffusion)
+    try:
+        net.load_state_dict({k: v.to(net.state_dict()[k].dtype) if k in net.state_dict() else v
+                             for k, v in tensors[group].items()})
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt}/{group}.safetensors does not match the network its config builds: {e}") from e
+    den = build_denoiser(net, r.diffusion, for_sampling=True).to(device).eval()
+    return Loaded(task, r, den, ckpt, state["step"])
+
+
+@torch.no_grad()
+def generate(denoiser, task, recipe: Recipe, n: Optional[int] = None, sampler: Optional[str] = None,
+             steps: Optional[int] = None, seed: Optional[int] = None, guidance: Optional[float] = None,
+             eta: Optional[float] = None, cond=None, hooks=(), progress: bool = True, device=None):
+    """Sample n items with the recipe's defaults, any of which can be overridden; returns (x, cond)."""
+    s = recipe.sample
+    n = n or s.n
+    sampler, steps = sampler or s.sampler, steps or s.steps
+    seed = s.seed if seed is None else seed
+    w = s.guidance if guidance is None else guidance
+    device = device or next(denoiser.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    if cond is None:
+        cond = task.sample_cond(n, recipe, g)
+    cond = cond.to(device) if isinstance(cond, torch.Tensor) else cond
+    den = denoiser
+    if w and cond is not None and task.null_cond is not None:
+        den = ClassifierFreeGuidance(denoiser, w, task.null_cond)
+    opts = {}
+    if sampler in ("ddim", "repaint"):
+        opts["eta"] = s.eta if eta is None else eta
+    if sampler == "ddpm":
+        opts["variance"] = s.variance
+    if s.spacing and sampler in ("ddim", "dpmpp_2m", "ddpm"):
+        opts["spacing"] = s.spacing
+    shape = (n, *task.sample_shape(recipe.model, recipe.data))
+    x = sample(den, shape, sampler, steps, generator=g, cond=cond, hooks=hooks, device=device,
+               progress=progress, **opts)
+    return x, cond
+
+
+def load_yaml_tour(name: str) -> bool:
+    """Whether built-in recipe `name` is marked `tour: true`."""
+    return bool(load_yaml(find_recipe(name)).get("tour", False))
