@@ -1,0 +1,164 @@
+"""Image commands: `diffsuite eval` (digits-FID, conditional accuracy, bits/dim, optional Inception FID),
+`diffsuite image-inpaint` (fill a masked region) and `diffsuite image-path` (a denoising-path figure)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from diffsuite.core.guidance import ClassifierFreeGuidance, repaint
+from diffsuite.core.losses import variational_bound
+from diffsuite.core.samplers import sample
+from diffsuite.core.utils import atomic_write_json
+
+from . import edit, metrics
+
+
+def sample_images(denoiser, task, recipe, n: int, sampler: str | None = None, steps: int | None = None,
+                  guidance: float | None = None, seed: int = 0, cond=None, hooks=(), eta: float | None = None,
+                  progress: bool = False, batch: int = 500):
+    """n images with the recipe's sampling defaults (each overridable), classifier-free guided when w != 0."""
+    s = recipe.sample
+    sampler, steps = sampler or s.sampler, steps or s.steps
+    w = s.guidance if guidance is None else guidance
+    g = torch.Generator().manual_seed(seed)
+    cond = task.sample_cond(n, recipe, g) if cond is None else cond
+    den = ClassifierFreeGuidance(denoiser, w, task.null_cond) if w and cond is not None else denoiser
+    opts = {"eta": s.eta if eta is None else eta} if sampler == "ddim" else {}
+    if sampler == "ddpm":
+        opts["variance"] = s.variance
+    shape = task.sample_shape(recipe.model, recipe.data)
+    xs = []
+    for i in range(0, n, batch):
+        c = None if cond is None else cond[i:i + batch]
+        xs.append(sample(den, (min(batch, n - i), *shape), sampler, steps, generator=g, cond=c, hooks=hooks,
+                         progress=progress, **opts))
+    return torch.cat(xs), cond
+
+
+def add_commands(subparsers) -> None:
+    e = subparsers.add_parser("eval", help="image: digits-FID, conditional accuracy, bits/dim (and FID with "
+                              "local Inception weights)")
+    e.add_argument("checkpoint")
+    e.add_argument("--n", type=int, default=500, help="generated images for FID / accuracy")
+    e.add_argument("--sampler", default=None)
+    e.add_argument("--steps", type=int, default=None)
+    e.add_argument("--guidance", type=float, default=None)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--bpd-n", type=int, default=64, help="test images for bits/dim (0: skip; T network calls each)")
+    e.add_argument("--inception", help="local TorchScript Inception-v3 file for standard FID")
+    e.add_argument("--out", help="JSON path (default: <checkpoint>/eval.json)")
+    e.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("image-inpaint", help="image: fill the masked region of an image")
+    p.add_argument("checkpoint")
+    p.add_argument("--inpaint", metavar="IMAGE", help="image to fill (default: test-split images of the dataset)")
+    p.add_argument("--mask", default="centre-box", help=f"mask image (white = keep) or one of {edit.PRESET_MASKS}")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--repaint", action="store_true", help="RePaint resampling (Lugmayr et al. 2022)")
+    _common(p)
+    p.set_defaults(func=cmd_inpaint)
+
+    q = subparsers.add_parser("image-path", help="image: figure of one sample's denoising path x_t")
+    q.add_argument("checkpoint")
+    q.add_argument("--frames", type=int, default=8)
+    q.add_argument("--label", type=int, default=None, help="class to draw (conditional models)")
+    _common(q)
+    q.set_defaults(func=cmd_path)
+
+
+def _common(p) -> None:
+    p.add_argument("--sampler", default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder")
+
+
+def evaluate(loaded, n: int = 500, sampler=None, steps=None, guidance=None, seed: int = 0, bpd_n: int = 64,
+             inception: str | None = None, progress: bool = False) -> dict:
+    """All image metrics of a loaded checkpoint (see the module docstring); returns a JSON-able dict."""
+    task, r, den = loaded.task, loaded.recipe, loaded.denoiser
+    test = task.build_dataset(r.data, "test")
+    t0 = time.time()
+    x, cond = sample_images(den, task, r, n, sampler, steps, guidance, seed, progress=progress)
+    res = {"n": n, "sampler": sampler or r.sample.sampler, "steps": steps or r.sample.steps,
+           "guidance": r.sample.guidance if guidance is None else guidance, "seed": seed,
+           "sample_seconds": round(time.time() - t0, 1)}
+    if r.data.source == "digits":
+        clf, info = metrics.digits_classifier(r.data.image_size, r.data.digits_mode)
+        res["digits_fid"] = metrics.fid(clf.features, test.x, x)
+        res["classifier_test_accuracy"] = info["test_accuracy"]
+        if cond is not None:
+            res["conditional_accuracy"] = metrics.accuracy(clf, x, cond)
+    if inception:
+        res["fid_inception"] = metrics.fid(metrics.inception_features(inception), test.x, x)
+    if bpd_n:
+        xb = test.x[:bpd_n]
+        cb = None if test.labels is None or not r.model.num_classes else test.labels[:bpd_n]
+        with torch.no_grad():
+            bpd = variational_bound(den, xb, torch.Generator().manual_seed(seed), cond=cb)["total_bpd"]
+        res["bits_per_dim"] = float(bpd.mean())
+        res["bpd_images"] = len(xb)
+    return res
+
+
+def cmd_eval(args) -> int:
+    loaded = args.load(args.checkpoint)
+    res = evaluate(loaded, args.n, args.sampler, args.steps, args.guidance, args.seed, args.bpd_n, args.inception,
+                   progress=True)
+    res["checkpoint"] = str(loaded.checkpoint)
+    out = Path(args.out) if args.out else Path(loaded.checkpoint) / "eval.json"
+    atomic_write_json(out, res)
+    for k, v in res.items():
+        print(f"{k:26s} {v}")
+    print(f"written {out}")
+    return 0
+
+
+def _known_images(args, loaded, n):
+    r = loaded.recipe
+    if args.inpaint:
+        return edit.load_known(args.inpaint, r.data.image_size, r.data.channels).expand(n, -1, -1, -1), None
+    test = loaded.task.build_dataset(r.data, "test")
+    return test.x[:n], (None if test.labels is None or not r.model.num_classes else test.labels[:n])
+
+
+def cmd_inpaint(args) -> int:
+    loaded = args.load(args.checkpoint)
+    r, den = loaded.recipe, loaded.denoiser
+    known, cond = _known_images(args, loaded, args.n)
+    size = r.data.image_size
+    mask = edit.preset_mask(args.mask, size) if args.mask in edit.PRESET_MASKS else edit.load_mask(args.mask, size)
+    hook = edit.inpaint_hook(den.schedule, mask, known)
+    w = r.sample.guidance if args.guidance is None else args.guidance
+    g = torch.Generator().manual_seed(args.seed)
+    if args.repaint:
+        model = ClassifierFreeGuidance(den, w, loaded.task.null_cond) if w and cond is not None else den
+        x = repaint(model, torch.randn(known.shape, generator=g), args.steps or r.sample.steps, inpaint=hook,
+                    cond=cond, generator=g)
+    else:
+        x, _ = sample_images(den, loaded.task, r, len(known), args.sampler, args.steps, args.guidance, args.seed,
+                             cond=cond, hooks=[hook])
+    out = Path(args.out)
+    from .task import save_grid
+    grid = torch.cat([known, known * mask + (1 - mask) * -1, x])
+    save_grid(grid, out / "inpaint.png", len(known), scale=max(1, 64 // size))
+    atomic_write_json(out / "inpaint.json", {"checkpoint": str(loaded.checkpoint), "mask": args.mask,
+                                             "rows": ["original", "masked (black = filled)", "inpainted"],
+                                             "labels": None if cond is None else cond.tolist()})
+    print(f"written {out / 'inpaint.png'}")
+    return 0
+
+
+def cmd_path(args) -> int:
+    loaded = args.load(args.checkpoint)
+    r = loaded.recipe
+    cond = torch.tensor([args.label]) if args.label is not None and r.model.num_classes else None
+    rec = edit.RecordPath()
+    sample_images(loaded.denoiser, loaded.task, r, 1, args.sampler, args.steps, args.guidance, args.seed,
+                  cond=cond, hooks=[rec])
+    out = edit.path_figure(rec, Path(args.out) / "denoising_path.png", args.frames)
+    print(f"written {out}")
+    return 0

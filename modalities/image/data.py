@@ -1,0 +1,170 @@
+"""Image datasets: a recursive image folder (labels from sub-folders) and the built-in scikit-learn digits.
+
+Pixels are scaled to [-1, 1] (DDPM Sec. 3.3). Items are x0 (C, H, W) or {"x0": x0, "cond": label}.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from diffsuite.core.utils import atomic_write_json, cache_dir, sha256_file
+
+EXTENSIONS = {".png", ".jpg", ".jpeg"}
+DIGITS_VERSION = 1
+
+
+def to_model(u8: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1]."""
+    return torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C)."""
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+class ArrayImages(torch.utils.data.Dataset):
+    """In-memory images (uint8 N, H, W, C) with optional labels and random horizontal flips."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None, hflip: bool = False,
+                 classes: list[str] | None = None):
+        self.x = to_model(images)
+        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        self.hflip, self.classes = hflip, classes or []
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i):
+        x = self.x[i]
+        if self.hflip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x if self.labels is None else {"x0": x, "cond": self.labels[i]}
+
+
+# ---------------------------------------------------------------- image folder
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Resize the short side to `size` (bicubic), then crop the centre size x size square."""
+    w, h = img.size
+    s = size / min(w, h)
+    img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def _label_of(path: Path, root: Path) -> str | None:
+    rel = path.relative_to(root).parts
+    return rel[0] if len(rel) > 1 else None
+
+
+def scan_folder(root: str | Path) -> tuple[list[Path], list[str | None]]:
+    """Image files under root (recursive) and their class (first-level sub-folder, None at the root)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a folder")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+    if not files:
+        raise ValueError(f"image folder {str(root)!r} holds no images ({', '.join(sorted(EXTENSIONS))}, searched "
+                         "recursively)")
+    labels = [_label_of(p, root) for p in files]
+    if any(lab is None for lab in labels) and any(lab is not None for lab in labels):
+        n = sum(lab is None for lab in labels)
+        raise ValueError(f"image folder {str(root)!r}: {n} images lie directly in the folder and the rest in "
+                         "class sub-folders; put every image in a class sub-folder, or none")
+    return files, labels
+
+
+def load_image(path: Path, size: int, channels: int) -> np.ndarray:
+    """One file as uint8 (size, size, channels), resized and centre-cropped."""
+    with Image.open(path) as img:
+        img = img.convert("RGB" if channels == 3 else "L")
+        arr = np.asarray(resize_center_crop(img, size), dtype=np.uint8)
+    return arr[..., None] if channels == 1 else arr
+
+
+def image_folder(root: str | Path, image_size: int, channels: int = 3, hflip: bool = False,
+                 class_cond: bool = True) -> ArrayImages:
+    """All images under root, decoded once into memory; unreadable files skipped with a warning."""
+    if channels not in (1, 3):
+        raise ValueError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    files, labels = scan_folder(root)
+    images, kept, bad = [], [], []
+    for p, lab in zip(files, labels):
+        try:
+            images.append(load_image(p, image_size, channels))
+            kept.append(lab)
+        except Exception as e:  # any decoder error: the file is unreadable
+            bad.append(p)
+            warnings.warn(f"image folder: skipping unreadable file {str(p)!r} ({type(e).__name__}: {e})")
+    if bad:
+        warnings.warn(f"image folder {str(root)!r}: skipped {len(bad)} unreadable file(s) of {len(files)}")
+    if not images:
+        raise ValueError(f"image folder {str(root)!r}: none of the {len(files)} image files could be read")
+    classes = sorted({lab for lab in kept if lab is not None})
+    y = np.array([classes.index(lab) for lab in kept]) if classes and class_cond else None
+    return ArrayImages(np.stack(images), y, hflip, classes if y is not None else None)
+
+
+# ---------------------------------------------------------------- built-in digits
+
+def _digits_arrays(image_size: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1797 8x8 digits as uint8 (N, S, S, 1): bilinear resize or zero padding to S."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    u8 = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    if mode == "resize":
+        out = np.stack([np.asarray(Image.fromarray(a).resize((image_size, image_size), Image.BILINEAR)) for a in u8])
+    elif mode == "pad":
+        if image_size < 8:
+            raise ValueError(f"data.digits_mode=pad needs image_size >= 8, got {image_size}")
+        lo = (image_size - 8) // 2
+        out = np.zeros((len(u8), image_size, image_size), np.uint8)
+        out[:, lo:lo + 8, lo:lo + 8] = u8
+    else:
+        raise ValueError(f"data.digits_mode must be 'resize' or 'pad', got {mode!r}")
+    return out[..., None], d.target.astype(np.int64)
+
+
+def digits_split(n: int, test_fraction: float = 0.2, seed: int = 0) -> dict[str, np.ndarray]:
+    """A fixed, seeded split of indices into train / test (the val split is the test split)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    return {"train": np.sort(perm[n_test:]), "test": np.sort(perm[:n_test])}
+
+
+def digits_cached(image_size: int = 16, mode: str = "resize") -> dict[str, np.ndarray]:
+    """The digits arrays, built on first use into the cache with a manifest of settings and hashes."""
+    settings = dict(version=DIGITS_VERSION, image_size=image_size, mode=mode, test_fraction=0.2, split_seed=0)
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    d = cache_dir("image", f"digits-{key}")
+    f, manifest = d / "digits.npz", d / "manifest.json"
+    if not (f.exists() and manifest.exists()):
+        images, labels = _digits_arrays(image_size, mode)
+        split = digits_split(len(images))
+        tmp = d / "digits.tmp.npz"
+        np.savez(tmp, images=images, labels=labels, train=split["train"], test=split["test"])
+        tmp.replace(f)
+        atomic_write_json(manifest, {"settings": settings, "n_images": len(images), "n_train": len(split["train"]),
+                                     "n_test": len(split["test"]), "sha256": {f.name: sha256_file(f)}})
+    with np.load(f, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def digits(split: str = "train", image_size: int = 16, mode: str = "resize", hflip: bool = False,
+           class_cond: bool = True) -> ArrayImages:
+    """The built-in digits dataset (10 classes, fixed split; 'val' is the test split)."""
+    split = "test" if split == "val" else split
+    if split not in ("train", "test"):
+        raise ValueError(f"digits: split must be 'train', 'val' or 'test', got {split!r}")
+    z = digits_cached(image_size, mode)
+    idx = z[split]
+    return ArrayImages(z["images"][idx], z["labels"][idx] if class_cond else None, hflip,
+                       [str(i) for i in range(10)] if class_cond else None)

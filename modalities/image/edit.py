@@ -1,0 +1,84 @@
+"""Image extras on top of the core samplers: inpainting masks and a figure of one sample's denoising path."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from diffsuite.core.guidance import Inpaint
+from diffsuite.core.samplers import SamplerHook
+
+from .data import load_image, to_model
+
+PRESET_MASKS = ("left-half", "centre-box")
+
+
+def preset_mask(name: str, size: int) -> torch.Tensor:
+    """A (1, 1, S, S) mask, 1 where pixels are KNOWN: 'left-half' keeps the left half, 'centre-box' hides the centre."""
+    m = torch.ones(1, 1, size, size)
+    if name == "left-half":
+        m[..., size // 2:] = 0
+    elif name == "centre-box":
+        lo, hi = size // 4, size - size // 4
+        m[..., lo:hi, lo:hi] = 0
+    else:
+        raise ValueError(f"unknown preset mask {name!r}; valid: {list(PRESET_MASKS)} or a mask image path")
+    return m
+
+
+def load_mask(path: str | Path, size: int) -> torch.Tensor:
+    """A mask image (white = known, black = to fill), resized and centre-cropped to size: (1, 1, S, S) in {0, 1}."""
+    arr = load_image(Path(path), size, 1)
+    return torch.from_numpy((arr[..., 0] >= 128).astype(np.float32))[None, None]
+
+
+def load_known(path: str | Path, size: int, channels: int) -> torch.Tensor:
+    """The image to inpaint, as (1, C, S, S) in [-1, 1]."""
+    return to_model(load_image(Path(path), size, channels)[None])
+
+
+def inpaint_hook(schedule, mask: torch.Tensor, known: torch.Tensor) -> Inpaint:
+    """The core's replacement-inpainting hook (RePaint eq. 8 without resampling) with shapes checked."""
+    if mask.shape[-2:] != known.shape[-2:]:
+        raise ValueError(f"inpaint: mask size {tuple(mask.shape[-2:])} != image size {tuple(known.shape[-2:])}")
+    if not ((mask == 0) | (mask == 1)).all():
+        raise ValueError("inpaint: mask values must be 0 (fill) or 1 (known)")
+    return Inpaint(schedule, mask, known)
+
+
+class RecordPath(SamplerHook):
+    """Keeps a copy of x_t after each sampler step (with its t), for the denoising-path figure."""
+
+    def __init__(self):
+        self.xs, self.ts = [], []
+
+    def start(self, x, t, generator):
+        self.xs.append(x.detach().cpu().clone())
+        self.ts.append(float(t))
+        return x
+
+    def after_step(self, x, t_next, generator):
+        self.xs.append(x.detach().cpu().clone())
+        self.ts.append(float(t_next))
+        return x
+
+
+def path_figure(rec: RecordPath, out: Path, n_frames: int = 8, index: int = 0) -> Path:
+    """A row of x_t frames of sample `index` at evenly chosen steps, labelled with t (for teaching)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    picks = np.unique(np.linspace(0, len(rec.xs) - 1, n_frames).round().astype(int))
+    fig, axes = plt.subplots(1, len(picks), figsize=(1.6 * len(picks), 1.9))
+    for ax, k in zip(np.atleast_1d(axes), picks):
+        img = rec.xs[k][index].clamp(-1, 1).add(1).div(2).permute(1, 2, 0).numpy()
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+        ax.set_title("x_0" if rec.ts[k] < 0 else f"t={rec.ts[k]:.0f}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

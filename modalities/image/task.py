@@ -1,0 +1,151 @@
+"""The image task: a DDPM/ADM U-Net on image folders or the built-in digits, through the core."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from diffsuite.core.task import Task
+from diffsuite.core.utils import atomic_write_json
+
+from . import data as D
+from .unet import UNetSpec, build_unet, preset
+
+
+@dataclass
+class ModelConfig:
+    """UNet2D arguments (see unet.UNet2D); a field left at None takes the preset's value."""
+
+    preset: str = "tiny"
+    image_size: Optional[int] = None
+    in_channels: Optional[int] = None
+    model_channels: Optional[int] = None
+    channel_mult: Optional[list] = None
+    num_res_blocks: Optional[int] = None
+    attention_resolutions: Optional[list] = None
+    dropout: Optional[float] = None
+    num_heads: Optional[int] = None
+    num_head_channels: Optional[int] = None
+    use_scale_shift_norm: Optional[bool] = None
+    resblock_updown: Optional[bool] = None
+    conv_resample: Optional[bool] = None
+    num_classes: Optional[int] = None  # class-conditional with this many classes (+ a null class for CFG)
+    use_checkpoint: bool = False  # gradient checkpointing
+    pad_to_multiple: bool = False  # pad sizes not divisible by the downsampling factor instead of an error
+    channels_last: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are prepared."""
+
+    source: str = "digits"  # digits | folder
+    path: Optional[str] = None  # folder: the image folder (class labels from its sub-folders)
+    eval_path: Optional[str] = None  # folder: images for the val/test splits (default: the training folder)
+    image_size: int = 16
+    channels: int = 1  # 1 grayscale | 3 RGB
+    hflip: bool = False
+    class_cond: bool = True  # items carry their class label when the source has labels
+    digits_mode: str = "resize"  # digits 8x8 -> image_size: resize | pad
+
+
+def unet_spec(model: ModelConfig, learn_sigma: bool = False) -> UNetSpec:
+    """The UNetSpec a ModelConfig names: its preset, with every non-None field overridden."""
+    skip = {"preset", "channels_last"}
+    kw = {f.name: getattr(model, f.name) for f in fields(ModelConfig) if f.name not in skip}
+    for k in ("channel_mult", "attention_resolutions"):
+        kw[k] = tuple(kw[k]) if kw[k] is not None else None
+    return preset(model.preset, learn_sigma=learn_sigma, **kw)
+
+
+def check_formats(model: ModelConfig, data: DataConfig) -> None:
+    """The data's image size and channels must be those the network is built for."""
+    spec = unet_spec(model)
+    if spec.image_size != data.image_size or spec.in_channels != data.channels:
+        raise ValueError(f"image recipe: model (preset {model.preset!r}) is built for {spec.in_channels}x"
+                         f"{spec.image_size}x{spec.image_size} but data gives {data.channels}x{data.image_size}x"
+                         f"{data.image_size}; set model.image_size/in_channels or data.image_size/channels to agree")
+
+
+def save_grid(x: torch.Tensor, path: Path, nrow: int, pad: int = 1, scale: int = 1) -> Path:
+    """A PNG grid of images in [-1, 1] (N, C, H, W), nrow images per row."""
+    u8 = D.to_uint8(x)
+    n, h, w, c = u8.shape
+    rows = -(-n // nrow)
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, np.uint8)
+    for i, img in enumerate(u8):
+        r, k = divmod(i, nrow)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + k * (w + pad):pad + k * (w + pad) + w] = img
+    img = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+class ImageTask(Task):
+    name = "image"
+    ModelConfig = ModelConfig
+    DataConfig = DataConfig
+    #: label -1 is the null class (the U-Net maps it to its null embedding, index num_classes)
+    null_cond = -1
+
+    def build_net(self, model: ModelConfig, diffusion: Any) -> torch.nn.Module:
+        net = build_unet(unet_spec(model, learn_sigma=bool(getattr(diffusion, "learned_variance", False))))
+        return net.to(memory_format=torch.channels_last) if model.channels_last else net
+
+    def build_dataset(self, data: DataConfig, split: str = "train") -> torch.utils.data.Dataset:
+        if data.source == "digits":
+            if data.channels != 1:
+                raise ValueError(f"data.channels: the digits are grayscale (1 channel), got {data.channels}")
+            return D.digits(split, data.image_size, data.digits_mode, data.hflip, data.class_cond)
+        if data.source == "folder":
+            if not data.path:
+                raise ValueError("data.path: source 'folder' needs the image folder's path")
+            path = data.path if split == "train" or not data.eval_path else data.eval_path
+            return D.image_folder(path, data.image_size, data.channels, data.hflip and split == "train",
+                                  data.class_cond)
+        raise ValueError(f"data.source must be 'digits' or 'folder', got {data.source!r}")
+
+    def sample_shape(self, model: ModelConfig, data: DataConfig) -> tuple:
+        check_formats(model, data)
+        return (data.channels, data.image_size, data.image_size)
+
+    def sample_cond(self, n: int, cfg: Any, generator: Optional[torch.Generator] = None):
+        """Class labels cycling 0..K-1 (so a grid with K columns has one class per column), or None."""
+        k = cfg.model.num_classes
+        return torch.arange(n) % k if k else None
+
+    def save_samples(self, x: torch.Tensor, cond, out_dir: Path, cfg: Any) -> dict:
+        """A PNG grid (one row per class when conditional) and a JSON of labels, beside the raw tensor."""
+        out_dir = Path(out_dir)
+        files = super().save_samples(x, cond, out_dir, cfg)
+        k = cfg.model.num_classes
+        nrow = int(np.ceil(np.sqrt(len(x))))
+        if cond is not None and k:
+            x, cond, nrow = rows_by_class(x, cond.cpu(), k)
+        scale = max(1, 128 // x.shape[-1])
+        files["grid"] = str(save_grid(x, out_dir / "samples.png", nrow, scale=scale))
+        info = {"n": len(x), "shape": list(x.shape[1:]), "nrow": nrow,
+                "labels": None if cond is None else cond.tolist()}
+        atomic_write_json(out_dir / "samples.json", info)
+        files["json"] = str(out_dir / "samples.json")
+        return files
+
+
+def rows_by_class(x: torch.Tensor, cond: torch.Tensor, k: int):
+    """Rearrange samples so row j holds the samples of class j (missing cells blank, label -1)."""
+    per = [x[cond == j] for j in range(k)]
+    cols = max(len(p) for p in per)
+    blank = torch.ones_like(x[:1])
+    cells, labels = [], []
+    for j in range(k):
+        for c in range(cols):
+            cells.append(per[j][c:c + 1] if c < len(per[j]) else blank)
+            labels.append(j if c < len(per[j]) else -1)
+    return torch.cat(cells), torch.tensor(labels), cols

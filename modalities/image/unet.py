@@ -1,0 +1,173 @@
+"""The 2-D U-Net of DDPM (Ho et al. 2020, App. B) and ADM (Dhariwal & Nichol 2021, Sec. 3).
+
+net(x_t (B, C, H, W), t (B,) float, cond (B,) long class labels or None) -> eps/x0/v output of x_t's shape,
+or (output, v_var) with learn_sigma. Class index `num_classes` is the null class for classifier-free guidance.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .blocks import (AttentionBlock, Downsample, ResBlock, TimestepEmbedSequential, Upsample, norm,
+                     timestep_embedding, zero_module)
+
+
+@dataclass
+class UNetSpec:
+    """UNet2D constructor arguments (one preset = one UNetSpec)."""
+
+    image_size: int = 32
+    in_channels: int = 3
+    model_channels: int = 128
+    channel_mult: tuple = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple = (16,)
+    dropout: float = 0.0
+    num_heads: int = 1
+    num_head_channels: int | None = None
+    use_scale_shift_norm: bool = False
+    resblock_updown: bool = False
+    conv_resample: bool = True
+    num_classes: int | None = None
+    learn_sigma: bool = False
+    use_checkpoint: bool = False
+    pad_to_multiple: bool = False
+
+
+PRESETS = {
+    # DDPM CIFAR-10 (Ho et al. 2020, App. B): 35.7M parameters.
+    "ddpm-cifar10": dict(image_size=32, model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+                         attention_resolutions=(16,), dropout=0.1),
+    # ADM-style small network (Dhariwal & Nichol 2021): scale-shift norm, BigGAN resampling, attention at 32/16/8.
+    "adm-small": dict(image_size=64, model_channels=64, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
+                      attention_resolutions=(32, 16, 8), num_head_channels=32, use_scale_shift_norm=True,
+                      resblock_updown=True, dropout=0.1),
+    # Trains on 2 CPU cores (digits at 16x16).
+    "tiny": dict(image_size=16, in_channels=1, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                 attention_resolutions=(8,), num_heads=2, use_scale_shift_norm=True),
+}
+
+
+def preset(name: str, **overrides) -> UNetSpec:
+    """A preset's UNetSpec with fields overridden (None values are ignored)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown U-Net preset {name!r}; valid: {sorted(PRESETS)}")
+    valid = {f.name for f in fields(UNetSpec)}
+    bad = set(overrides) - valid
+    if bad:
+        raise ValueError(f"U-Net preset {name!r}: unknown fields {sorted(bad)}; valid: {sorted(valid)}")
+    kw = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    return UNetSpec(**kw)
+
+
+class UNet2D(nn.Module):
+    """DDPM/ADM U-Net; see the module docstring for the call contract. Labels -1 and num_classes are the null class."""
+
+    def __init__(self, image_size: int = 32, in_channels: int = 3, model_channels: int = 128,
+                 channel_mult=(1, 2, 2, 2), num_res_blocks: int = 2, attention_resolutions=(16,),
+                 dropout: float = 0.0, num_heads: int = 1, num_head_channels: int | None = None,
+                 use_scale_shift_norm: bool = False, resblock_updown: bool = False, conv_resample: bool = True,
+                 num_classes: int | None = None, learn_sigma: bool = False, use_checkpoint: bool = False,
+                 pad_to_multiple: bool = False):
+        super().__init__()
+        self.image_size, self.in_channels, self.model_channels = image_size, in_channels, model_channels
+        self.num_classes, self.learn_sigma, self.use_checkpoint = num_classes, learn_sigma, use_checkpoint
+        self.pad_to_multiple = pad_to_multiple
+        self.factor = 2 ** (len(channel_mult) - 1)
+        emb_dim = model_channels * 4
+        self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # num_classes real classes plus one null class (index num_classes) for classifier-free guidance
+        self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        self._attn = dict(num_heads=num_heads, head_dim=num_head_channels)
+        res = lambda i, o, **kw: ResBlock(i, o, emb_dim, dropout, use_scale_shift_norm, **kw)
+        attn_at = {image_size // r for r in attention_resolutions}  # downsampling factors with attention
+
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
+        chans, ch, ds = [model_channels], model_channels, 1
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [res(ch, model_channels * mult)]
+                ch = model_channels * mult
+                if ds in attn_at:
+                    layers.append(AttentionBlock(ch, **self._attn))
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+                chans.append(ch)
+            if level != len(channel_mult) - 1:
+                down = res(ch, ch, down=True) if resblock_updown else Downsample(ch, conv_resample)
+                self.input_blocks.append(TimestepEmbedSequential(down))
+                chans.append(ch)
+                ds *= 2
+
+        self.middle_block = TimestepEmbedSequential(res(ch, ch), AttentionBlock(ch, **self._attn), res(ch, ch))
+
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                layers = [res(ch + chans.pop(), model_channels * mult)]
+                ch = model_channels * mult
+                if ds in attn_at:
+                    layers.append(AttentionBlock(ch, **self._attn))
+                if level and i == num_res_blocks:
+                    layers.append(res(ch, ch, up=True) if resblock_updown else Upsample(ch, conv_resample))
+                    ds //= 2
+                self.output_blocks.append(TimestepEmbedSequential(*layers))
+
+        out_ch = in_channels * (2 if learn_sigma else 1)
+        self.out = nn.Sequential(norm(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, out_ch, 3, padding=1)))
+
+    def _check_size(self, x: torch.Tensor) -> tuple[int, int]:
+        """Padding (bottom, right) that makes H, W divisible by the downsampling factor; error if not allowed."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"UNet2D: expected x of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        H, W = x.shape[-2:]
+        ph, pw = -H % self.factor, -W % self.factor
+        if (ph or pw) and not self.pad_to_multiple:
+            raise ValueError(f"UNet2D: image size {H}x{W} is not divisible by the downsampling factor "
+                             f"{self.factor} (2^(len(channel_mult)-1)); resize the data or set model.pad_to_multiple=true")
+        return ph, pw
+
+    def _embed(self, t: torch.Tensor, cond, B: int) -> torch.Tensor:
+        t = t.reshape(-1).expand(B) if t.numel() in (1, B) else t
+        emb = self.time_embed(timestep_embedding(t, self.model_channels))
+        if self.label_emb is None:
+            if cond is not None:
+                raise ValueError("UNet2D: got class labels but the model was built with num_classes=None")
+            return emb
+        if cond is None:
+            cond = torch.full((B,), self.num_classes, dtype=torch.long, device=t.device)
+        cond = cond.long().reshape(B)
+        cond = torch.where(cond == -1, torch.full_like(cond, self.num_classes), cond)  # -1: the null class
+        if (cond < 0).any() or (cond > self.num_classes).any():
+            raise ValueError(f"UNet2D: class labels must be in [0, {self.num_classes}] "
+                             f"({self.num_classes} = null), got {cond.tolist()}")
+        return emb + self.label_emb(cond)
+
+    def _run(self, block, h, emb):
+        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, use_reentrant=False)
+        return block(h, emb)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None):
+        ph, pw = self._check_size(x)
+        H, W = x.shape[-2:]
+        h = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(H, W) > max(ph, pw) else "replicate") if ph or pw else x
+        emb = self._embed(t, cond, x.shape[0])
+        skips = []
+        for block in self.input_blocks:
+            h = self._run(block, h, emb)
+            skips.append(h)
+        h = self._run(self.middle_block, h, emb)
+        for block in self.output_blocks:
+            h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb)
+        out = self.out(h)[..., :H, :W]
+        if self.learn_sigma:
+            return out[:, :self.in_channels], out[:, self.in_channels:]
+        return out
+
+
+def build_unet(spec: UNetSpec) -> UNet2D:
+    return UNet2D(**{f.name: getattr(spec, f.name) for f in fields(UNetSpec)})
