@@ -1,0 +1,114 @@
+"""`diffsuite compose`: generate, infill, continue or harmonise piano rolls with a trained music checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffsuite.core.utils import atomic_write_json
+
+from . import chords, control
+from .roll import load_midi
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser("compose", help="music: generate / infill / continue / harmonise MIDI")
+    p.add_argument("checkpoint")
+    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--out", required=True)
+    p.add_argument("--chords", help='chord symbols, e.g. "C G Am F" (spread evenly over the window)')
+    p.add_argument("--beats-per-chord", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: recipe's)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--infill", metavar="IN.mid", help="regenerate --bars of this piece's first window")
+    g.add_argument("--continue", dest="cont", metavar="IN.mid", help="append --bars bars to this piece")
+    g.add_argument("--melody", metavar="IN.mid", help="keep its highest voice, generate the accompaniment")
+    g.add_argument("--accompaniment", metavar="IN.mid", help="keep all but its highest voice, generate a melody")
+    p.add_argument("--bars", default=None, help="infill: 1-based range like 3-4; continue: number of bars")
+    p.add_argument("--pickup", type=float, default=0.0, help="pickup length of the input MIDI, in beats")
+    p.add_argument("--sampler", default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repaint", action="store_true", help="RePaint resampling for infill / melody tasks")
+    p.set_defaults(func=cmd_compose)
+
+
+def parse_bars(text: str) -> range:
+    """'3-4' -> range(2, 4) (0-based bar indices); '3' -> range(2, 3)."""
+    try:
+        a, _, b = text.partition("-")
+        lo, hi = int(a), int(b or a)
+    except ValueError:
+        raise ValueError(f"--bars {text!r}: expected a 1-based bar range like 3-4") from None
+    if lo < 1 or hi < lo:
+        raise ValueError(f"--bars {text!r}: expected 1 <= first <= last")
+    return range(lo - 1, hi)
+
+
+def _input_roll(path, data, pickup, length=None):
+    piece = load_midi(path, data.steps_per_beat, pickup, data.n_pitch, data.pitch_lo)
+    if piece.n_clipped:
+        print(f"warning: {piece.n_clipped} notes of {path} outside MIDI pitches "
+              f"[{data.pitch_lo}, {data.pitch_lo + data.n_pitch}) were dropped")
+    r = piece.roll
+    if length is not None:
+        r = np.pad(r, ((0, 0), (0, 0), (0, max(length - r.shape[-1], 0))))[:, :, :length]
+    return piece, r
+
+
+def _cond(args, task, recipe, n, gen):
+    if not recipe.model.chord_cond:
+        if args.chords:
+            raise ValueError("--chords: this checkpoint was trained without chord conditioning (model.chord_cond=false)")
+        return None
+    d = recipe.data
+    if args.chords:
+        c = chords.parse_progression(args.chords, d.seg_len // d.steps_per_beat, args.beats_per_chord)
+        return torch.from_numpy(c)[None].expand(n, -1, -1).contiguous()
+    return task.sample_cond(n, recipe, gen)
+
+
+def cmd_compose(args) -> int:
+    loaded = args.load(args.checkpoint)
+    task, recipe, den = loaded.task, loaded.recipe, loaded.denoiser
+    d, s = recipe.data, recipe.sample
+    gen = torch.Generator().manual_seed(args.seed)
+    cond = _cond(args, task, recipe, args.n, gen)
+    w = s.guidance if args.guidance is None else args.guidance
+    kw = dict(cond=cond, guidance=w, null_cond=task.null_cond, sampler=args.sampler or s.sampler,
+              steps=args.steps or s.steps, generator=gen)
+    spbar = 4 * d.steps_per_beat
+    if args.cont:
+        piece, prefix = _input_roll(args.cont, d, args.pickup)
+        n_bars = int(args.bars or d.seg_len // spbar)
+        one = dict(kw, cond=None if cond is None else cond[:1])
+        rolls = np.stack([control.continue_piece(den, prefix, n_bars * spbar, d.seg_len, spbar, **one)
+                          for _ in range(args.n)])
+    elif args.infill or args.melody or args.accompaniment:
+        _, r = _input_roll(args.infill or args.melody or args.accompaniment, d, args.pickup, d.seg_len)
+        if args.infill:
+            mask, known = control.bar_mask(r.shape, parse_bars(args.bars or "2-3"), spbar), r
+        else:
+            mask, known = (control.melody_mask if args.melody else control.accompaniment_mask)(r)
+        rolls = control.run_inpaint(den, np.repeat(known[None], args.n, 0), np.repeat(mask[None], args.n, 0),
+                                    resample=args.repaint, **kw)
+    else:
+        rolls = _free(den, task, recipe, args, cond, gen, w)
+    from .task import save_rolls
+    files = save_rolls(rolls, cond if rolls.shape[-1] == d.seg_len else None, Path(args.out), d)
+    atomic_write_json(Path(args.out) / "compose.json", {"checkpoint": str(loaded.checkpoint), "args": {
+        k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}, "files": files})
+    print(f"wrote {len(rolls)} pieces under {args.out}")
+    return 0
+
+
+def _free(den, task, recipe, args, cond, gen, w):
+    from diffsuite.core.guidance import ClassifierFreeGuidance
+    from diffsuite.core.samplers import sample
+    from .roll import from_model
+    s = recipe.sample
+    model = ClassifierFreeGuidance(den, w, task.null_cond) if w and cond is not None else den
+    shape = (args.n, *task.sample_shape(recipe.model, recipe.data))
+    x = sample(model, shape, args.sampler or s.sampler, args.steps or s.steps, generator=gen, cond=cond)
+    return from_model(x)

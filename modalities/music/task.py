@@ -1,0 +1,182 @@
+"""MusicTask: polyphonic piano-roll diffusion (Polyffusion, Min et al. 2023) as a diffsuite Task.
+
+x0 is a (2, T, P) roll in [-1, 1] (onset, sustain; time x pitch). With `chord_cond` the condition is a
+per-beat chord sequence (beats, 36) fed by cross-attention; the null condition is all -1 (chord features
+are 0/1), used for per-sample condition dropout and classifier-free guidance.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from diffsuite.core.task import Task
+from diffsuite.core.utils import atomic_write_json
+
+from . import chords
+from .data import RollWindows, cached_midi_folder, corpus_pieces, split_pieces
+from .roll import RollPiece, from_model, integrity_rate, piece_to_midi
+
+NULL_CHORD = -1.0
+
+
+@dataclass
+class MusicModelConfig:
+    """U-Net over (time x pitch); preset 'polyffusion' (64 ch, (1,2,4,4), attention at the two coarsest levels) or 'small'."""
+
+    preset: str = "small"
+    channels: Optional[int] = None
+    channel_mults: Optional[list] = None
+    num_res_blocks: Optional[int] = None
+    attention_levels: Optional[list] = None  # level indices (0 = finest) with self-attention
+    heads: int = 4
+    dropout: float = 0.0
+    chord_cond: bool = True
+    cond_dim: int = chords.CHORD_DIM
+
+
+PRESETS = {
+    "polyffusion": dict(channels=64, channel_mults=[1, 2, 4, 4], num_res_blocks=2, attention_levels=[2, 3]),
+    "small": dict(channels=16, channel_mults=[1, 2, 4], num_res_blocks=1, attention_levels=[2]),
+}
+
+
+def resolved(model: MusicModelConfig) -> dict:
+    """The preset's settings overridden by any field set explicitly in the config."""
+    if model.preset not in PRESETS:
+        raise ValueError(f"model.preset={model.preset!r}: valid: {sorted(PRESETS)}")
+    out = dict(PRESETS[model.preset])
+    out.update({k: getattr(model, k) for k in out if getattr(model, k) is not None})
+    return out
+
+
+@dataclass
+class MusicDataConfig:
+    """Source ('corpus:<collection>' of music21, default the Bach chorales, or a MIDI folder path) and roll geometry."""
+
+    source: str = "corpus:bach"
+    steps_per_beat: int = 4
+    seg_len: int = 64
+    n_pitch: int = 64
+    pitch_lo: int = 32
+    transpose_max: int = 5
+    metres: list = field(default_factory=lambda: ["3/4", "4/4"])
+    limit: Optional[int] = None  # first N scores / files only (tests, quick runs)
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+
+
+@functools.lru_cache(maxsize=4)
+def _pieces(data_key: str) -> list[RollPiece]:
+    d = MusicDataConfig(**json.loads(data_key))
+    if d.source.startswith("corpus:"):
+        return corpus_pieces(d.source.split(":", 1)[1], d.steps_per_beat, d.n_pitch, d.pitch_lo, tuple(d.metres),
+                             d.limit)
+    pieces = cached_midi_folder(d.source, d.steps_per_beat, d.n_pitch, d.pitch_lo)
+    return pieces[:d.limit] if d.limit else pieces
+
+
+def pieces_for(data: MusicDataConfig, split: str) -> list[RollPiece]:
+    """The pieces of a split (cached in-process)."""
+    return split_pieces(_pieces(json.dumps(asdict(data), sort_keys=True)), split, data.val_fraction,
+                        data.test_fraction)
+
+
+class MusicTask(Task):
+    name = "music"
+    ModelConfig = MusicModelConfig
+    DataConfig = MusicDataConfig
+    null_cond = NULL_CHORD
+
+    def build_net(self, model: MusicModelConfig, diffusion=None) -> torch.nn.Module:
+        from .model import RollUNet
+        return RollUNet(**resolved(model), heads=model.heads, dropout=model.dropout,
+                        cond_dim=model.cond_dim if model.chord_cond else None)
+
+    def build_dataset(self, data: MusicDataConfig, split: str = "train"):
+        pieces = pieces_for(data, split)
+        if not pieces:
+            raise ValueError(f"music data {data.source!r}: no pieces in split {split!r}")
+        ds = RollWindows(pieces, data.seg_len, data.transpose_max if split == "train" else 0, data.seed)
+        return ds
+
+    def sample_shape(self, model, data: MusicDataConfig) -> tuple:
+        return (2, data.seg_len, data.n_pitch)
+
+    def sample_cond(self, n: int, cfg, generator: Optional[torch.Generator] = None):
+        """Chords of n random held-out (val) windows, so chord accuracy is measured on unseen progressions."""
+        if not cfg.model.chord_cond:
+            return None
+        ds = self.build_dataset(cfg.data, "val")
+        idx = torch.randint(len(ds), (n,), generator=generator)
+        return torch.stack([ds[int(i)]["cond"] for i in idx])
+
+    def save_samples(self, x: torch.Tensor, cond, out_dir: Path, cfg) -> dict:
+        return save_rolls(from_model(x), cond, Path(out_dir), cfg.data)
+
+
+def piece_of(roll: np.ndarray, data: MusicDataConfig, qpm: float = 100.0) -> RollPiece:
+    bpb = 4.0 if data.seg_len % (4 * data.steps_per_beat) == 0 else 3.0
+    return RollPiece(roll, data.steps_per_beat, bpb, (int(bpb), 4), qpm, 0, data.pitch_lo)
+
+
+def save_rolls(rolls: np.ndarray, cond, out_dir: Path, data: MusicDataConfig, wav: bool = True) -> dict:
+    """Per roll: MIDI, piano-roll PNG and a WAV preview; plus stats.json (integrity, chord accuracy)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files, stats = {}, []
+    for i, r in enumerate(rolls):
+        pm = piece_to_midi(piece_of(r, data))
+        pm.write(str(out_dir / f"piece_{i:02d}.mid"))
+        files[f"midi_{i}"] = str(out_dir / f"piece_{i:02d}.mid")
+        s = {"integrity": integrity_rate(r), "notes": int(r[0].sum())}
+        if isinstance(cond, torch.Tensor):
+            s["chord_accuracy"] = chords.accuracy(r, cond[i].cpu().numpy(), data.pitch_lo, data.steps_per_beat)
+        stats.append(s)
+        if wav:
+            files[f"wav_{i}"] = write_wav(pm, out_dir / f"piece_{i:02d}.wav")
+    files["png"] = plot_rolls(rolls, out_dir / "pianoroll.png", data)
+    atomic_write_json(out_dir / "stats.json", stats)
+    files["stats"] = str(out_dir / "stats.json")
+    return files
+
+
+def write_wav(pm, path: Path, fs: int = 22050) -> str:
+    """Audio preview: fluidsynth with its default soundfont where installed, else pretty_midi's sine synthesiser."""
+    import soundfile as sf
+    try:
+        audio = pm.fluidsynth(fs=fs)
+    except Exception:
+        audio = pm.synthesize(fs=fs)
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    sf.write(str(path), (audio / peak * 0.8 if peak > 0 else audio).astype(np.float32), fs)
+    return str(path)
+
+
+def plot_rolls(rolls: np.ndarray, path: Path, data: MusicDataConfig) -> str:
+    """A grid of piano rolls: onsets dark, sustains light; pitch upward, time rightward, bar lines drawn."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = len(rolls)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, r in zip(axes.flat, rolls):
+        img = np.maximum(r[1] * 0.45, r[0] * 1.0)
+        ax.imshow(img, origin="lower", aspect="auto", cmap="Greys", vmin=0, vmax=1,
+                  extent=(0, r.shape[-1], data.pitch_lo, data.pitch_lo + r.shape[1]))
+        bar = 4 * data.steps_per_beat
+        for b in range(bar, r.shape[-1], bar):
+            ax.axvline(b, color="tab:blue", lw=0.5)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return str(path)
