@@ -1,0 +1,118 @@
+"""`diffsuite plan CHECKPOINT --env PointMaze_UMaze-v3 --episodes N [--multi-task]`: closed-loop planning in PointMaze."""
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffsuite.core.utils import atomic_write_json
+
+from .evaluate import plan_episode, reference_returns, summarize
+from .maze import env_id_for, make_env
+from .planner import Planner, PlannerConfig
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser("plan", help="plan in a PointMaze with a trained trajectory model and score it",
+                              description=__doc__)
+    p.add_argument("checkpoint", help="checkpoint folder or run folder")
+    p.add_argument("--env", default=None, help="gymnasium id (default: the env the model was trained on)")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--multi-task", action="store_true", help="random start and goal (default: D4RL's fixed goal cell)")
+    p.add_argument("--sampler", default=None, help="ddpm | ddim | dpmpp_2m | ... (default: the recipe's)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the recipe's)")
+    p.add_argument("--candidates", type=int, default=1, help="plans sampled per call, ranked by value when --value")
+    p.add_argument("--replan-every", type=int, default=0, help="replan every k env steps (0: plan once, as Diffuser)")
+    p.add_argument("--warm-start", type=float, default=0.0, help="> 0: warm start replans from the previous plan at this fraction of T")
+    p.add_argument("--control", choices=("pd", "actions"), default="pd")
+    p.add_argument("--kp", type=float, default=1.0)
+    p.add_argument("--kd", type=float, default=1.0)
+    p.add_argument("--value", default=None, help="value-function folder (from value.save_value) for guidance / ranking")
+    p.add_argument("--guidance", choices=("none", "value", "gradient"), default=None)
+    p.add_argument("--guide-scale", type=float, default=0.1)
+    p.add_argument("--reference-episodes", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_plan)
+    v = subparsers.add_parser("train-value", help="train a value function J(x_t, t) on a trajectory model's data",
+                              description="Diffuser's value function on returns-to-go of the checkpoint's dataset windows")
+    v.add_argument("checkpoint")
+    v.add_argument("--steps", type=int, default=2000)
+    v.add_argument("--batch-size", type=int, default=32)
+    v.add_argument("--lr", type=float, default=2e-4)
+    v.add_argument("--discount", type=float, default=0.99)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", default=None, help="folder (default: <run>/value)")
+    v.set_defaults(func=cmd_train_value)
+
+
+def cmd_train_value(args) -> int:
+    from dataclasses import replace
+    from .data import ValueDataset
+    from .task import full_dataset
+    from .value import save_value, train_value
+    loaded = args.load(args.checkpoint)
+    m = loaded.recipe.model
+    seq = full_dataset(replace(loaded.recipe.data, discount=args.discount))
+    net = train_value(ValueDataset(seq), loaded.denoiser.schedule, args.steps, args.batch_size, args.lr, m.dim,
+                      tuple(m.dim_mults), args.seed)
+    out = save_value(net, args.out or Path(loaded.checkpoint).parent.parent / "value")
+    print(f"value function -> {out}")
+    return 0
+
+
+def _planner(args, loaded) -> Planner:
+    from .task import full_dataset
+    r = loaded.recipe
+    seq = full_dataset(r.data)
+    value_fn = None
+    if args.value:
+        from .value import load_value
+        vnet = load_value(args.value).to(args.device)
+        value_fn = lambda x, t, c: vnet(x, t)  # noqa: E731
+    guidance = args.guidance or ("value" if value_fn is not None else "none")
+    cfg = PlannerConfig(sampler=args.sampler or r.sample.sampler, steps=args.steps or r.sample.steps,
+                        n_candidates=args.candidates, guidance=guidance, guide_scale=args.guide_scale,
+                        warm_start_t=args.warm_start, eta=r.sample.eta, condition=r.data.condition)
+    return Planner(loaded.denoiser, seq.normalizer, seq.action_dim, seq.obs_dim, r.data.horizon, cfg, value_fn)
+
+
+@torch.no_grad()
+def cmd_plan(args) -> int:
+    loaded = args.load(args.checkpoint)
+    loaded.denoiser.to(args.device)
+    env_id = env_id_for(args.env or loaded.recipe.data.env_id)
+    if env_id != env_id_for(loaded.recipe.data.env_id):
+        warnings.warn(f"planning in {env_id} with a model trained on {loaded.recipe.data.env_id}")
+    planner = _planner(args, loaded)
+    env = make_env(env_id)
+    eps = [plan_episode(env, planner, args.multi_task, args.seed + i, args.replan_every, args.control, args.kp, args.kd)
+           for i in range(args.episodes)]
+    env.close()
+    ref = reference_returns(env_id, args.multi_task, args.reference_episodes)
+    summary = summarize(eps, ref)
+    summary.update(env_id=env_id, multi_task=args.multi_task, checkpoint=str(loaded.checkpoint), train_step=loaded.step,
+                   planner=vars(planner.cfg), replan_every=args.replan_every, control=args.control)
+    out = Path(args.out or Path(loaded.checkpoint).parent.parent / "plans" / f"plan-{time.strftime('%Y%m%d-%H%M%S')}")
+    write_outputs(out, env_id, eps, summary)
+    print(f"{env_id} {'multi' if args.multi_task else 'single'}-task, {args.episodes} episodes: "
+          f"success {summary['success_rate']:.2f}, return {summary['return_mean']:.1f}, "
+          f"normalized score {summary['normalized_score']:.1f}, plan time mean {1e3 * summary['plan_seconds_mean']:.0f} ms "
+          f"p95 {1e3 * summary['plan_seconds_p95']:.0f} ms -> {out}")
+    return 0
+
+
+def write_outputs(out: Path, env_id: str, eps: list[dict], summary: dict) -> None:
+    """summary.json, trajectories.json (planned vs executed), plans.png (first plan + executed path per episode)."""
+    from .plot import draw_paths
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / "trajectories.json", [
+        {"goal": e["goal"].tolist(), "return": e["return"], "success": e["success"],
+         "planned": [np.asarray(p).tolist() for p in e["plans"]], "executed": e["executed"].tolist()} for e in eps])
+    draw_paths(env_id, [e["plans"][0][:, :2] for e in eps], out / "plans.png",
+               executed=[e["executed"][:, :2] for e in eps], goals=[e["goal"] for e in eps])

@@ -1,0 +1,129 @@
+"""Closed-loop evaluation in PointMaze and D4RL-style normalised scores (Fu et al. 2020, Sec. 5).
+
+score = 100 (R - R_random) / (R_expert - R_random), with R the mean episode return (sparse reward: 1 per
+step within 0.45 of the goal, goal fixed after success, the env's time limit), and the reference returns
+measured here, in the same env, mode and episode length, by a uniform-random policy and by the noiseless
+waypoint expert over 100 episodes each (stored with their settings in the cache).
+Single-task: the goal is D4RL's fixed goal cell, the start a random cell; multi-task: random start and goal.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffsuite.core.utils import atomic_write_json, cache_dir
+
+from .maze import EVAL_GOAL_CELL, MazeGrid, WaypointController, env_id_for, make_env
+from .planner import Planner, track
+
+REFERENCE_EPISODES = 100
+
+
+def reset(env, multi_task: bool, seed: int):
+    """Reset for one evaluation episode: D4RL's fixed goal cell (single-task) or a random goal (multi-task)."""
+    opts = None if multi_task else {"goal_cell": np.array(EVAL_GOAL_CELL[env.spec.id])}
+    return env.reset(seed=seed, options=opts)
+
+
+def run_policy(env, policy: Callable, multi_task: bool, seed: int) -> dict:
+    """One episode to the env's time limit; policy(obs_dict, t) -> action. Returns return, success, path."""
+    obs, _ = reset(env, multi_task, seed)
+    R, success, path, t = 0.0, False, [obs["observation"].copy()], 0
+    goal = obs["desired_goal"].copy()
+    while True:
+        obs, r, term, trunc, info = env.step(policy(obs, t))
+        R, success, t = R + float(r), success or bool(info.get("success")), t + 1
+        path.append(obs["observation"].copy())
+        if term or trunc:
+            break
+    return {"return": R, "success": success, "executed": np.array(path), "goal": goal,
+            "final_distance": float(np.linalg.norm(path[-1][:2] - goal))}
+
+
+def expert_policy(env, rng):
+    grid = MazeGrid.from_env(env)
+    ctrl = WaypointController(grid, rng)
+
+    def policy(obs, t):
+        o = obs["observation"]
+        if t == 0 or ctrl.off_path(o[:2]):
+            ctrl.set_goal(obs["desired_goal"], o[:2])
+        return ctrl.act(o[:2], o[2:])
+    return policy
+
+
+def random_policy(env, rng):
+    return lambda obs, t: rng.uniform(-1, 1, 2)
+
+
+@dataclass
+class ReferenceSettings:
+    env_id: str
+    multi_task: bool
+    episodes: int = REFERENCE_EPISODES
+    seed: int = 12345
+    version: int = 1
+
+
+def reference_returns(env_id: str, multi_task: bool, episodes: int = REFERENCE_EPISODES, progress: bool = True) -> dict:
+    """Mean returns of the uniform-random policy and the waypoint expert (cached with their settings)."""
+    s = ReferenceSettings(env_id_for(env_id), multi_task, episodes)
+    key = hashlib.sha256(json.dumps(asdict(s), sort_keys=True).encode()).hexdigest()[:12]
+    path = cache_dir("trajectory", "reference") / f"{s.env_id}_{'multi' if multi_task else 'single'}_{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    env, out = make_env(s.env_id), {"settings": asdict(s)}
+    for name, make in (("random", random_policy), ("expert", expert_policy)):
+        rng = np.random.default_rng(s.seed)
+        rets = [run_policy(env, make(env, rng), multi_task, s.seed + i)["return"]
+                for i in tqdm(range(episodes), disable=not progress, desc=f"reference {name}")]
+        out[name] = {"mean": float(np.mean(rets)), "std": float(np.std(rets))}
+    env.close()
+    atomic_write_json(path, out)
+    return out
+
+
+def normalized_score(R: float, ref: dict) -> float:
+    """100 (R - R_random) / (R_expert - R_random) (D4RL's normalised score)."""
+    return 100.0 * (R - ref["random"]["mean"]) / (ref["expert"]["mean"] - ref["random"]["mean"])
+
+
+def plan_episode(env, planner: Planner, multi_task: bool, seed: int, replan_every: int = 0, control: str = "pd",
+                 kp: float = 1.0, kd: float = 1.0) -> dict:
+    """One closed-loop episode: plan at t = 0 (and every replan_every steps if > 0), track the plan."""
+    g = torch.Generator().manual_seed(seed)
+    state = {"plan": None, "k": 0, "plans": [], "times": []}
+
+    def policy(obs, t):
+        if state["plan"] is None or (replan_every and state["k"] >= replan_every):
+            p = planner.plan(obs["observation"], obs["desired_goal"], g, shift=state["k"])
+            state.update(plan=p, k=0)
+            state["plans"].append(p.states)
+            state["times"].append(p.seconds)
+        p, k = state["plan"], state["k"]
+        state["k"] += 1
+        return track(p.states, p.actions, k, obs["observation"], control, kp, kd)
+    planner.prev = None
+    ep = run_policy(env, policy, multi_task, seed)
+    ep.update(plans=state["plans"], plan_seconds=state["times"])
+    return ep
+
+
+def summarize(episodes: list[dict], ref: Optional[dict]) -> dict:
+    R = float(np.mean([e["return"] for e in episodes]))
+    times = np.concatenate([e["plan_seconds"] for e in episodes]) if episodes and "plan_seconds" in episodes[0] else np.zeros(1)
+    out = {"episodes": len(episodes), "return_mean": R, "return_std": float(np.std([e["return"] for e in episodes])),
+           "success_rate": float(np.mean([e["success"] for e in episodes])),
+           "plan_seconds_mean": float(times.mean()), "plan_seconds_p95": float(np.percentile(times, 95))}
+    if ref is not None:
+        out["normalized_score"] = normalized_score(R, ref)
+        scores = [normalized_score(e["return"], ref) for e in episodes]
+        out["normalized_score_sem"] = float(np.std(scores) / np.sqrt(max(1, len(scores))))
+        out["reference"] = ref
+    return out

@@ -1,0 +1,154 @@
+"""Planning with a trajectory diffusion model (Janner et al. 2022, Diffuser, Sec. 3 and Alg. 1).
+
+* Goal conditioning by inpainting: the start state at step 0 and the goal (position, zero velocity, as
+  Diffuser in maze2d) at step H-1 are held by the core's `Inpaint` hook (exact in the returned plan);
+  a model trained with data.condition also sees them clean in its input (cond, Diffuser's apply_conditioning).
+* Reward seeking by guidance with a value function J(x_t, t): the core's `ValueGuidance` hook (Diffuser's
+  n_guide_steps, t_stopgrad, scale_grad_by_std) or the core's `GradientGuidance` denoiser wrapper.
+* A batch of candidate plans, ranked by J when a value function is given.
+* Warm start: re-noise the previous plan (shifted by the steps executed) to an intermediate t and denoise
+  from there; receding-horizon replanning is the caller's choice of `replan_every` (evaluate.py).
+* Any core sampler at any step count.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from diffsuite.core.guidance import GradientGuidance, Inpaint, ValueGuidance
+from diffsuite.core.parameterization import q_sample
+from diffsuite.core.samplers import sample
+from diffsuite.core.utils import randn
+
+
+@dataclass
+class Plan:
+    states: np.ndarray  # (H, S) unnormalised, best candidate
+    actions: np.ndarray  # (H, A)
+    value: Optional[float]
+    seconds: float
+    all_states: np.ndarray  # (B, H, S) every candidate
+    normalized: torch.Tensor  # (B, H, D) the raw sample (for warm starts)
+
+
+@dataclass
+class PlannerConfig:
+    sampler: str = "ddim"
+    steps: int = 20
+    n_candidates: int = 1
+    guidance: str = "none"  # none | value (ValueGuidance hook) | gradient (GradientGuidance wrapper)
+    guide_scale: float = 0.1
+    n_guide_steps: int = 2
+    t_stopgrad: int = 2
+    scale_grad_by_std: bool = True
+    warm_start_t: float = 0.0  # > 0: warm start from the previous plan noised to this fraction of T
+    eta: float = 0.0
+    condition: str = "none"  # what the model was trained to see clean: start_goal | start | none (data.condition)
+
+
+class Planner:
+    """Sample (start, goal)-inpainted, optionally value-guided trajectories; unnormalise; rank by value."""
+
+    def __init__(self, denoiser, normalizer, action_dim: int, obs_dim: int, horizon: int,
+                 cfg: PlannerConfig = PlannerConfig(), value_fn: Optional[Callable] = None, goal_dims=(0, 1)):
+        self.den, self.norm, self.A, self.S, self.H = denoiser, normalizer, action_dim, obs_dim, horizon
+        self.cfg, self.value_fn, self.goal_dims = cfg, value_fn, tuple(goal_dims)
+        if cfg.guidance != "none" and value_fn is None:
+            raise ValueError(f"Planner: guidance={cfg.guidance!r} needs a value_fn")
+        self.device = next(denoiser.parameters()).device
+        self.prev: Optional[torch.Tensor] = None
+
+    @property
+    def D(self) -> int:
+        return self.A + self.S
+
+    def _norm_state(self, s: np.ndarray) -> torch.Tensor:
+        """Normalise a state alone: the normaliser is per dimension over the joint [action, state] vector."""
+        joint = np.concatenate([np.zeros(self.A, np.float32), np.asarray(s, np.float32)])[None]
+        return torch.as_tensor(self.norm.normalize(joint)[0, self.A:], dtype=torch.float32)
+
+    def conditions(self, start: np.ndarray, goal: Optional[np.ndarray], B: int):
+        """(mask, known) for Inpaint: all state dims at step 0; goal position + zero velocity at step H-1."""
+        mask, known = torch.zeros(B, self.H, self.D), torch.zeros(B, self.H, self.D)
+        mask[:, 0, self.A:] = 1
+        known[:, 0, self.A:] = self._norm_state(start)
+        if goal is not None:
+            g = np.zeros(self.S, np.float32)
+            g[list(self.goal_dims)] = np.asarray(goal, np.float32)[: len(self.goal_dims)]
+            mask[:, -1, self.A:] = 1
+            known[:, -1, self.A:] = self._norm_state(g)
+        return mask.to(self.device), known.to(self.device)
+
+    def model_cond(self, mask, known):
+        """The clean (B, k, S) states a conditioned model sees (Diffuser's apply_conditioning), or None."""
+        steps = {"start_goal": [0, -1], "start": [0], "none": []}[self.cfg.condition]
+        if -1 in steps and not bool(mask[0, -1, self.A:].all()):
+            raise ValueError("Planner: the model is conditioned on a goal (condition='start_goal'); pass a goal")
+        return known[:, steps, self.A:] if steps else None
+
+    def _warm(self, shift: int, generator):
+        """x_t from the previous plan shifted by `shift` steps, noised to t = warm_start_t * T, and its timesteps."""
+        T = self.den.schedule.T
+        t0 = max(1, int(round(self.cfg.warm_start_t * T)) - 1)
+        prev = self.prev[:, shift:]
+        prev = torch.cat([prev, prev[:, -1:].expand(-1, self.H - prev.shape[1], -1)], 1) if prev.shape[1] < self.H else prev
+        ab = self.den.schedule.alpha_bar_at(torch.tensor(float(t0))).float()
+        x = q_sample(prev, ab.to(prev), randn(prev.shape, generator, prev.device))
+        ts = torch.linspace(t0, 0, max(2, min(self.cfg.steps, t0 + 1))).round().unique().flip(0).double()
+        return x, ts
+
+    def plan(self, start: np.ndarray, goal: Optional[np.ndarray] = None, generator: Optional[torch.Generator] = None,
+             shift: int = 0) -> Plan:
+        """One planning call (Diffuser Alg. 1 without the environment loop)."""
+        c, B = self.cfg, self.cfg.n_candidates
+        t_start = time.perf_counter()
+        mask, known = self.conditions(start, goal, B)
+        hooks, den = [], self.den
+        if c.guidance == "value":
+            hooks.append(ValueGuidance(self.value_fn, self.den.schedule, c.guide_scale, c.n_guide_steps, c.t_stopgrad,
+                                       c.scale_grad_by_std))
+        elif c.guidance == "gradient":
+            den = GradientGuidance(self.den, self.value_fn, c.guide_scale)
+        hooks.append(Inpaint(self.den.schedule, mask, known))
+        cond = self.model_cond(mask, known)
+        opts = {"eta": c.eta} if c.sampler in ("ddim",) else {}
+        x_T = None
+        if c.warm_start_t > 0 and self.prev is not None:
+            x_T, opts["timesteps"] = self._warm(shift, generator)
+        with torch.no_grad():
+            x = sample(den, (B, self.H, self.D), c.sampler, c.steps, generator=generator, hooks=hooks, device=self.device,
+                       x_T=x_T, cond=cond, **opts)
+        return self._finish(x, t_start)
+
+    def _finish(self, x: torch.Tensor, t_start: float) -> Plan:
+        values = None
+        if self.value_fn is not None:
+            with torch.no_grad():
+                values = self.value_fn(x, torch.zeros(x.shape[0], device=x.device), None).float().cpu()
+        best = int(values.argmax()) if values is not None else 0
+        self.prev = x[best: best + 1].expand(x.shape[0], -1, -1).clone()
+        joint = self.norm.unnormalize(x.detach().cpu().float()).numpy()
+        secs = time.perf_counter() - t_start
+        return Plan(states=joint[best, :, self.A:], actions=joint[best, :, :self.A],
+                    value=None if values is None else float(values[best]), seconds=secs,
+                    all_states=joint[:, :, self.A:], normalized=x.detach())
+
+
+def track(plan_states: np.ndarray, plan_actions: np.ndarray, k: int, obs: np.ndarray, control: str = "pd",
+          kp: float = 1.0, kd: float = 1.0) -> np.ndarray:
+    """Action at plan step k: PD tracking of the next planned state (Diffuser's maze controller), or the planned action.
+
+    pd: a = clip(kp (p_{k+1} - p) + kd (v_{k+1} - v), -1, 1); past the plan's end, hold the last position at zero velocity.
+    """
+    if control == "actions":
+        return np.clip(plan_actions[min(k, len(plan_actions) - 1)], -1, 1)
+    if control != "pd":
+        raise ValueError(f"control {control!r}: valid: pd, actions")
+    w = plan_states[min(k + 1, len(plan_states) - 1)].copy()
+    if k + 1 >= len(plan_states):
+        w[2:] = 0
+    return np.clip(kp * (w[:2] - obs[:2]) + kd * (w[2:4] - obs[2:4]), -1, 1)

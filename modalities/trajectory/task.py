@@ -1,0 +1,152 @@
+"""TrajectoryTask: Diffuser (Janner et al. 2022) as a diffsuite Task.
+
+x0 is a normalised joint trajectory (H, A + S): per time step the action then the observation (Diffuser's
+layout). As in Diffuser's maze2d training, the network sees the clean start state (and, with
+data.condition = start_goal, the clean final state) in x_t (`apply_conditioning`); at planning time the
+same states come from the environment and the core's `Inpaint` hook holds them exactly in the returned plan.
+Rewards enter by value guidance (planner.py). Recipes predict x0 with limits normalisation, as Diffuser does.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from diffsuite.core.task import Task
+from diffsuite.core.utils import atomic_write_json
+
+from .data import SequenceDataset
+from .generate import GenSettings, dataset_path, load_npz, n_steps_for
+from .maze import env_id_for
+from .temporal_unet import ConditionedTemporalUnet
+
+VAL_FRACTION = 0.05  # the last 5% of episodes of the stream are the validation split
+
+
+@dataclass
+class TrajectoryModelConfig:
+    """Temporal U-Net settings (Diffuser: dim 32, dim_mults (1, 4, 8) in mazes, (1, 2, 4, 8) in locomotion)."""
+
+    transition_dim: int = 6  # action dim + observation dim (PointMaze: 2 + 4)
+    action_dim: int = 2
+    dim: int = 32
+    dim_mults: list = field(default_factory=lambda: [1, 4, 8])
+    kernel: int = 5
+
+
+@dataclass
+class TrajectoryDataConfig:
+    """Which dataset (generated PointMaze stream or an explicit .npz) and how it is cut into windows."""
+
+    env_id: str = "PointMaze_UMaze-v3"
+    size: str = "cpu"  # d4rl | cpu | tiny | a step count
+    seed: int = 0
+    action_noise: float = 0.5
+    path: Optional[str] = None  # an explicit .npz with observations, actions, rewards, terminals, timeouts
+    horizon: int = 128
+    normalizer: str = "limits"
+    use_padding: bool = False
+    discount: float = 0.99
+    #: where episodes end: "terminals" (arrival or timeout, D4RL's flags) or "timeouts" (only timeouts; with
+    #: arrivals not splitting the stream, windows may pass intermediate goals, like Diffuser's long maze2d episodes)
+    episode_ends: str = "terminals"
+    #: what the model sees clean in x_t (Diffuser's conditioning): start_goal (maze2d GoalDataset), start, none
+    condition: str = "start_goal"
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(data_key: str) -> SequenceDataset:
+    d = TrajectoryDataConfig(**json.loads(data_key))
+    if d.path:
+        arrays, _ = load_npz(d.path)
+    else:
+        s = GenSettings(env_id=env_id_for(d.env_id), n_steps=n_steps_for(d.size, d.env_id), seed=d.seed,
+                        action_noise=d.action_noise)
+        arrays, _ = load_npz(dataset_path(s))
+    if d.episode_ends not in ("terminals", "timeouts"):
+        raise ValueError(f"data.episode_ends={d.episode_ends!r}: valid: terminals, timeouts")
+    terminals = arrays["terminals"] if d.episode_ends == "terminals" else np.zeros_like(arrays["terminals"])
+    return SequenceDataset(arrays["observations"], arrays["actions"], arrays["rewards"], terminals,
+                           arrays["timeouts"], d.horizon, d.normalizer, d.use_padding, d.discount)
+
+
+def full_dataset(data: TrajectoryDataConfig) -> SequenceDataset:
+    """All windows of the configured dataset (cached in-process); its normaliser is the one the model uses."""
+    from dataclasses import asdict
+    return _dataset(json.dumps(asdict(data), sort_keys=True))
+
+
+CONDITIONS = {"start_goal": [0, -1], "start": [0], "none": []}
+
+
+def window_cond(x0: torch.Tensor, condition: str, action_dim: int):
+    """The clean states the model is conditioned on: (k, S) from steps 0 (and H-1) of a window, or None."""
+    if condition not in CONDITIONS:
+        raise ValueError(f"data.condition={condition!r}: valid: {sorted(CONDITIONS)}")
+    steps = CONDITIONS[condition]
+    return x0[..., steps, action_dim:] if steps else None
+
+
+class _Split(torch.utils.data.Dataset):
+    def __init__(self, seq: SequenceDataset, idx: np.ndarray, condition: str = "none"):
+        self.seq, self.idx, self.condition = seq, idx, condition
+        window_cond(torch.zeros(1, 2, 1 + seq.action_dim), condition, seq.action_dim)  # validate early
+
+    def __len__(self):
+        return len(self.idx)
+
+    def __getitem__(self, i):
+        x0 = self.seq[int(self.idx[i])]
+        c = window_cond(x0, self.condition, self.seq.action_dim)
+        return x0 if c is None else {"x0": x0, "cond": c}
+
+
+class TrajectoryTask(Task):
+    name = "trajectory"
+    ModelConfig = TrajectoryModelConfig
+    DataConfig = TrajectoryDataConfig
+    null_cond = None
+
+    def build_net(self, model: TrajectoryModelConfig, diffusion) -> torch.nn.Module:
+        return ConditionedTemporalUnet(model.transition_dim, model.action_dim, model.dim, tuple(model.dim_mults),
+                                       model.kernel)
+
+    def build_dataset(self, data: TrajectoryDataConfig, split: str = "train"):
+        seq = full_dataset(data)
+        cut = int(len(seq.bounds) * (1 - VAL_FRACTION))
+        ep = np.array([w.episode for w in seq.windows])
+        idx = np.flatnonzero(ep < cut) if split == "train" else np.flatnonzero(ep >= cut)
+        if len(idx) == 0:
+            idx = np.arange(len(seq))
+        return _Split(seq, idx, data.condition)
+
+    def sample_shape(self, model, data: TrajectoryDataConfig) -> tuple:
+        seq = full_dataset(data)
+        D = seq.action_dim + seq.obs_dim
+        if D != model.transition_dim:
+            raise ValueError(f"model.transition_dim={model.transition_dim} but the dataset has {seq.action_dim} action "
+                             f"+ {seq.obs_dim} observation dims = {D}; set model.transition_dim={D}")
+        return (data.horizon, D)
+
+    def sample_cond(self, n: int, cfg, generator: Optional[torch.Generator] = None):
+        """Start (and goal) states of n random dataset windows, for `diffsuite sample`."""
+        seq = full_dataset(cfg.data)
+        idx = torch.randint(len(seq), (n,), generator=generator)
+        return window_cond(torch.stack([seq[int(i)] for i in idx]), cfg.data.condition, seq.action_dim)
+
+    def save_samples(self, x: torch.Tensor, cond, out_dir: Path, cfg) -> dict:
+        """Unnormalise the trajectories, draw their states on the maze (PNG) and write them as JSON."""
+        from .plot import draw_paths
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        seq = full_dataset(cfg.data)
+        a, s = seq.split(seq.normalizer.unnormalize(x.detach().cpu().float()))
+        atomic_write_json(out_dir / "samples.json", {"actions": a.tolist(), "observations": s.tolist()})
+        png = draw_paths(cfg.data.env_id, [p[:, :2].numpy() for p in s], out_dir / "samples.png")
+        return {"json": str(out_dir / "samples.json"), "png": str(png)}
+
