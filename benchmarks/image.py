@@ -1,0 +1,155 @@
+"""Image benchmarks.
+
+speed:   training throughput (images/s) and peak memory of the ddpm-cifar10 U-Net against diffusers'
+         UNet2DModel with the equivalent configuration (google/ddpm-cifar10-32 layout), same batch and
+         precision, each model in its own subprocess so peak RSS is its own. CPU always; CUDA if available.
+quality: digits-FID and conditional accuracy of a trained digits checkpoint for several samplers and
+         guidance scales (--checkpoint RUN_OR_CKPT).
+
+    python benchmarks/image.py speed --batch 4 --steps 3
+    python benchmarks/image.py quality --checkpoint runs/image_digits --n 300
+Writes benchmarks/results/image_speed.json / image_quality.json and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def build(impl: str):
+    import torch
+    if impl == "diffsuite":
+        from diffsuite.modalities.image.unet import build_unet, preset
+        net = build_unet(preset("ddpm-cifar10"))
+        return net, lambda x, t: net(x, t)
+    from diffusers import UNet2DModel
+    net = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
+                      block_out_channels=(128, 256, 256, 256), dropout=0.1, norm_num_groups=32,
+                      down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                      up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                      attention_head_dim=None, flip_sin_to_cos=False, freq_shift=1)
+    return net, lambda x, t: net(x, t).sample
+
+
+def measure(impl: str, device: str, batch: int, steps: int, dtype: str, compile_: bool) -> dict:
+    """Time `steps` optimizer steps of the eps-MSE loss after one warm-up step; peak memory of this process."""
+    import torch
+    torch.manual_seed(0)
+    net, fwd = build(impl)
+    net.to(device).train()
+    n_params = sum(p.numel() for p in net.parameters())
+    if compile_:
+        fwd = torch.compile(fwd)
+    opt = torch.optim.Adam(net.parameters(), 2e-4)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    t = torch.randint(0, 1000, (batch,), device=device)
+    amp = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+    def step():
+        with amp:
+            loss = (fwd(x, t).float() - x).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"impl": impl, "device": device, "dtype": dtype, "compile": compile_, "batch": batch, "steps": steps,
+            "params": n_params, "images_per_s": batch * steps / dt, "peak_mem_mb": peak / 2 ** 20,
+            "peak_mem_kind": "cuda max_memory_allocated" if device.startswith("cuda") else "process peak RSS"}
+
+
+def speed(args) -> list[dict]:
+    import torch
+    configs = [("cpu", "fp32", False)]
+    if torch.cuda.is_available():
+        configs += [("cuda", d, c) for d in ("fp32", "bf16") for c in (False, True)]
+    rows = []
+    for device, dtype, comp in configs:
+        for impl in ("diffsuite", "diffusers"):
+            cmd = [sys.executable, __file__, "_one", impl, device, str(args.batch if device == "cpu" else args.gpu_batch),
+                   str(args.steps), dtype, str(int(comp))]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode:
+                rows.append({"impl": impl, "device": device, "dtype": dtype, "compile": comp,
+                             "error": out.stderr.strip().splitlines()[-1:]})
+                continue
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"{'impl':10s} {'device':6s} {'dtype':5s} {'compile':7s} {'batch':5s} {'params':>10s} {'img/s':>8s} {'peak MB':>9s}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['impl']:10s} {r['device']:6s} {r['dtype']:5s} {str(r['compile']):7s} error: {r['error']}")
+            continue
+        print(f"{r['impl']:10s} {r['device']:6s} {r['dtype']:5s} {str(r['compile']):7s} {r['batch']:5d} "
+              f"{r['params']:10d} {r['images_per_s']:8.2f} {r['peak_mem_mb']:9.0f}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "image_speed.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    return rows
+
+
+def quality(args) -> list[dict]:
+    import torch
+    from diffsuite.modalities.image.cli import evaluate
+    from diffsuite.recipes.run import load
+    torch.set_num_threads(args.threads)
+    loaded = load(args.checkpoint)
+    if args.clip:
+        from diffsuite.core.denoiser import clip_x0
+        loaded.denoiser.x0_transform = clip_x0
+    grid = [("ddpm", 1000), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("dpmpp_2m", 20), ("dpmpp_2m", 10)]
+    grid = [g for g in grid if f"{g[0]}{g[1]}" not in args.skip]
+    rows = []
+    for sampler, steps in grid:
+        for w in args.guidance:
+            r = evaluate(loaded, args.n, sampler, steps, w, seed=0, bpd_n=0)
+            rows.append(r)
+            print(f"{sampler:9s} {steps:5d} w={w:<4} digits-FID {r['digits_fid']:8.3f}  "
+                  f"cond-acc {r.get('conditional_accuracy', float('nan')):.3f}  ({r['sample_seconds']} s)", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "image_quality.json").write_text(json.dumps({"checkpoint": str(loaded.checkpoint), "args": vars(args),
+                                                            "step": loaded.step, "rows": rows}, indent=1))
+    return rows
+
+
+def main(argv=None):
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_one":
+        import torch
+        torch.set_num_threads(int(__import__("os").environ.get("BENCH_THREADS", "1")))
+        impl, device, batch, steps, dtype, comp = sys.argv[2:8]
+        print(json.dumps(measure(impl, device, int(batch), int(steps), dtype, bool(int(comp)))))
+        return
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--batch", type=int, default=4)
+    s.add_argument("--gpu-batch", type=int, default=128)
+    s.add_argument("--steps", type=int, default=3)
+    q = sub.add_parser("quality")
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("--n", type=int, default=300)
+    q.add_argument("--guidance", type=float, nargs="*", default=[0.0, 1.0, 3.0])
+    q.add_argument("--skip", nargs="*", default=[], help="e.g. ddpm1000")
+    q.add_argument("--threads", type=int, default=1)
+    q.add_argument("--clip", action="store_true", help="clip x0 to [-1, 1] (overrides the checkpoint's clip_x0)")
+    args = p.parse_args(argv)
+    speed(args) if args.what == "speed" else quality(args)
+
+
+if __name__ == "__main__":
+    main()

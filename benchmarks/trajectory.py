@@ -1,0 +1,126 @@
+"""Trajectory benchmark: normalised score / success rate of a checkpoint in PointMaze, and plan latency per sampler.
+
+    python benchmarks/trajectory.py --checkpoint RUN_DIR --episodes 20 [--latency-only] [--device cuda]
+
+Scores use reference returns measured here (uniform-random policy and noiseless waypoint expert, 100 episodes
+each, same env, mode and episode length). Latency: one plan (start/goal inpainting, one candidate) of the
+checkpoint's horizon for DDPM / DDIM / DPM-Solver++(2M) at 64 / 20 / 10 / 5 steps; without a checkpoint, a
+randomly initialised Diffuser U-Maze network (horizon 128, dim 32, dim_mults 1-4-8, T 64) is timed.
+Prints a table and writes benchmarks/results/trajectory.json.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffsuite.core.denoiser import Denoiser, clip_x0
+from diffsuite.core.schedules import make_schedule
+from diffsuite.core.utils import atomic_write_json
+from diffsuite.modalities.trajectory.data import LimitsNormalizer
+from diffsuite.modalities.trajectory.evaluate import plan_episode, reference_returns, summarize
+from diffsuite.modalities.trajectory.maze import make_env
+from diffsuite.modalities.trajectory.planner import Planner, PlannerConfig
+from diffsuite.modalities.trajectory.temporal_unet import TemporalUnet
+
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
+STEPS = (64, 20, 10, 5)
+
+
+def _random_diffuser(device):
+    torch.manual_seed(0)
+    den = Denoiser(TemporalUnet(6, 32, (1, 4, 8)), make_schedule("cosine", 64), "x0", x0_transform=clip_x0).to(device).eval()
+    norm = LimitsNormalizer(np.array([[-1, -1, -1.5, -1.5, -5, -5], [1, 1, 1.5, 1.5, 5, 5]], np.float32))
+    return den, norm, 128, "random-init Diffuser U-Maze net (H 128, dim 32, 1-4-8, T 64)"
+
+
+def _loaded(path, device):
+    from diffsuite.modalities.trajectory.task import full_dataset
+    from diffsuite.recipes.run import load
+    ld = load(path, device=device)
+    return ld, full_dataset(ld.recipe.data)
+
+
+def latency(den, norm, H, device, repeats: int) -> list[dict]:
+    rows = []
+    for sampler in SAMPLERS:
+        for steps in STEPS:
+            if steps > den.schedule.T:
+                continue
+            pl = Planner(den, norm, 2, 4, H, PlannerConfig(sampler=sampler, steps=steps))
+            times = []
+            for r in range(repeats + 1):
+                g = torch.Generator().manual_seed(r)
+                if device != "cpu":
+                    torch.cuda.synchronize()
+                p = pl.plan(np.array([0.5, 0.5, 0, 0]), np.array([-1.5, -1.0]), g)
+                if device != "cpu":
+                    torch.cuda.synchronize()
+                times.append(p.seconds)
+            t = np.array(times[1:])  # the first call warms up
+            rows.append({"sampler": sampler, "steps": steps, "ms_mean": 1e3 * t.mean(), "ms_p95": 1e3 * np.percentile(t, 95)})
+    return rows
+
+
+def scores(ld, seq, episodes: int, replan_every: int, sampler, steps) -> list[dict]:
+    r = ld.recipe
+    cfg = PlannerConfig(sampler=sampler or r.sample.sampler, steps=steps or r.sample.steps, condition=r.data.condition)
+    pl = Planner(ld.denoiser, seq.normalizer, seq.action_dim, seq.obs_dim, r.data.horizon, cfg)
+    env, out = make_env(r.data.env_id), []
+    for multi in (False, True):
+        eps = [plan_episode(env, pl, multi, 1000 + i, replan_every) for i in range(episodes)]
+        s = summarize(eps, reference_returns(r.data.env_id, multi))
+        s.pop("reference")
+        out.append({"env_id": r.data.env_id, "mode": "multi" if multi else "single", **s,
+                    "sampler": cfg.sampler, "steps": cfg.steps, "replan_every": replan_every,
+                    "train_steps": ld.step, "recipe": r.name})
+    env.close()
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--replan-every", type=int, default=16)
+    p.add_argument("--sampler", default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--latency-only", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="benchmarks/results/trajectory.json")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    result = {"device": a.device if a.device == "cpu" else torch.cuda.get_device_name(), "threads": a.threads,
+              "cpu": platform.processor() or platform.machine(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if a.checkpoint:
+        ld, seq = _loaded(a.checkpoint, a.device)
+        den, norm, H, what = ld.denoiser, seq.normalizer, ld.recipe.data.horizon, f"checkpoint {a.checkpoint} (step {ld.step})"
+    else:
+        den, norm, H, what = _random_diffuser(a.device)
+    result["latency_model"] = what
+    result["latency"] = latency(den, norm, H, a.device, a.repeats)
+    print(f"plan latency, {what}, {result['device']}, {a.threads} thread(s)")
+    print(f"{'sampler':<10}{'steps':>6}{'mean ms':>10}{'p95 ms':>10}")
+    for r in result["latency"]:
+        print(f"{r['sampler']:<10}{r['steps']:>6}{r['ms_mean']:>10.1f}{r['ms_p95']:>10.1f}")
+    if a.checkpoint and not a.latency_only:
+        with torch.no_grad():
+            result["scores"] = scores(ld, seq, a.episodes, a.replan_every, a.sampler, a.steps)
+        print(f"\n{'env':<22}{'mode':<8}{'success':>8}{'return':>9}{'score':>8}{'plan ms':>9}")
+        for s in result["scores"]:
+            print(f"{s['env_id']:<22}{s['mode']:<8}{s['success_rate']:>8.2f}{s['return_mean']:>9.1f}"
+                  f"{s['normalized_score']:>8.1f}{1e3 * s['plan_seconds_mean']:>9.1f}")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(a.out, result)
+    print(f"-> {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Music metrics on hand-made rolls equal hand-computed values."""
+import math
+
+import numpy as np
+import pytest
+
+from diffsuite.modalities.music import metrics
+from diffsuite.modalities.music.roll import Note, notes_to_roll
+
+
+@pytest.fixture
+def hand_roll():
+    # two bars of 4/4 at 4 steps per beat: C+E half bar... see the hand computation in each test
+    notes = [Note(60, 0, 4), Note(64, 0, 4), Note(67, 4, 2), Note(60, 8, 1), Note(60, 16, 1)]
+    return notes_to_roll(notes, 32)[0]
+
+
+def test_piece_stats_hand_computed(hand_roll):
+    s = metrics.piece_stats(hand_roll, 0, 4, 4)
+    assert s["pitch_range"] == 7 and s["n_pitches_used"] == 3 and s["n_pitch_classes_used"] == 3
+    h = -(0.6 * math.log2(0.6) + 2 * 0.2 * math.log2(0.2))  # pitch counts 60:3, 64:1, 67:1
+    assert s["pitch_entropy"] == pytest.approx(h) and s["pitch_class_entropy"] == pytest.approx(h)
+    assert s["scale_consistency"] == 1.0
+    assert s["polyphony"] == pytest.approx((4 * 2 + 2 + 1 + 1) / 8)  # 8 sounding steps, 12 pitch-steps
+    assert s["polyphony_rate"] == pytest.approx(4 / 32)
+    assert s["empty_beat_rate"] == pytest.approx(4 / 8)  # beats 3, 5, 6, 7 are silent
+    assert s["groove_consistency"] == pytest.approx(1 - 2 / 16)  # onsets {0,4,8} vs {0}
+    assert s["integrity"] == 1.0
+
+
+def test_scale_consistency_out_of_scale():
+    r = notes_to_roll([Note(60 + k, k, 1) for k in range(12)], 16)[0]  # chromatic: best scale holds 7 of 12
+    assert metrics.piece_stats(r)["scale_consistency"] == pytest.approx(7 / 12)
+
+
+def test_yang_lerch_features_hand_computed(hand_roll):
+    f = metrics.features(hand_roll)
+    assert f["PC"][0] == 3 and f["PR"][0] == 7 and f["NC"][0] == 5
+    assert f["PI"][0] == pytest.approx((4 + 3 + 7 + 0) / 4)
+    assert f["IOI"][0] == pytest.approx((4 + 4 + 8) / 3)
+    assert np.allclose(f["NLH"][:4], [2 / 5, 1 / 5, 0, 2 / 5])
+    pctm = f["PCTM"].reshape(12, 12)
+    assert pctm[0, 4] == pctm[4, 7] == pctm[7, 0] == pctm[0, 0] == 0.25
+    assert np.allclose(f["PCH"][[0, 4, 7]], [0.6, 0.2, 0.2])
+
+
+def test_overlap_area_and_kl():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, 400)
+    oa, kl = metrics.overlap_and_kl(a, a)
+    assert oa == pytest.approx(1.0, abs=1e-6) and kl == pytest.approx(0.0, abs=1e-6)
+    oa, kl = metrics.overlap_and_kl(a, a + 20)
+    assert oa < 0.01 and kl > 10
+    # two unit Gaussians one sigma apart overlap by 2 * Phi(-1/2) = 0.617
+    oa, _ = metrics.overlap_and_kl(rng.normal(0, 1, 4000), rng.normal(1, 1, 4000))
+    assert oa == pytest.approx(0.617, abs=0.04)
+
+
+def test_intra_inter_set_and_memorisation(hand_roll):
+    F = np.array([[0.0], [1.0], [3.0]])
+    assert sorted(metrics.intra_set(F)) == [1.0, 2.0, 3.0]
+    assert sorted(metrics.inter_set(F, np.array([[1.0]]))) == [0.0, 1.0, 2.0]
+    other = hand_roll.copy()
+    other[0, 60, 8] = 0
+    d = metrics.nearest_distance(np.stack([hand_roll, other]), np.stack([hand_roll]))
+    assert d[0] == 0 and d[1] == pytest.approx(1 / hand_roll.size)
+
+
+def test_independent_baseline_keeps_marginals(hand_roll):
+    model = metrics.fit_independent([hand_roll] * 3)
+    rolls = metrics.sample_independent(model, 5, seed=1)
+    assert rolls.shape == (5,) + hand_roll.shape
+    pitches = set(np.nonzero(rolls[:, 0].any(axis=(0, 2)))[0])
+    assert pitches <= {60, 64, 67}

@@ -1,0 +1,63 @@
+"""PointMaze generator and waypoint expert: the expert reaches goals, the dataset is reproducible and cached."""
+import numpy as np
+import pytest
+
+from diffsuite.modalities.trajectory.evaluate import expert_policy, run_policy
+from diffsuite.modalities.trajectory.generate import GenSettings, dataset_path, generate, load_npz, save_npz
+from diffsuite.modalities.trajectory.maze import MAZES, SUCCESS_RADIUS, MazeGrid, make_env, set_goal
+
+
+@pytest.mark.parametrize("env_id", sorted(MAZES.values()))
+def test_expert_reaches_goal_in_each_maze(env_id):
+    env = make_env(env_id)
+    for seed in range(3):
+        ep = run_policy(env, expert_policy(env, np.random.default_rng(seed)), multi_task=True, seed=seed)
+        assert ep["success"], f"{env_id} seed {seed}: expert ended {ep['final_distance']:.2f} from the goal"
+        assert ep["final_distance"] <= SUCCESS_RADIUS
+    env.close()
+
+
+def test_grid_matches_gymnasium_coordinates():
+    env = make_env("PointMaze_Medium-v3")
+    grid, maze = MazeGrid.from_env(env), env.unwrapped.maze
+    for cell in grid.free_cells:
+        np.testing.assert_allclose(grid.cell_xy(cell), maze.cell_rowcol_to_xy(np.array(cell)))
+        assert grid.xy_cell(grid.cell_xy(cell)) == cell
+    path = grid.path((1, 1), (6, 6))
+    assert path[0] == (1, 1) and path[-1] == (6, 6)
+    assert all(abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1 and not grid.walls[b] for a, b in zip(path, path[1:]))
+
+
+def test_set_goal_without_reset_moves_goal():
+    env = make_env("PointMaze_UMaze-v3")
+    obs, _ = env.reset(seed=0)
+    set_goal(env, np.array([1.0, 1.0]))
+    obs, *_ = env.step(np.zeros(2))
+    np.testing.assert_allclose(obs["desired_goal"], [1.0, 1.0])
+
+
+def test_stream_flags_and_reproducibility(tmp_path):
+    s = GenSettings(n_steps=1500, seed=3)
+    a, b, c = generate(s, progress=False), generate(s, progress=False), generate(GenSettings(n_steps=1500, seed=4), progress=False)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(a["observations"], c["observations"])
+    assert a["terminals"].sum() > 3, "the expert should arrive at several goals in 1500 steps"
+    # a terminal step lands within the radius of that step's goal, and the goal changes right after it
+    t = np.flatnonzero(a["terminals"])[:-1]
+    assert np.all(np.linalg.norm(a["observations"][t + 1, :2] - a["goals"][t], axis=1) <= SUCCESS_RADIUS)
+    assert np.all(np.any(a["goals"][t + 1] != a["goals"][t], axis=1))
+    assert np.all(np.abs(a["actions"]) <= 1)
+    save_npz(tmp_path / "d.npz", a, s)
+    data, settings = load_npz(tmp_path / "d.npz")
+    assert settings["seed"] == 3 and settings["n_steps"] == 1500
+    np.testing.assert_array_equal(data["rewards"], a["rewards"])
+
+
+def test_dataset_cache_with_manifest(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path))
+    s = GenSettings(n_steps=300, seed=1)
+    p = dataset_path(s, progress=False)
+    assert (p.parent / "manifest.json").is_file()
+    mtime = p.stat().st_mtime_ns
+    assert dataset_path(s, progress=False) == p and p.stat().st_mtime_ns == mtime  # reused, not regenerated
