@@ -73,6 +73,7 @@ class SampleConfig:
     variance: str = "beta_tilde"
     guidance: float = 0.0
     seed: int = 0
+    lambda_min: Optional[float] = None  # DPM-Solver++ only: start where log(alpha/sigma) >= lambda_min
 
 
 def _type_ok(value, tp) -> bool:
@@ -84,7 +85,7 @@ def _type_ok(value, tp) -> bool:
     if tp is type(None):
         return value is None
     if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)) or _float_str(value) is not None
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if tp in (list, tuple) or origin in (list, tuple):
@@ -96,8 +97,21 @@ def _type_ok(value, tp) -> bool:
     return True
 
 
+def _float_str(value):
+    """PyYAML reads `1e-3` (no dot) as a string: accept such numbers for float fields."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
 def _coerce(value, tp):
-    if tp is float and isinstance(value, int):
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType) and float in typing.get_args(tp) and _float_str(value) is not None:
+        return float(value)
+    if tp is float and (isinstance(value, int) or _float_str(value) is not None):
         return float(value)
     if tp is tuple and isinstance(value, list):
         return tuple(value)

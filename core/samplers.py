@@ -72,10 +72,23 @@ def logsnr_timesteps(schedule, steps: int) -> torch.Tensor:
     return ts
 
 
-def _timesteps(schedule, steps: int, spacing: str) -> torch.Tensor:
+def _timesteps(schedule, steps: int, spacing: str, lambda_min: float | None = None) -> torch.Tensor:
     if spacing == "logsnr":
         return logsnr_timesteps(schedule, steps)
-    return timesteps_for(schedule.T, steps, spacing)
+    if lambda_min is None:
+        return timesteps_for(schedule.T, steps, spacing)
+    return timesteps_for(lambda_clipped_T(schedule, lambda_min), steps, spacing)
+
+
+def lambda_clipped_T(schedule, lambda_min: float) -> int:
+    """How many training steps keep lambda_t = log(alpha_t / sigma_t) >= lambda_min (at least 1).
+
+    Sampling then starts at that step instead of T-1: Lu et al. (2022) start the cosine schedule at
+    t_T = 0.9946 for the same reason, and diffusers calls this `lambda_min_clipped`. Near alpha_bar = 0 the
+    x0 estimate (x - sigma eps) / alpha amplifies the network's error by 1/alpha.
+    """
+    lam = -schedule.log_sigma_table
+    return max(1, int((lam >= lambda_min).sum()))
 
 
 def _grid(schedule, timesteps, alpha_bars=None):
@@ -157,15 +170,17 @@ def ddim(denoiser, x, steps: int = 50, *, cond=None, generator=None, hooks: Sequ
 
 
 def dpmpp_2m(denoiser, x, steps: int = 20, *, cond=None, generator=None, hooks: Sequence = (),
-             spacing: str = "linspace", timesteps=None, alpha_bars=None,
+             spacing: str = "linspace", timesteps=None, alpha_bars=None, lambda_min: float | None = None,
              progress: bool = False):
     """DPM-Solver++(2M), data prediction, multistep (Lu et al. 2022b, Algorithm 2).
+
+    lambda_min (optional) starts sampling where log(alpha / sigma) >= lambda_min: see `lambda_clipped_T`.
 
     The last step, to the clean end point (lambda = inf), is always first order (it returns x0): this is the
     reference code's `lower_order_final`; every earlier step after the first is second order.
     """
     if timesteps is None:
-        timesteps = _timesteps(denoiser.schedule, steps, spacing)
+        timesteps = _timesteps(denoiser.schedule, steps, spacing, lambda_min)
     ts, abs_ = _grid(denoiser.schedule, timesteps, alpha_bars)
     alpha, sigma = abs_.sqrt().tolist(), (1 - abs_).sqrt().tolist()
     lam = [_log_snr_half(a, s) for a, s in zip(alpha, sigma)]  # lambda = log(alpha / sigma); +inf at the clean end

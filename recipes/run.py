@@ -184,6 +184,8 @@ def generate(denoiser, task, recipe: Recipe, n: Optional[int] = None, sampler: O
         opts["eta"] = s.eta if eta is None else eta
     if sampler == "ddpm":
         opts["variance"] = s.variance
+    if sampler == "dpmpp_2m" and s.lambda_min is not None:
+        opts["lambda_min"] = s.lambda_min
     if s.spacing and sampler in ("ddim", "dpmpp_2m", "ddpm"):
         opts["spacing"] = s.spacing
     shape = (n, *task.sample_shape(recipe.model, recipe.data))
