@@ -20,14 +20,32 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """One EMA step; fp32 tensors are updated in a single fused lerp (s += (1 - d)(v - s))."""
         d = self.current_decay()
-        for k, v in model.state_dict().items():
-            s = self.shadow[k]
+        fused_s, fused_v, rest = self._pairs(model)
+        for s, v in rest:
             if v.dtype.is_floating_point:
-                s.mul_(d).add_(v.detach().float(), alpha=1 - d)
+                s.lerp_(v.detach().to(s.device, torch.float32), 1 - d)
             else:
                 s.copy_(v)
+        if fused_s:
+            torch._foreach_lerp_(fused_s, fused_v, 1 - d)
         self.num_updates += 1
+
+    def _pairs(self, model: nn.Module):
+        """(shadow, live) tensor pairs, cached per model (state_dict tensors alias the live parameters)."""
+        key = id(model)
+        if getattr(self, "_cache_key", None) != key:
+            fused_s, fused_v, rest = [], [], []
+            for k, v in model.state_dict().items():
+                s = self.shadow[k]
+                if v.dtype == torch.float32 and v.device == s.device:
+                    fused_s.append(s)
+                    fused_v.append(v.detach())
+                else:
+                    rest.append((s, v))
+            self._cache, self._cache_key = (fused_s, fused_v, rest), key
+        return self._cache
 
     def copy_to(self, model: nn.Module) -> None:
         sd = model.state_dict()
@@ -41,4 +59,5 @@ class EMA:
         if missing:
             raise KeyError(f"EMA state lacks keys {sorted(missing)[:5]}")
         self.shadow = {k: shadow[k].clone().float() for k in self.shadow}
+        self._cache_key = None
         self.num_updates = num_updates

@@ -6,6 +6,7 @@ stopped and resumed from a checkpoint reproduces the uninterrupted run exactly (
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import random
@@ -15,7 +16,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
@@ -43,16 +44,24 @@ def lr_lambda(cfg: TrainerConfig) -> Callable[[int], float]:
     return f
 
 
-def batch_indices(n: int, micro_step: int, batch_size: int, seed: int) -> list[int]:
+@functools.lru_cache(maxsize=4)
+def _epoch_perm(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def batch_index_tensor(n: int, micro_step: int, batch_size: int, seed: int) -> torch.Tensor:
     """Global indices of a micro-step's batch: a fresh permutation per epoch, seeded by (seed, epoch)."""
     out, pos, end = [], micro_step * batch_size, (micro_step + 1) * batch_size
     while pos < end:
         epoch, off = divmod(pos, n)
         take = min(end - pos, n - off)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        out += perm[off: off + take].tolist()
+        out.append(_epoch_perm(n, seed, epoch)[off: off + take])
         pos += take
-    return out
+    return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def batch_indices(n: int, micro_step: int, batch_size: int, seed: int) -> list[int]:
+    return batch_index_tensor(n, micro_step, batch_size, seed).tolist()
 
 
 class _SeededItems(Dataset):
@@ -119,13 +128,19 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.model, self.optimizer = self.acc.prepare(denoiser, self.optimizer)
+        self._net = self.acc.unwrap_model(self.model).net
+        # Plain DDP or one process: clip with torch directly (Accelerate's clip adds per-step overhead);
+        # FSDP / DeepSpeed and friends keep Accelerate's own clipping.
+        self._torch_clip = self.acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU,
+                                                         DistributedType.MULTI_CPU)
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
         self.ema = EMA(self.net, cfg.ema_decay, cfg.ema_warmup)
         self.step = 0
         self.history: list[dict] = []
 
     @property
     def net(self):
-        return self.acc.unwrap_model(self.model).net
+        return self._net
 
     # ----------------------------------------------------------------- checkpoints
     @property
@@ -192,7 +207,7 @@ class Trainer:
     def _tensor_batches(self, start_micro: int, stop_micro: int):
         per, r = self.cfg.batch_size // self.acc.num_processes, self.acc.process_index
         for m in range(start_micro, stop_micro):
-            idx = torch.as_tensor(batch_indices(len(self.dataset), m, self.cfg.batch_size, self.cfg.seed)[r * per: (r + 1) * per])
+            idx = batch_index_tensor(len(self.dataset), m, self.cfg.batch_size, self.cfg.seed)[r * per: (r + 1) * per]
             yield tuple(t[idx] for t in self.dataset.tensors)
 
     def _generator(self, micro: int) -> torch.Generator:
@@ -212,10 +227,27 @@ class Trainer:
             loss = losses.float().mean()
             self.acc.backward(loss)
             if self.acc.sync_gradients and self.cfg.clip_grad:
-                self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+                self._clip()
+            self._optimizer_step()
+        return loss.detach()
+
+    def _optimizer_step(self) -> None:
+        """Step and zero the grads after the last micro-batch; in the plain case (no loss scaler, DDP or one
+        process) call the wrapped torch optimizer directly, skipping AcceleratedOptimizer's per-step checks."""
+        if not (self._torch_clip and self.acc.scaler is None):
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        elif self.acc.sync_gradients:
+            self.optimizer.optimizer.step()
+            self.optimizer.optimizer.zero_grad(set_to_none=True)
+
+    def _clip(self) -> None:
+        if not self._torch_clip:
+            self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+            return
+        if self.acc.scaler is not None:  # fp16: unscale once before clipping, as Accelerate does
+            self.acc.unscale_gradients()
+        torch.nn.utils.clip_grad_norm_(self._params, self.cfg.clip_grad)
 
     def train(self, resume: Optional[str | Path] = None, stop_at: Optional[int] = None) -> list[dict]:
         """Train to cfg.steps (or stop_at); resume='auto' picks the latest checkpoint in out_dir."""
@@ -229,7 +261,8 @@ class Trainer:
         bar = tqdm(total=stop, initial=self.step, disable=not (self.cfg.progress and self.acc.is_main_process),
                    desc="train", dynamic_ncols=True)
         self.model.train()
-        t0, start, micro_losses = time.perf_counter(), self.step, []
+        t0, start, micro_losses, pending = time.perf_counter(), self.step, [], []
+        every = lambda k: bool(k) and self.step % k == 0  # noqa: E731
         for i, batch in enumerate(self._loader(self.step * ga, stop * ga)):
             micro = self.step * ga + (i % ga)
             micro_losses.append(self._micro_step(batch, micro))
@@ -238,23 +271,34 @@ class Trainer:
             self.scheduler.step()
             self.step += 1
             self.ema.update(self.net)
-            loss = self.acc.gather(torch.stack(micro_losses).mean()[None]).mean().item()
+            # Losses stay on the device until a log point: no per-step host sync or collective.
+            pending.append((self.step, self.scheduler.get_last_lr()[0], torch.stack(micro_losses).mean()))
             micro_losses = []
-            rec = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0]}
-            self.history.append(rec)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            if self.step % self.cfg.log_every == 0 or self.step == stop:
-                rec["steps_per_s"] = (self.step - start) / max(1e-9, time.perf_counter() - t0)
-                log.write(rec)
-            if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and self.step < stop:
+            if every(self.cfg.log_every) or self.step == stop or every(self.cfg.ckpt_every) or every(self.cfg.sample_every):
+                rec = self._flush(pending)
+                pending = []
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+                if every(self.cfg.log_every) or self.step == stop:
+                    rec["steps_per_s"] = (self.step - start) / max(1e-9, time.perf_counter() - t0)
+                    log.write(rec)
+            if every(self.cfg.ckpt_every) and self.step < stop:
                 self.save()
-            if self.sample_fn and self.cfg.sample_every and self.step % self.cfg.sample_every == 0 and self.acc.is_main_process:
+            if self.sample_fn and every(self.cfg.sample_every) and self.acc.is_main_process:
                 self.sample_fn(self.ema_denoiser(), self.step, self.out_dir / "samples" / f"step_{self.step:08d}")
         bar.close()
         log.close()
         self.save()
         return self.history
+
+    def _flush(self, pending) -> dict:
+        """Move the pending per-step losses to the host (averaged over processes) into the history."""
+        losses = torch.stack([p[2] for p in pending])
+        if self.acc.num_processes > 1:
+            losses = self.acc.gather(losses[None]).mean(0)
+        for (step, lr, _), loss in zip(pending, losses.tolist()):
+            self.history.append({"step": step, "loss": loss, "lr": lr})
+        return self.history[-1]
 
     def ema_denoiser(self):
         """A copy of the denoiser carrying the EMA weights, in eval mode."""
