@@ -105,6 +105,20 @@ def split_batch(batch):
     return batch, None
 
 
+def make_accelerator(cfg: TrainerConfig) -> Accelerator:
+    """An Accelerator for cfg; a second run in one process with other precision settings replaces
+    Accelerate's process-wide state (the distributed set-up, PartialState, is kept)."""
+    kw = dict(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    try:
+        return Accelerator(**kw)
+    except ValueError as e:
+        if "already been initialized" not in str(e):
+            raise
+        from accelerate.state import AcceleratorState
+        AcceleratorState._reset_state(reset_partial_state=False)
+        return Accelerator(**kw)
+
+
 class Trainer:
     """Train a denoiser with a per-sample loss on a map-style dataset; checkpoints resume exactly."""
 
@@ -114,8 +128,7 @@ class Trainer:
         self.cfg, self.out_dir, self.loss_fn = cfg, Path(out_dir), loss_fn
         self.config = config or {"train": to_dict(cfg)}
         self.cond_drop_prob, self.null_cond, self.sample_fn = cond_drop_prob, null_cond, sample_fn
-        self.acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision,
-                                              gradient_accumulation_steps=cfg.grad_accum)
+        self.acc = accelerator or make_accelerator(cfg)
         if cfg.batch_size % self.acc.num_processes:
             raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by the {self.acc.num_processes} processes")
         if len(dataset) == 0:

@@ -198,3 +198,20 @@ def test_two_process_gloo_run(tmp_path):
     assert steps == list(range(1, 9))  # one log line per step, not one per process
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest.json", "step_00000004", "step_00000008"]
     load_checkpoint(out / "checkpoints" / "step_00000008")  # complete and verified
+
+
+def test_bf16_autocast_trains_with_fp32_master_weights(tmp_path):
+    tr = make_trainer(tmp_path, 6, mixed_precision="bf16")
+    hist = tr.train()
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in hist)
+    assert all(p.dtype == torch.float32 for p in tr.net.parameters())
+
+
+def test_sample_callback_tensorboard_and_progress(tmp_path, capsys):
+    out = run.train("toy2d", ["train.steps=20", "train.sample_every=10", "train.tensorboard=true",
+                              "train.progress=true", "sample.n=32", "sample.steps=4"], out_dir=tmp_path)
+    for step in (10, 20):
+        assert (out / "samples" / f"step_{step:08d}" / "samples.png").is_file()
+    assert list((out / "logs" / "tb").glob("events.out.tfevents.*"))
+    err = capsys.readouterr().err
+    assert "loss=" in err and "it/s" in err  # tqdm shows the loss and the rate
