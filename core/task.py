@@ -15,6 +15,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from .config import ConfigError
+
 
 @dataclass
 class NoConfig:
@@ -52,3 +54,15 @@ class Task:
         p = out_dir / "samples.safetensors"
         save_file({"x": x.detach().cpu().contiguous()}, str(p))
         return {"samples": str(p)}
+
+    def inpaint(self, loaded: Any, out_dir: Path, *, image: Optional[str] = None, mask: Optional[str] = None,
+                n: Optional[int] = None, repaint: bool = False, sampler: Optional[str] = None,
+                steps: Optional[int] = None, guidance: Optional[float] = None, seed: int = 0,
+                eta: Optional[float] = None) -> dict:
+        """Fill the masked region of `image` (None: held-out items of the dataset) with the checkpoint `loaded`
+        (what `recipes.run.load` returns), write the result under out_dir and return {name: path}.
+
+        `mask` is a task-defined name or a file; `repaint` asks for RePaint resampling instead of plain
+        replacement. Used by `diffsuite sample CHECKPOINT --inpaint/--mask`; a task that supports it overrides
+        this method, the default refuses with a ConfigError."""
+        raise ConfigError(f"task {self.name!r} does not support inpainting (--inpaint / --mask / --repaint)")

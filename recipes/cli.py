@@ -25,7 +25,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    if args.repaint and not (args.inpaint or args.mask):
+        raise ConfigError("sample: --repaint needs --inpaint IMAGE and/or --mask MASK")
     loaded = run.load(args.checkpoint, ema=not args.no_ema)
+    if args.inpaint or args.mask:
+        return _sample_inpaint(loaded, args)
     x, cond = run.generate(loaded.denoiser, loaded.task, loaded.recipe, n=args.n, sampler=args.sampler,
                            steps=args.steps, seed=args.seed, guidance=args.guidance, eta=args.eta)
     out = Path(args.out or Path(loaded.checkpoint).parent.parent / "samples" / f"sample-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -34,6 +38,17 @@ def cmd_sample(args) -> int:
             "steps": args.steps or loaded.recipe.sample.steps, "seed": args.seed, "files": files}
     atomic_write_json(out / "sample.json", info)
     print(f"samples written under {out}")
+    return 0
+
+
+def _sample_inpaint(loaded, args) -> int:
+    """`sample --inpaint/--mask`: the task fills the masked region (a task without inpainting raises ConfigError)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or Path(loaded.checkpoint).parent.parent / "samples" / f"inpaint-{stamp}")
+    files = loaded.task.inpaint(loaded, out, image=args.inpaint, mask=args.mask, n=args.n, repaint=args.repaint,
+                                sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                                eta=args.eta)
+    print(f"inpainting written under {out}" + (f" ({files['grid']})" if "grid" in files else ""))
     return 0
 
 
@@ -79,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", help="'auto' (latest checkpoint in --out) or a checkpoint folder")
     t.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("sample", help="sample from a checkpoint", description="Sample from CHECKPOINT (a run or checkpoint folder).")
+    s = sub.add_parser("sample", help="sample from a checkpoint (or inpaint with --inpaint/--mask)",
+                       description="Sample from CHECKPOINT (a run or checkpoint folder); with --inpaint and/or --mask, "
+                       "fill the masked region instead (tasks that support it, e.g. image).")
     s.add_argument("checkpoint")
     s.add_argument("--sampler", choices=sorted(SAMPLERS))
     s.add_argument("--steps", type=int)
@@ -89,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eta", type=float)
     s.add_argument("--out")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    s.add_argument("--inpaint", metavar="IMAGE", help="inpainting (tasks that support it, e.g. image): the image "
+                   "to fill (default with --mask: held-out images of the dataset)")
+    s.add_argument("--mask", metavar="MASK", help="inpainting: a mask image (white = keep) or a preset mask of the "
+                   "task (image: left-half, centre-box; default centre-box)")
+    s.add_argument("--repaint", action="store_true", help="inpainting: RePaint resampling (Lugmayr et al. 2022)")
     s.set_defaults(func=cmd_sample)
 
     l = sub.add_parser("list", help="list recipes, tasks, samplers and schedules")

@@ -44,3 +44,96 @@ def test_eval_and_commands(tmp_path, monkeypatch):
     assert main(["image-inpaint", str(run_dir), "--n", "3", "--mask", "left-half", "--out", str(tmp_path / "i")]) == 0
     assert main(["image-path", str(run_dir), "--label", "3", "--out", str(tmp_path / "p")]) == 0
     assert (tmp_path / "i" / "inpaint.png").exists() and (tmp_path / "p" / "denoising_path.png").exists()
+
+
+# `diffsuite sample CHECKPOINT --inpaint/--mask [--repaint]`: the image task's inpainting through the generic command
+
+@pytest.fixture(scope="module")
+def quick_image_run(tmp_path_factory):
+    """A tiny image checkpoint (3 steps) and its dataset cache, trained once for the inpainting CLI tests."""
+    root = tmp_path_factory.mktemp("image_cli")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DIFFSUITE_CACHE", str(root / "cache"))
+        run_dir = run.train(_recipe(T=20), out_dir=root / "run")
+    return run_dir, root / "cache"
+
+
+def _grid_cells(png, n, rows=3, size=16, pad=1, scale=4):
+    """The cells of a save_grid PNG (rows x n images of size x size, scaled): uint8 (rows, n, size, size)."""
+    import numpy as np
+    from PIL import Image
+    a = np.asarray(Image.open(png))[::scale, ::scale]
+    return np.stack([np.stack([a[pad + r * (size + pad):pad + r * (size + pad) + size,
+                                 pad + c * (size + pad):pad + c * (size + pad) + size] for c in range(n)])
+                     for r in range(rows)])
+
+
+@pytest.mark.parametrize("mask_kind", ["left-half", "file"])
+@pytest.mark.parametrize("repaint", [False, True])
+def test_sample_inpaint_keeps_known_pixels(quick_image_run, tmp_path, monkeypatch, mask_kind, repaint):
+    import numpy as np
+    from PIL import Image
+    from diffsuite.recipes.cli import main
+    run_dir, cache = quick_image_run
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(cache))
+    img = np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "in.png")
+    mask = "left-half"
+    if mask_kind == "file":  # the same mask as an image: white = keep
+        m = np.zeros((16, 16), np.uint8)
+        m[:, :8] = 255
+        Image.fromarray(m).save(tmp_path / "mask.png")
+        mask = str(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    argv = ["sample", str(run_dir), "--inpaint", str(tmp_path / "in.png"), "--mask", mask, "--n", "3",
+            "--steps", "4", "--seed", "1", "--out", str(out)] + (["--repaint"] if repaint else [])
+    assert main(argv) == 0
+    assert (out / "inpaint.png").exists()
+    info = json.loads((out / "inpaint.json").read_text())
+    assert info["repaint"] is repaint and info["n"] == 3 and info["mask"] == mask
+    original, _, filled = _grid_cells(out / "inpaint.png", 3)
+    assert (original == img).all()  # the input image, row 1
+    assert (filled[..., :8] == img[:, :8]).all()  # known pixels kept exactly
+    assert not (filled[..., 8:] == img[:, 8:]).all()  # the masked half is filled with something else
+
+
+def test_sample_inpaint_matches_image_inpaint_on_test_images(quick_image_run, tmp_path, monkeypatch):
+    from diffsuite.recipes.cli import main
+    run_dir, cache = quick_image_run
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(cache))
+    common = ["--mask", "centre-box", "--n", "2", "--steps", "4", "--seed", "2"]
+    assert main(["sample", str(run_dir), *common, "--out", str(tmp_path / "a")]) == 0
+    assert main(["image-inpaint", str(run_dir), *common, "--out", str(tmp_path / "b")]) == 0
+    a, b = ((tmp_path / d / "inpaint.png").read_bytes() for d in "ab")
+    assert a == b  # one implementation behind both commands
+    info = json.loads((tmp_path / "a" / "inpaint.json").read_text())
+    assert info["image"] is None and len(info["labels"]) == 2  # held-out test digits with their labels
+    original, _, filled = _grid_cells(tmp_path / "a" / "inpaint.png", 2)
+    keep = torch.ones(16, 16, dtype=torch.bool)
+    keep[4:12, 4:12] = False
+    assert (filled[:, keep.numpy()] == original[:, keep.numpy()]).all()
+
+
+def test_sample_inpaint_errors_exit_2(quick_image_run, tmp_path, monkeypatch, capsys):
+    from diffsuite.recipes.cli import main
+    run_dir, cache = quick_image_run
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(cache))
+    assert main(["sample", str(run_dir), "--mask", "left-haf", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--mask: 'left-haf' is neither a preset mask" in err and "centre-box" in err
+    assert main(["sample", str(run_dir), "--inpaint", str(tmp_path / "none.png"), "--out", str(tmp_path / "x")]) == 2
+    assert "image file not found" in capsys.readouterr().err
+    assert main(["sample", str(run_dir), "--repaint", "--out", str(tmp_path / "x")]) == 2
+    assert "--repaint needs --inpaint" in capsys.readouterr().err
+
+
+def test_sample_inpaint_on_a_task_without_inpainting_exits_2(tmp_path, capsys):
+    from diffsuite.recipes.cli import main
+    out = tmp_path / "toy"
+    assert main(["train", "toy2d", "train.steps=2", "train.progress=false", "train.tensorboard=false",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(out), "--inpaint", str(tmp_path / "x.png"), "--mask", "left-half",
+                 "--out", str(tmp_path / "s")]) == 2
+    assert "task 'toy2d' does not support inpainting" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

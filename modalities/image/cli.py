@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from diffsuite.core.guidance import ClassifierFreeGuidance, repaint
+from diffsuite.core.config import ConfigError
+from diffsuite.core.guidance import ClassifierFreeGuidance, repaint as repaint_sample
 from diffsuite.core.losses import variational_bound
 from diffsuite.core.samplers import sample
 from diffsuite.core.utils import atomic_write_json
@@ -117,38 +118,68 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _known_images(args, loaded, n):
+def _known_images(loaded, image: str | None, n: int):
+    """The images to inpaint, (n, C, S, S) in [-1, 1], and their labels: n copies of `image`, or n test images."""
     r = loaded.recipe
-    if args.inpaint:
-        return edit.load_known(args.inpaint, r.data.image_size, r.data.channels).expand(n, -1, -1, -1), None
+    if image:
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"--inpaint: image file not found: {image}")
+        return edit.load_known(image, r.data.image_size, r.data.channels).expand(n, -1, -1, -1), None
     test = loaded.task.build_dataset(r.data, "test")
     return test.x[:n], (None if test.labels is None or not r.model.num_classes else test.labels[:n])
 
 
+def _mask(name: str, size: int) -> torch.Tensor:
+    if name in edit.PRESET_MASKS:
+        return edit.preset_mask(name, size)
+    if not Path(name).is_file():
+        raise ConfigError(f"--mask: {name!r} is neither a preset mask {list(edit.PRESET_MASKS)} nor a mask image file")
+    return edit.load_mask(name, size)
+
+
+def inpaint(loaded, out: str | Path, image: str | None = None, mask: str | None = None, n: int | None = None,
+            repaint: bool = False, sampler: str | None = None, steps: int | None = None,
+            guidance: float | None = None, seed: int = 0, eta: float | None = None) -> dict:
+    """Fill the masked region of `image` (None: the first n test images) with a loaded image checkpoint.
+
+    mask: a mask image (white = keep) or one of edit.PRESET_MASKS (default 'centre-box'); n: how many fills
+    (default 8); repaint: RePaint resampling instead of replacement in the recipe's (or the given) sampler.
+    Writes inpaint.png (rows: original, masked, inpainted) and inpaint.json under out; returns {name: path}.
+    Shared by `diffsuite image-inpaint` and `diffsuite sample --inpaint/--mask` (through ImageTask.inpaint)."""
+    r, den = loaded.recipe, loaded.denoiser
+    mask_name, n = mask or "centre-box", n or 8
+    repaint = repaint or sampler == "repaint"
+    size = r.data.image_size
+    m = _mask(mask_name, size)
+    known, cond = _known_images(loaded, image, n)
+    hook = edit.inpaint_hook(den.schedule, m, known)
+    w = r.sample.guidance if guidance is None else guidance
+    g = torch.Generator().manual_seed(seed)
+    if repaint:
+        model = ClassifierFreeGuidance(den, w, loaded.task.null_cond) if w and cond is not None else den
+        x = repaint_sample(model, torch.randn(known.shape, generator=g), steps or r.sample.steps, inpaint=hook,
+                           cond=cond, generator=g)
+    else:
+        x, _ = sample_images(den, loaded.task, r, len(known), sampler, steps, guidance, seed, cond=cond,
+                             hooks=[hook], eta=eta)
+    out = Path(out)
+    from .task import save_grid
+    grid = torch.cat([known, known * m + (1 - m) * -1, x])
+    png = save_grid(grid, out / "inpaint.png", len(known), scale=max(1, 64 // size))
+    info = {"checkpoint": str(loaded.checkpoint), "step": loaded.step, "image": image, "mask": mask_name,
+            "n": len(known), "repaint": bool(repaint),
+            "sampler": "repaint" if repaint else sampler or r.sample.sampler, "steps": steps or r.sample.steps,
+            "seed": seed, "rows": ["original", "masked (black = filled)", "inpainted"],
+            "labels": None if cond is None else cond.tolist()}
+    atomic_write_json(out / "inpaint.json", info)
+    return {"grid": str(png), "json": str(out / "inpaint.json")}
+
+
 def cmd_inpaint(args) -> int:
     loaded = args.load(args.checkpoint)
-    r, den = loaded.recipe, loaded.denoiser
-    known, cond = _known_images(args, loaded, args.n)
-    size = r.data.image_size
-    mask = edit.preset_mask(args.mask, size) if args.mask in edit.PRESET_MASKS else edit.load_mask(args.mask, size)
-    hook = edit.inpaint_hook(den.schedule, mask, known)
-    w = r.sample.guidance if args.guidance is None else args.guidance
-    g = torch.Generator().manual_seed(args.seed)
-    if args.repaint:
-        model = ClassifierFreeGuidance(den, w, loaded.task.null_cond) if w and cond is not None else den
-        x = repaint(model, torch.randn(known.shape, generator=g), args.steps or r.sample.steps, inpaint=hook,
-                    cond=cond, generator=g)
-    else:
-        x, _ = sample_images(den, loaded.task, r, len(known), args.sampler, args.steps, args.guidance, args.seed,
-                             cond=cond, hooks=[hook])
-    out = Path(args.out)
-    from .task import save_grid
-    grid = torch.cat([known, known * mask + (1 - mask) * -1, x])
-    save_grid(grid, out / "inpaint.png", len(known), scale=max(1, 64 // size))
-    atomic_write_json(out / "inpaint.json", {"checkpoint": str(loaded.checkpoint), "mask": args.mask,
-                                             "rows": ["original", "masked (black = filled)", "inpainted"],
-                                             "labels": None if cond is None else cond.tolist()})
-    print(f"written {out / 'inpaint.png'}")
+    files = inpaint(loaded, args.out, image=args.inpaint, mask=args.mask, n=args.n, repaint=args.repaint,
+                    sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed)
+    print(f"written {files['grid']}")
     return 0
 
 

@@ -36,7 +36,7 @@ def load_mask(path: str | Path, size: int) -> torch.Tensor:
 
 def load_known(path: str | Path, size: int, channels: int) -> torch.Tensor:
     """The image to inpaint, as (1, C, S, S) in [-1, 1]."""
-    return to_model(load_image(Path(path), size, channels)[None])
+    return to_model(load_image(Path(path), size, channels)[None].copy())  # copy: PIL arrays are read-only
 
 
 def inpaint_hook(schedule, mask: torch.Tensor, known: torch.Tensor) -> Inpaint:

@@ -137,6 +137,15 @@ class ImageTask(Task):
         files["json"] = str(out_dir / "samples.json")
         return files
 
+    def inpaint(self, loaded: Any, out_dir: Path, *, image: Optional[str] = None, mask: Optional[str] = None,
+                n: Optional[int] = None, repaint: bool = False, sampler: Optional[str] = None,
+                steps: Optional[int] = None, guidance: Optional[float] = None, seed: int = 0,
+                eta: Optional[float] = None) -> dict:
+        """`diffsuite sample --inpaint/--mask`: the same code as `diffsuite image-inpaint` (see cli.inpaint)."""
+        from .cli import inpaint
+        return inpaint(loaded, out_dir, image=image, mask=mask, n=n, repaint=repaint, sampler=sampler, steps=steps,
+                       guidance=guidance, seed=seed, eta=eta)
+
 
 def rows_by_class(x: torch.Tensor, cond: torch.Tensor, k: int):
     """Rearrange samples so row j holds the samples of class j (missing cells blank, label -1)."""
