@@ -33,6 +33,24 @@ def test_mel_upsampler_hop_not_hard_coded():
         assert net(torch.randn(1, 1, 3 * hop), torch.zeros(1), torch.randn(1, 8, 3)).shape == (1, 1, 3 * hop)
 
 
+
+def test_mel_upsampler_starts_as_linear_interpolation():
+    """upsampler_init='interp': each mel bin is upsampled on its own, a constant stays constant and a ramp stays a
+    ramp (away from the edges); 'default' is PyTorch's random initialisation; an unknown name is an error."""
+    from diffsuite.modalities.audio.diffwave import MelUpsampler
+    for hop in (64, 256, 300):
+        up = MelUpsampler(hop)
+        level = torch.rand(1, 8, 1) + 0.5
+        flat = up(level.expand(1, 8, 6))
+        assert torch.allclose(flat[..., hop:-hop], level.expand(1, 8, 6 * hop)[..., hop:-hop], atol=1e-5)
+        ramp = up(torch.arange(1.0, 7.0).expand(1, 8, 6))[0, 0, hop:-hop]
+        assert torch.allclose(ramp.diff(), torch.full_like(ramp.diff(), 1 / hop), atol=1e-4)
+    with torch.no_grad():
+        mel = level.expand(1, 8, 6)
+        assert not torch.allclose(MelUpsampler(256, "default")(mel), MelUpsampler(256, "interp")(mel))
+    with pytest.raises(ValueError, match="upsampler_init"):
+        MelUpsampler(256, "zeros")
+
 def test_receptive_field_matches_gradient_support():
     net = build_diffwave("tiny", 6, 8, 3, n_mels=None)  # dilations 1,2,4,1,2,4 -> 1 + 2*14 = 29
     assert net.receptive_field == 29

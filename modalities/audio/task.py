@@ -29,6 +29,7 @@ class ModelConfig:
     n_mels: int = 80
     hop_length: int = 256
     step_embedding: str = "sinusoid"  # sinusoid (exact at float t) | lerp (the reference's interpolation)
+    upsampler_init: str = "interp"  # mel upsampler starts as linear interpolation | default (PyTorch's, the reference's)
 
 
 @dataclass
@@ -174,7 +175,7 @@ class AudioTask(Task):
     def build_net(self, model: ModelConfig, diffusion: Any):
         return build_diffwave(model.preset, model.residual_layers, model.residual_channels, model.dilation_cycle,
                               model.n_mels if model.conditional else None, model.hop_length, diffusion.T,
-                              model.step_embedding)
+                              model.step_embedding, model.upsampler_init)
 
     def _files(self, data: DataConfig, split: str):
         from .data import list_files
