@@ -72,3 +72,34 @@ def test_independent_baseline_keeps_marginals(hand_roll):
     assert rolls.shape == (5,) + hand_roll.shape
     pitches = set(np.nonzero(rolls[:, 0].any(axis=(0, 2)))[0])
     assert pitches <= {60, 64, 67}
+
+
+def test_gaussian_overlap_closed_form():
+    assert metrics.gaussian_overlap(0, 1, 0, 1) == pytest.approx(1.0)
+    # equal widths: 2 Phi(-|dm| / (2 s)); Phi(-0.5) = (1 + erf(-0.5 / sqrt 2)) / 2
+    assert metrics.gaussian_overlap(0, 1, 1, 1) == pytest.approx(1 + math.erf(-0.5 / math.sqrt(2)))
+    # equal means, widths 1 and 2: the densities cross at +-x, x^2 = 8 ln 2 / 3; OA = 1 - P1(|z|<x) + P2(|z|<x)
+    x = math.sqrt(8 * math.log(2) / 3)
+    cdf = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))  # noqa: E731
+    expect = 1 - (2 * cdf(x) - 1) + (2 * cdf(x / 2) - 1)
+    assert metrics.gaussian_overlap(0, 1, 0, 2) == pytest.approx(expect)
+    assert metrics.gaussian_overlap(3, 2, 0, 1) == pytest.approx(metrics.gaussian_overlap(0, 1, 3, 2))
+
+
+def test_framewise_consistency_variance_hand_computed():
+    # frames of 8 steps at a hop of 8: frame 1 pitches 60, 64 (mean 62, sd 2), frame 2 pitches 62, 66 (mean 64, sd 2);
+    # every note lasts 2 steps, so the durations' sd is floored at 0.5 with equal means: duration OA = 1
+    a = notes_to_roll([Note(60, 0, 2), Note(64, 2, 2), Note(62, 8, 2), Note(66, 10, 2)], 16)[0]
+    g = metrics.frame_gaussians(a, 0, frame=8, hop=8)
+    assert g[0]["pitch"] == (62, 2) and g[1]["pitch"] == (64, 2) and g[0]["duration"] == (2, 0.5)
+    oa_a = 1 + math.erf(-0.5 / math.sqrt(2))  # 2 Phi(-|62 - 64| / (2 * 2))
+    ov = metrics.framewise_overlaps([a], 0, 8, 8)
+    assert ov["pitch"] == pytest.approx([oa_a]) and ov["duration"] == pytest.approx([1.0])
+    # a reference set with identical frames (pitch OA 1): mu_GT = 1, var_GT = 0 over {1, 1}; and a mixed reference
+    b = notes_to_roll([Note(60, 0, 2), Note(64, 2, 2), Note(60, 8, 2), Note(64, 10, 2)], 16)[0]
+    cv = metrics.consistency_variance([a], [a, b], 0, 8, 8)["pitch"]
+    mu_gt, var_gt = (oa_a + 1) / 2, ((1 - oa_a) / 2) ** 2  # the reference overlaps are {oa_a, 1}
+    assert cv["consistency"] == pytest.approx(1 - abs(oa_a - mu_gt) / mu_gt)
+    assert cv["variance"] == pytest.approx(max(0.0, 1 - abs(0 - var_gt) / var_gt))  # generated variance 0 -> 0
+    assert metrics.consistency_variance([a, b], [a, b], 0, 8, 8)["pitch"] == pytest.approx(
+        {"consistency": 1.0, "variance": 1.0, "mean_overlap": mu_gt, "var_overlap": var_gt})

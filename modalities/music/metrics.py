@@ -1,5 +1,6 @@
 """Musical metrics on rolls (2, P, T): muspy's per-piece statistics (Dong et al. 2020, written here), Yang & Lerch
-(2020) set-level distances with KDE overlapping area and KL, a memorisation distance and an independent-notes baseline.
+(2020) set-level distances with KDE overlapping area and KL, a memorisation distance, an independent-notes baseline
+and the framewise consistency and variance of Mittal et al. (2021).
 """
 from __future__ import annotations
 
@@ -174,3 +175,66 @@ def sample_independent(model: dict, n: int, seed: int = 0) -> np.ndarray:
                  zip(rng.choice(model["pitch"], k), rng.choice(model["start"], k), rng.choice(model["length"], k))]
         out.append(notes_to_roll(notes, T, P, model["pitch_lo"])[0])
     return np.stack(out) if out else np.zeros((0, 2, P, T), np.uint8)
+
+
+# ------------------------------------------------------------- Mittal et al. (2021): framewise self-similarity
+
+def gaussian_overlap(m1: float, s1: float, m2: float, s2: float) -> float:
+    """Overlapping area of N(m1, s1^2) and N(m2, s2^2), in closed form from the points where the densities cross."""
+    from scipy.stats import norm as N
+    if abs(s1 - s2) < 1e-12 * max(s1, s2):
+        return float(2 * N.cdf(-abs(m1 - m2) / (2 * s1)))
+    if s1 > s2:
+        m1, s1, m2, s2 = m2, s2, m1, s1  # density 1 is the narrow one
+    a = 1 / (2 * s1 ** 2) - 1 / (2 * s2 ** 2)
+    b = m2 / s2 ** 2 - m1 / s1 ** 2
+    c = m1 ** 2 / (2 * s1 ** 2) - m2 ** 2 / (2 * s2 ** 2) - np.log(s2 / s1)
+    x1, x2 = np.sort(np.roots([a, b, c]).real)  # the narrow density is the higher one between the crossings
+    return float(N.cdf(x2, m2, s2) - N.cdf(x1, m2, s2) + N.cdf(x1, m1, s1) + N.sf(x2, m1, s1))
+
+
+def frame_gaussians(roll: np.ndarray, pitch_lo: int = 0, frame: int = 32, hop: int = 16,
+                    min_std: float = 0.5) -> list:
+    """Per frame of `frame` steps at a `hop`: mean and std of the pitches and of the durations of the notes whose
+    onsets lie in it (None for a frame without notes); stds are floored at min_std (a frame of equal values)."""
+    notes = roll_to_notes(roll, pitch_lo)
+    T = roll.shape[-1]
+    out = []
+    for s in range(0, T - frame + 1, hop):
+        inside = [n for n in notes if s <= n.start < s + frame]
+        if not inside:
+            out.append(None)
+            continue
+        p = np.array([n.pitch for n in inside], float)
+        d = np.array([n.length for n in inside], float)
+        out.append({"pitch": (p.mean(), max(p.std(), min_std)), "duration": (d.mean(), max(d.std(), min_std))})
+    return out
+
+
+def framewise_overlaps(rolls, pitch_lo: int = 0, frame: int = 32, hop: int = 16) -> dict:
+    """Overlapping areas of the Gaussians of adjacent frames, over all rolls: {'pitch': (n,), 'duration': (n,)}."""
+    oa = {"pitch": [], "duration": []}
+    for r in rolls:
+        g = frame_gaussians(r, pitch_lo, frame, hop)
+        for u, v in zip(g[:-1], g[1:]):
+            if u is not None and v is not None:
+                for k in oa:
+                    oa[k].append(gaussian_overlap(*u[k], *v[k]))
+    return {k: np.array(v) for k, v in oa.items()}
+
+
+def consistency_variance(gen, ref, pitch_lo: int = 0, frame: int = 32, hop: int = 16) -> dict:
+    """Mittal et al. (2021), framewise self-similarity of pitch and duration (secondary metric). Consistency =
+    max(0, 1 - |mu_OA - mu_GT| / mu_GT) and Variance = max(0, 1 - |var_OA - var_GT| / var_GT), where mu and var are
+    the mean and variance of the adjacent-frame overlaps of the generated set (OA) and of the reference set (GT)."""
+    g, r = framewise_overlaps(gen, pitch_lo, frame, hop), framewise_overlaps(ref, pitch_lo, frame, hop)
+    out = {}
+    for k in ("pitch", "duration"):
+        if not len(g[k]) or not len(r[k]):
+            out[k] = {"consistency": float("nan"), "variance": float("nan")}
+            continue
+        mu_g, mu_r, var_g, var_r = g[k].mean(), r[k].mean(), g[k].var(), r[k].var()
+        out[k] = {"consistency": float(max(0.0, 1 - abs(mu_g - mu_r) / mu_r)),
+                  "variance": float(max(0.0, 1 - abs(var_g - var_r) / var_r)) if var_r > 0 else float("nan"),
+                  "mean_overlap": float(mu_g), "var_overlap": float(var_g)}
+    return out
