@@ -171,3 +171,34 @@ def test_fast_synthesis_matches_reference_sampling_loop():
             if n > 0:
                 audio = audio + ((1 - ab[n - 1]) / (1 - ab[n]) * beta[n]) ** 0.5 * torch.randn(1, 1024, generator=g)
     assert torch.allclose(x[:, 0], audio, atol=1e-4), (x[:, 0] - audio).abs().max()
+
+
+def test_condition_cache_bit_identical_and_reused():
+    """Sampling inside condition_cache gives the same waveform bit for bit, computing the mel terms once."""
+    from diffsuite.core.denoiser import Denoiser
+    from diffsuite.core.schedules import make_schedule
+    from diffsuite.modalities.audio.task import _synthesize, synthesize
+    torch.manual_seed(0)
+    net = build_diffwave("tiny", hop_length=16).eval()
+    for q in net.parameters():
+        q.data.normal_(0, 0.05)
+    den = Denoiser(net, make_schedule("linear", 50, beta_start=1e-4, beta_end=0.05))
+    mel = torch.randn(2, 80, 6)
+    calls = []
+    net.mel_upsampler.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        plain = _synthesize(den, 96, mel, "ddpm", 10, torch.Generator().manual_seed(3), None, 1, False, None)
+        n_plain = len(calls)
+        cached = synthesize(den, 96, mel, "ddpm", 10, torch.Generator().manual_seed(3))
+    assert n_plain == 10 and len(calls) == 11          # once per step without the cache, once in all with it
+    assert torch.equal(plain, cached)
+    with torch.no_grad(), net.condition_cache(max_mb=0.0):  # over budget: only the upsampled mel is kept
+        x, t = torch.randn(2, 1, 96), torch.full((2,), 7.0)
+        assert torch.equal(net(x, t, mel), net(x, t, mel)) and net._cache["terms"] is None
+        assert not torch.equal(net(x, t, mel + 1), net(x, t, mel))  # a new condition is never served stale terms
+    assert net._cache is None
+    net.train()
+    with net.condition_cache():  # with gradients on the cache is bypassed, so training is unaffected
+        out = net(x, t, mel)
+        out.sum().backward()
+    assert net.mel_upsampler.conv1.weight.grad is not None

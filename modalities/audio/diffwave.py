@@ -7,6 +7,7 @@ t a float tensor (B,) of (possibly fractional) schedule indices, and cond a mel 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -128,9 +129,11 @@ class ResidualLayer(nn.Module):
         self.mel_proj = conv1d(n_mels, 2 * C, 1) if n_mels else None
         self.out_proj = conv1d(C, 2 * C, 1)
 
-    def forward(self, x, step_emb, mel_up):
+    def forward(self, x, step_emb, mel_up, mel_term=None):
         y = self.dilated_conv(x + self.step_proj(step_emb).unsqueeze(-1))
-        if self.mel_proj is not None:
+        if mel_term is not None:
+            y = y + mel_term
+        elif self.mel_proj is not None:
             y = y + self.mel_proj(mel_up)
         gate, filt = y.chunk(2, dim=1)
         residual, skip = self.out_proj(torch.sigmoid(gate) * torch.tanh(filt)).chunk(2, dim=1)
@@ -154,6 +157,35 @@ class DiffWave(nn.Module):
         self.skip_proj = conv1d(C, C, 1)
         self.output_proj = conv1d(C, 1, 1)
         nn.init.zeros_(self.output_proj.weight)
+        self._cache = None  # set inside condition_cache()
+
+    @contextmanager
+    def condition_cache(self, max_mb: float = 512.0):
+        """Reuse the mel terms across sampling steps: they depend on neither x_t nor t.
+
+        Inside this block the upsampled mel, and every layer's 1x1 mel projection while they fit in `max_mb`,
+        are computed once per conditioning tensor (matched by identity: do not modify it in place inside the
+        block) and reused at every step; the results are bit-identical to recomputing them. For inference only.
+        """
+        self._cache = {"max_mb": max_mb, "cond": None, "mel_up": None, "terms": None}
+        try:
+            yield self
+        finally:
+            self._cache = None
+
+    def _mel_terms(self, cond):
+        """(mel_up, per-layer projections or None) for cond, from the cache when one is active."""
+        if self.mel_upsampler is None:
+            return None, None
+        c = self._cache
+        if c is None or torch.is_grad_enabled():
+            return self.mel_upsampler(cond), None
+        if c["cond"] is not cond:
+            mel_up = self.mel_upsampler(cond)
+            size_mb = len(self.layers) * self.layers[0].out_proj.out_channels * mel_up[:, :1].numel() * 4 / 2**20
+            terms = [layer.mel_proj(mel_up) for layer in self.layers] if size_mb <= c["max_mb"] else None
+            c.update(cond=cond, mel_up=mel_up, terms=terms)
+        return c["mel_up"], c["terms"]
 
     @property
     def receptive_field(self) -> int:
@@ -178,10 +210,10 @@ class DiffWave(nn.Module):
         self._check(x, cond)
         h = F.relu(self.input_proj(x))
         emb = self.step_embed(t)
-        mel_up = self.mel_upsampler(cond) if self.mel_upsampler is not None else None
+        mel_up, terms = self._mel_terms(cond)
         skips = 0
-        for layer in self.layers:
-            h, skip = layer(h, emb, mel_up)
+        for i, layer in enumerate(self.layers):
+            h, skip = layer(h, emb, mel_up, None if terms is None else terms[i])
             skips = skips + skip
         h = F.relu(self.skip_proj(skips / math.sqrt(len(self.layers))))
         return self.output_proj(h)

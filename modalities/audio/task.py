@@ -1,6 +1,8 @@
 """The audio task: a DiffWave vocoder (mel -> waveform) or an unconditional waveform model, through the core."""
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -110,7 +112,14 @@ def synthesize(denoiser, n_samples: int, cond=None, sampler: str = "fast", steps
                generator: Optional[torch.Generator] = None, fast_betas: Optional[Sequence[float]] = None,
                batch: int = 1, progress: bool = False, device=None) -> torch.Tensor:
     """Waveforms (B, 1, n_samples): sampler 'fast' (DiffWave's 6-step schedule), 'ddpm' (all T steps
-    or `steps` respaced), or any core sampler ('ddim', 'dpmpp_2m', ...) with `steps`."""
+    or `steps` respaced), or any core sampler ('ddim', 'dpmpp_2m', ...) with `steps`. The mel terms are
+    computed once and reused at every step (DiffWave.condition_cache)."""
+    cache = getattr(denoiser.net, "condition_cache", None)
+    with cache() if cache is not None else contextlib.nullcontext():
+        return _synthesize(denoiser, n_samples, cond, sampler, steps, generator, fast_betas, batch, progress, device)
+
+
+def _synthesize(denoiser, n_samples, cond, sampler, steps, generator, fast_betas, batch, progress, device):
     device = device or next(denoiser.parameters()).device
     shape = (batch if cond is None else cond.shape[0], 1, n_samples)
     if sampler == "fast":
