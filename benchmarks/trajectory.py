@@ -1,10 +1,11 @@
 """Trajectory benchmark: normalised score / success rate of a checkpoint in PointMaze, and plan latency per sampler.
 
-    python benchmarks/trajectory.py --checkpoint RUN_DIR --episodes 20 [--latency-only] [--device cuda]
+    python benchmarks/trajectory.py --checkpoint RUN_DIR --episodes 20 [--replan-every K] [--latency-only] [--device cuda]
 
 Scores use reference returns measured here (uniform-random policy and noiseless waypoint expert, 100 episodes
-each, same env, mode and episode length). Latency: one plan (start/goal inpainting, one candidate) of the
-checkpoint's horizon for DDPM / DDIM / DPM-Solver++(2M) at 64 / 20 / 10 / 5 steps; without a checkpoint, a
+each, same env, mode and episode length); episodes use seeds 1000, 1001, ... and, by default, Diffuser's loop
+(plan once, PD-track the plan with planner.PD_KP / PD_KD, then head for the goal). Latency: one plan (start/goal
+inpainting, one candidate) of the checkpoint's horizon for DDPM / DDIM / DPM-Solver++(2M) at 64 / 20 / 10 / 5 steps; without a checkpoint, a
 randomly initialised Diffuser U-Maze network (horizon 128, dim 32, dim_mults 1-4-8, T 64) is timed.
 Prints a table and writes benchmarks/results/trajectory.json.
 """
@@ -24,7 +25,7 @@ from diffsuite.core.utils import atomic_write_json
 from diffsuite.modalities.trajectory.data import LimitsNormalizer
 from diffsuite.modalities.trajectory.evaluate import plan_episode, reference_returns, summarize
 from diffsuite.modalities.trajectory.maze import make_env
-from diffsuite.modalities.trajectory.planner import Planner, PlannerConfig
+from diffsuite.modalities.trajectory.planner import PD_KD, PD_KP, Planner, PlannerConfig
 from diffsuite.modalities.trajectory.temporal_unet import TemporalUnet
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
@@ -76,7 +77,7 @@ def scores(ld, seq, episodes: int, replan_every: int, sampler, steps) -> list[di
         s = summarize(eps, reference_returns(r.data.env_id, multi))
         s.pop("reference")
         out.append({"env_id": r.data.env_id, "mode": "multi" if multi else "single", **s,
-                    "sampler": cfg.sampler, "steps": cfg.steps, "replan_every": replan_every,
+                    "sampler": cfg.sampler, "steps": cfg.steps, "replan_every": replan_every, "kp": PD_KP, "kd": PD_KD,
                     "train_steps": ld.step, "recipe": r.name})
     env.close()
     return out
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--episodes", type=int, default=20)
-    p.add_argument("--replan-every", type=int, default=16)
+    p.add_argument("--replan-every", type=int, default=0, help="0: plan once (Diffuser)")
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--repeats", type=int, default=5)

@@ -12,7 +12,7 @@ from diffsuite.core.utils import atomic_write_json
 
 from .evaluate import plan_episode, reference_returns, summarize
 from .maze import env_id_for, make_env
-from .planner import Planner, PlannerConfig
+from .planner import PD_KD, PD_KP, Planner, PlannerConfig
 
 
 def add_commands(subparsers) -> None:
@@ -25,11 +25,13 @@ def add_commands(subparsers) -> None:
     p.add_argument("--sampler", default=None, help="ddpm | ddim | dpmpp_2m | ... (default: the recipe's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the recipe's)")
     p.add_argument("--candidates", type=int, default=1, help="plans sampled per call, ranked by value when --value")
-    p.add_argument("--replan-every", type=int, default=0, help="replan every k env steps (0: plan once, as Diffuser)")
+    p.add_argument("--replan-every", type=int, default=0,
+                   help="replan every k env steps (0: plan once, then head for the goal, as Diffuser; replans keep the "
+                        "goal at step H-1, which with a goal nearer than H steps gives detour plans)")
     p.add_argument("--warm-start", type=float, default=0.0, help="> 0: warm start replans from the previous plan at this fraction of T")
     p.add_argument("--control", choices=("pd", "actions"), default="pd")
-    p.add_argument("--kp", type=float, default=1.0)
-    p.add_argument("--kd", type=float, default=1.0)
+    p.add_argument("--kp", type=float, default=PD_KP, help="PD position gain (Diffuser: 1; see planner.PD_KP)")
+    p.add_argument("--kd", type=float, default=PD_KD, help="PD velocity gain (Diffuser: 1)")
     p.add_argument("--value", default=None, help="value-function folder (from value.save_value) for guidance / ranking")
     p.add_argument("--guidance", choices=("none", "value", "gradient"), default=None)
     p.add_argument("--guide-scale", type=float, default=0.1)
@@ -96,7 +98,8 @@ def cmd_plan(args) -> int:
     ref = reference_returns(env_id, args.multi_task, args.reference_episodes)
     summary = summarize(eps, ref)
     summary.update(env_id=env_id, multi_task=args.multi_task, checkpoint=str(loaded.checkpoint), train_step=loaded.step,
-                   planner=vars(planner.cfg), replan_every=args.replan_every, control=args.control)
+                   planner=vars(planner.cfg), replan_every=args.replan_every, control=args.control,
+                   kp=args.kp, kd=args.kd)
     out = Path(args.out or Path(loaded.checkpoint).parent.parent / "plans" / f"plan-{time.strftime('%Y%m%d-%H%M%S')}")
     write_outputs(out, env_id, eps, summary)
     print(f"{env_id} {'multi' if args.multi_task else 'single'}-task, {args.episodes} episodes: "

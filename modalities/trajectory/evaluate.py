@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from diffsuite.core.utils import atomic_write_json, cache_dir
 
 from .maze import EVAL_GOAL_CELL, MazeGrid, WaypointController, env_id_for, make_env
-from .planner import Planner, track
+from .planner import PD_KD, PD_KP, Planner, track
 
 REFERENCE_EPISODES = 100
 
@@ -95,8 +95,11 @@ def normalized_score(R: float, ref: dict) -> float:
 
 
 def plan_episode(env, planner: Planner, multi_task: bool, seed: int, replan_every: int = 0, control: str = "pd",
-                 kp: float = 1.0, kd: float = 1.0) -> dict:
-    """One closed-loop episode: plan at t = 0 (and every replan_every steps if > 0), track the plan."""
+                 kp: float = PD_KP, kd: float = PD_KD) -> dict:
+    """One closed-loop episode: plan at t = 0 (and every replan_every steps if > 0), track the plan (planner.track).
+
+    With replan_every = 0 (Diffuser) the agent follows the one plan and, once it is used up, heads for the goal.
+    """
     g = torch.Generator().manual_seed(seed)
     state = {"plan": None, "k": 0, "plans": [], "times": []}
 

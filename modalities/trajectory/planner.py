@@ -7,7 +7,11 @@
   n_guide_steps, t_stopgrad, scale_grad_by_std) or the core's `GradientGuidance` denoiser wrapper.
 * A batch of candidate plans, ranked by J when a value function is given.
 * Warm start: re-noise the previous plan (shifted by the steps executed) to an intermediate t and denoise
-  from there; receding-horizon replanning is the caller's choice of `replan_every` (evaluate.py).
+  from there; receding-horizon replanning is the caller's choice of `replan_every` (evaluate.py). The default
+  is Diffuser's: plan once, track the plan, then head for the goal. Replanning keeps the goal at step H-1, so a
+  replan from a state already close to the goal asks for an H-step window between nearby endpoints, which in
+  the never-reset training stream is a detour (go elsewhere and come back): with the U-Maze demo, replanning
+  every 16-64 steps makes the agent shuttle back and forth (success 0.0-0.6 vs 1.0 planning once).
 * Any core sampler at any step count.
 """
 from __future__ import annotations
@@ -138,11 +142,22 @@ class Planner:
                     all_states=joint[:, :, self.A:], normalized=x.detach())
 
 
+#: PD gains of `track`. Diffuser's maze controller is a = (p_{k+1} - p) + (v_{k+1} - v), i.e. kp = kd = 1. A
+#: CPU-trained model's plans are right about the route but jittery at the step scale: in the U-Maze demo the
+#: planned velocities disagree with the planned positions by about 5 units/s (|dp/dt - v|; the data: ~0) and
+#: step 1 sits ~0.3 away from the inpainted start (the data: 0.04). With kp = 1 the agent tracks that velocity
+#: noise, falls behind the plan and, when the plan ends, heads for the goal from the wrong side of a wall. kp = 10
+#: (the position gain of the waypoint expert that generated the data) keeps the agent on the planned positions;
+#: `--kp 1` restores Diffuser's gains.
+PD_KP, PD_KD = 10.0, 1.0
+
+
 def track(plan_states: np.ndarray, plan_actions: np.ndarray, k: int, obs: np.ndarray, control: str = "pd",
-          kp: float = 1.0, kd: float = 1.0) -> np.ndarray:
+          kp: float = PD_KP, kd: float = PD_KD) -> np.ndarray:
     """Action at plan step k: PD tracking of the next planned state (Diffuser's maze controller), or the planned action.
 
-    pd: a = clip(kp (p_{k+1} - p) + kd (v_{k+1} - v), -1, 1); past the plan's end, hold the last position at zero velocity.
+    pd: a = clip(kp (p_{k+1} - p) + kd (v_{k+1} - v), -1, 1). Past the plan's end, as in Diffuser's plan_maze2d,
+    the target is the plan's last state at zero velocity, i.e. the inpainted goal: the agent heads straight for it.
     """
     if control == "actions":
         return np.clip(plan_actions[min(k, len(plan_actions) - 1)], -1, 1)
