@@ -103,6 +103,23 @@ def test_warm_start_replans_from_previous_plan():
     np.testing.assert_allclose(p2.states[0], [0.1, 0.1, 0, 0], atol=1e-5)
 
 
+def test_shorter_horizon_plan_holds_start_and_goal():
+    """A shrinking-horizon replan: a shorter plan with start at step 0 and goal at its own last step, warm-started."""
+    from diffsuite.modalities.trajectory.evaluate import shrunk_horizon
+    pl = _planner(PlannerConfig(sampler="ddim", steps=5, warm_start_t=0.3))
+    g, goal = torch.Generator().manual_seed(0), np.array([1.0, -0.5])
+    pl.plan(np.zeros(4), goal, g)
+    H = shrunk_horizon(16 - 7, factor=2, H=16, minimum=4)
+    assert H == 10
+    p = pl.plan(np.array([0.2, 0.1, 0.3, 0.0]), goal, g, shift=7, horizon=H)
+    assert p.states.shape == (10, 4)
+    np.testing.assert_allclose(p.states[0], [0.2, 0.1, 0.3, 0.0], atol=1e-5)
+    np.testing.assert_allclose(p.states[-1], [1.0, -0.5, 0.0, 0.0], atol=1e-5)
+    assert [shrunk_horizon(r, 4, 128, 32) for r in (1, 30, 33, 200)] == [32, 32, 36, 128]
+    with pytest.raises(ValueError, match="value function is built for horizon 16"):
+        _planner(PlannerConfig(sampler="ddim", steps=5), lambda x, t, c: x.sum((1, 2))).plan(np.zeros(4), goal, g, horizon=8)
+
+
 def test_track_pd_and_actions():
     states = np.array([[0, 0, 0, 0], [0.5, 0, 1, 0]], float)
     a = track(states, np.array([[0.2, -0.3], [0, 0]]), 0, np.zeros(4), "pd")

@@ -36,6 +36,19 @@ def test_plan_command_runs_one_episode(run_dir, tmp_path):
     assert (out / "plans.png").stat().st_size > 0
 
 
+def test_plan_command_shrinking_horizon_replans(run_dir, tmp_path):
+    from diffsuite.recipes.cli import main
+    out = tmp_path / "plan"
+    rc = main(["plan", str(run_dir), "--env", "PointMaze_UMaze-v3", "--episodes", "1", "--steps", "2",
+               "--replan-every", "4", "--shrink-horizon", "--shrink-min", "4", "--reference-episodes", "2",
+               "--out", str(out)])
+    assert rc == 0
+    lengths = [len(p) for p in json.loads((out / "trajectories.json").read_text())[0]["planned"]]
+    # each replan covers what is left of the previous plan; one due within shrink_min steps is followed to its end
+    assert lengths == [16, 12, 8], lengths
+    assert json.loads((out / "summary.json").read_text())["shrink_horizon"] is True
+
+
 def test_task_dataset_shape_and_samples(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path))
     import torch

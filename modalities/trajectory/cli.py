@@ -26,8 +26,14 @@ def add_commands(subparsers) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the recipe's)")
     p.add_argument("--candidates", type=int, default=1, help="plans sampled per call, ranked by value when --value")
     p.add_argument("--replan-every", type=int, default=0,
-                   help="replan every k env steps (0: plan once, then head for the goal, as Diffuser; replans keep the "
+                   help="replan every k env steps (0: plan once, then head for the goal, as Diffuser; without "
+                        "--shrink-horizon replans keep the "
                         "goal at step H-1, which with a goal nearer than H steps gives detour plans)")
+    p.add_argument("--shrink-horizon", action="store_true",
+                   help="with --replan-every: each replan covers only what is left of the previous plan, so the goal "
+                        "stays at the step where the agent was due to arrive")
+    p.add_argument("--shrink-min", type=int, default=32,
+                   help="with --shrink-horizon: a plan due to arrive within this many steps is followed to its end")
     p.add_argument("--warm-start", type=float, default=0.0, help="> 0: warm start replans from the previous plan at this fraction of T")
     p.add_argument("--control", choices=("pd", "actions"), default="pd")
     p.add_argument("--kp", type=float, default=PD_KP, help="PD position gain (Diffuser: 1; see planner.PD_KP)")
@@ -92,13 +98,15 @@ def cmd_plan(args) -> int:
         warnings.warn(f"planning in {env_id} with a model trained on {loaded.recipe.data.env_id}")
     planner = _planner(args, loaded)
     env = make_env(env_id)
-    eps = [plan_episode(env, planner, args.multi_task, args.seed + i, args.replan_every, args.control, args.kp, args.kd)
-           for i in range(args.episodes)]
+    eps = [plan_episode(env, planner, args.multi_task, args.seed + i, args.replan_every, args.control, args.kp, args.kd,
+                        args.shrink_horizon, args.shrink_min) for i in range(args.episodes)]
     env.close()
     ref = reference_returns(env_id, args.multi_task, args.reference_episodes)
     summary = summarize(eps, ref)
     summary.update(env_id=env_id, multi_task=args.multi_task, checkpoint=str(loaded.checkpoint), train_step=loaded.step,
-                   planner=vars(planner.cfg), replan_every=args.replan_every, control=args.control,
+                   planner=vars(planner.cfg), replan_every=args.replan_every,
+                   shrink_horizon=args.shrink_horizon, shrink_min=args.shrink_min,
+                   control=args.control,
                    kp=args.kp, kd=args.kd)
     out = Path(args.out or Path(loaded.checkpoint).parent.parent / "plans" / f"plan-{time.strftime('%Y%m%d-%H%M%S')}")
     write_outputs(out, env_id, eps, summary)

@@ -94,18 +94,34 @@ def normalized_score(R: float, ref: dict) -> float:
     return 100.0 * (R - ref["random"]["mean"]) / (ref["expert"]["mean"] - ref["random"]["mean"])
 
 
+def shrunk_horizon(remaining: int, factor: int, H: int, minimum: int = 16) -> int:
+    """The replan horizon that keeps the goal where the previous plan put it: `remaining` steps rounded up to the
+    U-Net's down-sampling factor, at least `minimum` (and a multiple of factor), at most H."""
+    lo = -(-max(minimum, factor) // factor) * factor
+    return int(min(H, max(lo, -(-remaining // factor) * factor)))
+
+
 def plan_episode(env, planner: Planner, multi_task: bool, seed: int, replan_every: int = 0, control: str = "pd",
-                 kp: float = PD_KP, kd: float = PD_KD) -> dict:
+                 kp: float = PD_KP, kd: float = PD_KD, shrink: bool = False, shrink_min: int = 32) -> dict:
     """One closed-loop episode: plan at t = 0 (and every replan_every steps if > 0), track the plan (planner.track).
 
     With replan_every = 0 (Diffuser) the agent follows the one plan and, once it is used up, heads for the goal.
+    shrink: each replan's horizon is what is left of the previous plan (shrunk_horizon), so the goal stays at the
+    step where the agent was due to arrive instead of moving H - 1 steps ahead (which invites a detour), and a
+    plan due to arrive within shrink_min steps is followed to its end (very short plans loop around the goal).
+    U-Maze demo, 20 dev episodes, replan every 16: success 1.00 with shrinking vs 0.05 without; normalized score
+    75 / 78 / 82 for shrink_min 16 / 32 / 48, against 83 planning once.
     """
     g = torch.Generator().manual_seed(seed)
     state = {"plan": None, "k": 0, "plans": [], "times": []}
+    factor = getattr(planner.den.net, "factor", 1)
 
     def policy(obs, t):
-        if state["plan"] is None or (replan_every and state["k"] >= replan_every):
-            p = planner.plan(obs["observation"], obs["desired_goal"], g, shift=state["k"])
+        remaining = len(state["plan"].states) - state["k"] if state["plan"] is not None else 0
+        due = replan_every and state["k"] >= replan_every and not (shrink and remaining <= shrink_min)
+        if state["plan"] is None or due:
+            H = shrunk_horizon(remaining, factor, planner.H, shrink_min) if shrink and state["plan"] is not None else None
+            p = planner.plan(obs["observation"], obs["desired_goal"], g, shift=state["k"], horizon=H)
             state.update(plan=p, k=0)
             state["plans"].append(p.states)
             state["times"].append(p.seconds)

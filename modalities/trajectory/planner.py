@@ -12,6 +12,9 @@
   replan from a state already close to the goal asks for an H-step window between nearby endpoints, which in
   the never-reset training stream is a detour (go elsewhere and come back): with the U-Maze demo, replanning
   every 16-64 steps makes the agent shuttle back and forth (success 0.0-0.6 vs 1.0 planning once).
+  `plan(..., horizon=h)` plans over a shorter horizon (a multiple of the U-Net's down-sampling factor): a
+  shrinking-horizon replan keeps the goal at the step where the previous plan was due to arrive (evaluate.py,
+  shrink=True), which fixes that (U-Maze demo, replan every 16: success 1.00 single- and multi-task).
 * Any core sampler at any step count.
 """
 from __future__ import annotations
@@ -75,9 +78,10 @@ class Planner:
         joint = np.concatenate([np.zeros(self.A, np.float32), np.asarray(s, np.float32)])[None]
         return torch.as_tensor(self.norm.normalize(joint)[0, self.A:], dtype=torch.float32)
 
-    def conditions(self, start: np.ndarray, goal: Optional[np.ndarray], B: int):
+    def conditions(self, start: np.ndarray, goal: Optional[np.ndarray], B: int, H: Optional[int] = None):
         """(mask, known) for Inpaint: all state dims at step 0; goal position + zero velocity at step H-1."""
-        mask, known = torch.zeros(B, self.H, self.D), torch.zeros(B, self.H, self.D)
+        H = H or self.H
+        mask, known = torch.zeros(B, H, self.D), torch.zeros(B, H, self.D)
         mask[:, 0, self.A:] = 1
         known[:, 0, self.A:] = self._norm_state(start)
         if goal is not None:
@@ -94,23 +98,25 @@ class Planner:
             raise ValueError("Planner: the model is conditioned on a goal (condition='start_goal'); pass a goal")
         return known[:, steps, self.A:] if steps else None
 
-    def _warm(self, shift: int, generator):
+    def _warm(self, shift: int, generator, H: int):
         """x_t from the previous plan shifted by `shift` steps, noised to t = warm_start_t * T, and its timesteps."""
         T = self.den.schedule.T
         t0 = max(1, int(round(self.cfg.warm_start_t * T)) - 1)
-        prev = self.prev[:, shift:]
-        prev = torch.cat([prev, prev[:, -1:].expand(-1, self.H - prev.shape[1], -1)], 1) if prev.shape[1] < self.H else prev
+        prev = self.prev[:, shift:shift + H]
+        prev = torch.cat([prev, prev[:, -1:].expand(-1, H - prev.shape[1], -1)], 1) if prev.shape[1] < H else prev
         ab = self.den.schedule.alpha_bar_at(torch.tensor(float(t0))).float()
         x = q_sample(prev, ab.to(prev), randn(prev.shape, generator, prev.device))
         ts = torch.linspace(t0, 0, max(2, min(self.cfg.steps, t0 + 1))).round().unique().flip(0).double()
         return x, ts
 
     def plan(self, start: np.ndarray, goal: Optional[np.ndarray] = None, generator: Optional[torch.Generator] = None,
-             shift: int = 0) -> Plan:
-        """One planning call (Diffuser Alg. 1 without the environment loop)."""
-        c, B = self.cfg, self.cfg.n_candidates
+             shift: int = 0, horizon: Optional[int] = None) -> Plan:
+        """One planning call (Diffuser Alg. 1 without the environment loop); `horizon` overrides H for this call."""
+        c, B, H = self.cfg, self.cfg.n_candidates, horizon or self.H
+        if H != self.H and self.value_fn is not None:
+            raise ValueError(f"Planner: horizon {H} != {self.H}: the value function is built for horizon {self.H}")
         t_start = time.perf_counter()
-        mask, known = self.conditions(start, goal, B)
+        mask, known = self.conditions(start, goal, B, H)
         hooks, den = [], self.den
         if c.guidance == "value":
             hooks.append(ValueGuidance(self.value_fn, self.den.schedule, c.guide_scale, c.n_guide_steps, c.t_stopgrad,
@@ -122,9 +128,9 @@ class Planner:
         opts = {"eta": c.eta} if c.sampler in ("ddim",) else {}
         x_T = None
         if c.warm_start_t > 0 and self.prev is not None:
-            x_T, opts["timesteps"] = self._warm(shift, generator)
+            x_T, opts["timesteps"] = self._warm(shift, generator, H)
         with torch.no_grad():
-            x = sample(den, (B, self.H, self.D), c.sampler, c.steps, generator=generator, hooks=hooks, device=self.device,
+            x = sample(den, (B, H, self.D), c.sampler, c.steps, generator=generator, hooks=hooks, device=self.device,
                        x_T=x_T, cond=cond, **opts)
         return self._finish(x, t_start)
 
