@@ -103,12 +103,26 @@ def speed(args) -> list[dict]:
     return rows
 
 
+def real_floor(loaded, n: int, draws: int = 3) -> list[float]:
+    """digits-FID of `draws` random sets of n real training images against the test split: the spread a perfect
+    sampler would show at this n."""
+    import torch
+    from diffsuite.modalities.image import metrics
+    r, task = loaded.recipe, loaded.task
+    test, train = task.build_dataset(r.data, "test"), task.build_dataset(r.data, "train")
+    clf, _ = metrics.digits_classifier(r.data.image_size, r.data.digits_mode)
+    idx = [torch.randperm(len(train.x), generator=torch.Generator().manual_seed(s))[:n] for s in range(draws)]
+    return [float(metrics.fid(clf.features, test.x, train.x[i])) for i in idx]
+
+
 def quality(args) -> list[dict]:
     import torch
     from diffsuite.modalities.image.cli import evaluate
     from diffsuite.recipes.run import load
     torch.set_num_threads(args.threads)
     loaded = load(args.checkpoint)
+    floor = real_floor(loaded, args.n) if loaded.recipe.data.source == "digits" else None
+    print(f"real training images vs test, {args.n} per set: digits-FID {floor}", flush=True)
     if args.clip:
         from diffsuite.core.denoiser import clip_x0
         loaded.denoiser.x0_transform = clip_x0
@@ -123,7 +137,8 @@ def quality(args) -> list[dict]:
                   f"cond-acc {r.get('conditional_accuracy', float('nan')):.3f}  ({r['sample_seconds']} s)", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "image_quality.json").write_text(json.dumps({"checkpoint": str(loaded.checkpoint), "args": vars(args),
-                                                            "step": loaded.step, "rows": rows}, indent=1))
+                                                            "step": loaded.step, "real_floor_digits_fid": floor,
+                                                            "rows": rows}, indent=1))
     return rows
 
 
