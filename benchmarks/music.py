@@ -51,7 +51,7 @@ def evaluate(name, rolls, ref, train, data, ref_stats, out, conds=None):
     return row
 
 
-def generate(ckpt, conds, guidance, steps, seed):
+def generate(ckpt, conds, guidance, steps, seed, sampler=None, eta=None):
     from diffsuite.recipes.run import generate as gen, load
     loaded = load(ckpt)
     from diffsuite.modalities.music.roll import from_model
@@ -59,7 +59,7 @@ def generate(ckpt, conds, guidance, steps, seed):
     for i in range(0, len(conds), 32):
         c = torch.from_numpy(conds[i:i + 32]) if loaded.recipe.model.chord_cond else None
         x, _ = gen(loaded.denoiser, loaded.task, loaded.recipe, n=len(conds[i:i + 32]), guidance=guidance,
-                   steps=steps, seed=seed + i, cond=c, progress=False)
+                   sampler=sampler, steps=steps, eta=eta, seed=seed + i, cond=c, progress=False)
         xs.append(from_model(x))
     return np.concatenate(xs), loaded.recipe.data
 
@@ -69,7 +69,9 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint")
     ap.add_argument("--n", type=int, default=200, help="windows per set")
     ap.add_argument("--guidance", type=float, default=2.0)
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the recipe's)")
+    ap.add_argument("--sampler", default=None, help="core sampler (default: the recipe's)")
+    ap.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the recipe's)")
     ap.add_argument("--limit", type=int, default=None, help="first N chorales only")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--unguided", action="store_true", help="also sample with guidance 0")
@@ -93,10 +95,10 @@ def main(argv=None) -> int:
     base = metrics.sample_independent(metrics.fit_independent(list(train), data.pitch_lo), len(test), a.seed)
     evaluate("independent-notes baseline", base, test, train, data, ref_stats, out, conds)
     if a.checkpoint:
-        gen_rolls, _ = generate(a.checkpoint, conds, a.guidance, a.steps, a.seed)
+        gen_rolls, _ = generate(a.checkpoint, conds, a.guidance, a.steps, a.seed, a.sampler, a.eta)
         evaluate(f"model (w={a.guidance})", gen_rolls, test, train, data, ref_stats, out, conds)
         if a.unguided:
-            gen0, _ = generate(a.checkpoint, conds, 0.0, a.steps, a.seed)
+            gen0, _ = generate(a.checkpoint, conds, 0.0, a.steps, a.seed, a.sampler, a.eta)
             evaluate("model (w=0)", gen0, test, train, data, ref_stats, out, conds)
     out["seconds"] = time.time() - t0
     atomic_write_json(a.out, out)

@@ -162,6 +162,20 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu")
 
 
 @torch.no_grad()
+def sampler_options(s, sampler: str, eta: Optional[float] = None) -> dict:
+    """The keyword options of core sampler `sampler` taken from a recipe's sample section (eta overridable)."""
+    opts = {}
+    if sampler in ("ddim", "repaint"):
+        opts["eta"] = s.eta if eta is None else eta
+    if sampler == "ddpm":
+        opts["variance"] = s.variance
+    if sampler == "dpmpp_2m" and s.lambda_min is not None:
+        opts["lambda_min"] = s.lambda_min
+    if s.spacing and sampler in ("ddim", "dpmpp_2m", "ddpm", "repaint"):
+        opts["spacing"] = s.spacing
+    return opts
+
+
 def generate(denoiser, task, recipe: Recipe, n: Optional[int] = None, sampler: Optional[str] = None,
              steps: Optional[int] = None, seed: Optional[int] = None, guidance: Optional[float] = None,
              eta: Optional[float] = None, cond=None, hooks=(), progress: bool = True, device=None):
@@ -179,15 +193,7 @@ def generate(denoiser, task, recipe: Recipe, n: Optional[int] = None, sampler: O
     den = denoiser
     if w and cond is not None and task.null_cond is not None:
         den = ClassifierFreeGuidance(denoiser, w, task.null_cond)
-    opts = {}
-    if sampler in ("ddim", "repaint"):
-        opts["eta"] = s.eta if eta is None else eta
-    if sampler == "ddpm":
-        opts["variance"] = s.variance
-    if sampler == "dpmpp_2m" and s.lambda_min is not None:
-        opts["lambda_min"] = s.lambda_min
-    if s.spacing and sampler in ("ddim", "dpmpp_2m", "ddpm"):
-        opts["spacing"] = s.spacing
+    opts = sampler_options(s, sampler, eta)
     shape = (n, *task.sample_shape(recipe.model, recipe.data))
     x = sample(den, shape, sampler, steps, generator=g, cond=cond, hooks=hooks, device=device,
                progress=progress, **opts)

@@ -99,11 +99,12 @@ def test_compose_cli_writes_files(den, tmp_path):
 
     from diffsuite.modalities.music import cli
     from diffsuite.modalities.music.roll import RollPiece, piece_to_midi
+    from diffsuite.core.config import SampleConfig
     from diffsuite.modalities.music.task import MusicDataConfig, MusicModelConfig, MusicTask
 
     data = MusicDataConfig(seg_len=32, n_pitch=16, pitch_lo=0)
     recipe = SimpleNamespace(model=MusicModelConfig(chord_cond=True), data=data,
-                             sample=SimpleNamespace(guidance=1.5, sampler="ddim", steps=4))
+                             sample=SampleConfig(guidance=1.5, sampler="ddim", steps=4, eta=1.0))
     task = MusicTask()
     task.sample_cond = lambda n, cfg, g: torch.rand(n, 8, 36, generator=g)
     loaded = SimpleNamespace(task=task, recipe=recipe, denoiser=den, checkpoint="fake")
@@ -121,6 +122,14 @@ def test_compose_cli_writes_files(den, tmp_path):
         assert len(mids) == 2 and (out / "pianoroll.png").exists() and (out / "compose.json").exists()
         if extra and extra[0] == "--continue":
             assert pretty_midi.PrettyMIDI(str(mids[0])).get_end_time() > 0
+    # the recipe's eta (1.0) reaches the sampler; --eta overrides it
+    midis = {}
+    for tag, extra in [("recipe", []), ("eta1", ["--eta", "1"]), ("eta0", ["--eta", "0"])]:
+        args = parser.parse_args(["compose", "ckpt", "--n", "2", "--seed", "3", "--out", str(tmp_path / tag), *extra])
+        args.load = lambda path: loaded
+        assert args.func(args) == 0
+        midis[tag] = [p.read_bytes() for p in sorted((tmp_path / tag).glob("piece_*.mid"))]
+    assert midis["recipe"] == midis["eta1"] and midis["eta0"] != midis["eta1"]
     with pytest.raises(ValueError, match="--bars"):
         args = parser.parse_args(["compose", "ckpt", "--out", str(tmp_path), "--infill", str(src), "--bars", "0-1"])
         args.load = lambda path: loaded

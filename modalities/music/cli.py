@@ -29,6 +29,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--pickup", type=float, default=0.0, help="pickup length of the input MIDI, in beats")
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--eta", type=float, default=None, help="DDIM / RePaint eta (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repaint", action="store_true", help="RePaint resampling for infill / melody tasks")
     p.set_defaults(func=cmd_compose)
@@ -70,14 +71,17 @@ def _cond(args, task, recipe, n, gen):
 
 
 def cmd_compose(args) -> int:
+    from diffsuite.recipes.run import sampler_options
     loaded = args.load(args.checkpoint)
     task, recipe, den = loaded.task, loaded.recipe, loaded.denoiser
     d, s = recipe.data, recipe.sample
     gen = torch.Generator().manual_seed(args.seed)
     cond = _cond(args, task, recipe, args.n, gen)
     w = s.guidance if args.guidance is None else args.guidance
-    kw = dict(cond=cond, guidance=w, null_cond=task.null_cond, sampler=args.sampler or s.sampler,
-              steps=args.steps or s.steps, generator=gen)
+    sampler = args.sampler or s.sampler
+    opts = sampler_options(s, "repaint" if args.repaint else sampler, args.eta)
+    kw = dict(cond=cond, guidance=w, null_cond=task.null_cond, sampler=sampler, steps=args.steps or s.steps,
+              generator=gen, **opts)
     spbar = 4 * d.steps_per_beat
     if args.cont:
         piece, prefix = _input_roll(args.cont, d, args.pickup)
@@ -94,7 +98,7 @@ def cmd_compose(args) -> int:
         rolls = control.run_inpaint(den, np.repeat(known[None], args.n, 0), np.repeat(mask[None], args.n, 0),
                                     resample=args.repaint, **kw)
     else:
-        rolls = _free(den, task, recipe, args, cond, gen, w)
+        rolls = _free(den, task, recipe, args, cond, gen, w, opts)
     from .task import save_rolls
     files = save_rolls(rolls, cond if rolls.shape[-1] == d.seg_len else None, Path(args.out), d)
     atomic_write_json(Path(args.out) / "compose.json", {"checkpoint": str(loaded.checkpoint), "args": {
@@ -103,12 +107,12 @@ def cmd_compose(args) -> int:
     return 0
 
 
-def _free(den, task, recipe, args, cond, gen, w):
+def _free(den, task, recipe, args, cond, gen, w, opts):
     from diffsuite.core.guidance import ClassifierFreeGuidance
     from diffsuite.core.samplers import sample
     from .roll import from_model
     s = recipe.sample
     model = ClassifierFreeGuidance(den, w, task.null_cond) if w and cond is not None else den
     shape = (args.n, *task.sample_shape(recipe.model, recipe.data))
-    x = sample(model, shape, args.sampler or s.sampler, args.steps or s.steps, generator=gen, cond=cond)
+    x = sample(model, shape, args.sampler or s.sampler, args.steps or s.steps, generator=gen, cond=cond, **opts)
     return from_model(x)
