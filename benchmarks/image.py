@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -75,6 +76,20 @@ def measure(impl: str, device: str, batch: int, steps: int, dtype: str, compile_
             "peak_mem_kind": "cuda max_memory_allocated" if device.startswith("cuda") else "process peak RSS"}
 
 
+def speed_ratios(rows) -> dict:
+    """Per (device, dtype, compile): our images/s over diffusers' in the same repeat, and their median."""
+    out = {}
+    for r in rows:
+        if r["impl"] != "diffsuite" or "error" in r:
+            continue
+        ref = [q for q in rows if q["impl"] == "diffusers" and "error" not in q and q["repeat"] == r["repeat"]
+               and (q["device"], q["dtype"], q["compile"]) == (r["device"], r["dtype"], r["compile"])]
+        if ref:
+            out.setdefault(f"{r['device']} {r['dtype']} compile={r['compile']}", []).append(
+                r["images_per_s"] / ref[0]["images_per_s"])
+    return {k: {"n": len(v), "median": statistics.median(v), "each": [round(x, 3) for x in v]} for k, v in out.items()}
+
+
 def speed(args) -> list[dict]:
     import torch
     configs = [("cpu", "fp32", False)]
@@ -82,15 +97,16 @@ def speed(args) -> list[dict]:
         configs += [("cuda", d, c) for d in ("fp32", "bf16") for c in (False, True)]
     rows = []
     for device, dtype, comp in configs:
-        for impl in ("diffsuite", "diffusers"):
-            cmd = [sys.executable, __file__, "_one", impl, device, str(args.batch if device == "cpu" else args.gpu_batch),
-                   str(args.steps), dtype, str(int(comp))]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode:
-                rows.append({"impl": impl, "device": device, "dtype": dtype, "compile": comp,
-                             "error": out.stderr.strip().splitlines()[-1:]})
-                continue
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        for rep in range(args.repeats):  # alternate the order so drift on a shared machine hits both alike
+            for impl in ("diffsuite", "diffusers")[::1 if rep % 2 == 0 else -1]:
+                cmd = [sys.executable, __file__, "_one", impl, device,
+                       str(args.batch if device == "cpu" else args.gpu_batch), str(args.steps), dtype, str(int(comp))]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode:
+                    rows.append({"impl": impl, "device": device, "dtype": dtype, "compile": comp, "repeat": rep,
+                                 "error": out.stderr.strip().splitlines()[-1:]})
+                    continue
+                rows.append({**json.loads(out.stdout.strip().splitlines()[-1]), "repeat": rep})
     print(f"{'impl':10s} {'device':6s} {'dtype':5s} {'compile':7s} {'batch':5s} {'params':>10s} {'img/s':>8s} {'peak MB':>9s}")
     for r in rows:
         if "error" in r:
@@ -98,8 +114,12 @@ def speed(args) -> list[dict]:
             continue
         print(f"{r['impl']:10s} {r['device']:6s} {r['dtype']:5s} {str(r['compile']):7s} {r['batch']:5d} "
               f"{r['params']:10d} {r['images_per_s']:8.2f} {r['peak_mem_mb']:9.0f}")
+    ratios = speed_ratios(rows)
+    for k, v in ratios.items():
+        print(f"{k}: diffsuite / diffusers images/s, median of {v['n']} = {v['median']:.3f} (each: {v['each']})")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "image_speed.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    (RESULTS / "image_speed.json").write_text(json.dumps({"args": vars(args), "rows": rows, "ratios": ratios},
+                                                         indent=1))
     return rows
 
 
@@ -126,9 +146,15 @@ def quality(args) -> list[dict]:
     if args.clip:
         from diffsuite.core.denoiser import clip_x0
         loaded.denoiser.x0_transform = clip_x0
-    grid = [("ddpm", 1000), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("dpmpp_2m", 20), ("dpmpp_2m", 10)]
-    grid = [g for g in grid if f"{g[0]}{g[1]}" not in args.skip]
-    rows = []
+    grid = [("ddpm", 1000), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("dpmpp_2m", 20), ("dpmpp_2m", 10),
+            ("dpmpp_2m_sde", 20), ("dpmpp_2m_sde", 10)]
+    grid = [g for g in grid if f"{g[0]}{g[1]}" not in args.skip and (not args.only or f"{g[0]}{g[1]}" in args.only)]
+    out = RESULTS / "image_quality.json"
+    earlier = json.loads(out.read_text()) if args.only and out.exists() else {}
+    if earlier and earlier["checkpoint"] != str(loaded.checkpoint):
+        raise SystemExit(f"--only: {out} holds rows of {earlier['checkpoint']}, not {loaded.checkpoint}")
+    keep = earlier.get("rows", [])  # --only adds its rows to those of the earlier run on the same checkpoint
+    rows = [r for r in keep if (r["sampler"], r["steps"]) not in grid]
     for sampler, steps in grid:
         for w in args.guidance:
             r = evaluate(loaded, args.n, sampler, steps, w, seed=0, bpd_n=0)
@@ -136,7 +162,7 @@ def quality(args) -> list[dict]:
             print(f"{sampler:9s} {steps:5d} w={w:<4} digits-FID {r['digits_fid']:8.3f}  "
                   f"cond-acc {r.get('conditional_accuracy', float('nan')):.3f}  ({r['sample_seconds']} s)", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "image_quality.json").write_text(json.dumps({"checkpoint": str(loaded.checkpoint), "args": vars(args),
+    out.write_text(json.dumps({"checkpoint": str(loaded.checkpoint), "args": vars(args),
                                                             "step": loaded.step, "real_floor_digits_fid": floor,
                                                             "rows": rows}, indent=1))
     return rows
@@ -155,11 +181,14 @@ def main(argv=None):
     s.add_argument("--batch", type=int, default=4)
     s.add_argument("--gpu-batch", type=int, default=128)
     s.add_argument("--steps", type=int, default=3)
+    s.add_argument("--repeats", type=int, default=3, help="paired runs per configuration, order alternated")
     q = sub.add_parser("quality")
     q.add_argument("--checkpoint", required=True)
     q.add_argument("--n", type=int, default=300)
     q.add_argument("--guidance", type=float, nargs="*", default=[0.0, 1.0, 3.0])
     q.add_argument("--skip", nargs="*", default=[], help="e.g. ddpm1000")
+    q.add_argument("--only", nargs="*", default=[], help="run only these rows (e.g. dpmpp_2m_sde10) and keep the "
+                   "other rows of an earlier image_quality.json")
     q.add_argument("--threads", type=int, default=1)
     q.add_argument("--clip", action="store_true", help="clip x0 to [-1, 1] (overrides the checkpoint's clip_x0)")
     args = p.parse_args(argv)

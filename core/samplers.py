@@ -171,10 +171,11 @@ def ddim(denoiser, x, steps: int = 50, *, cond=None, generator=None, hooks: Sequ
 
 def dpmpp_2m(denoiser, x, steps: int = 20, *, cond=None, generator=None, hooks: Sequence = (),
              spacing: str = "linspace", timesteps=None, alpha_bars=None, lambda_min: float | None = None,
-             progress: bool = False):
+             sde: bool = False, progress: bool = False):
     """DPM-Solver++(2M), data prediction, multistep (Lu et al. 2022b, Algorithm 2).
 
     lambda_min (optional) starts sampling where log(alpha / sigma) >= lambda_min: see `lambda_clipped_T`.
+    sde=True takes SDE-DPM-Solver++(2M) steps instead (Lu et al. 2022b, Appendix; `dpmpp_2m_sde`).
 
     The last step, to the clean end point (lambda = inf), is always first order (it returns x0): this is the
     reference code's `lower_order_final`; every earlier step after the first is second order.
@@ -187,7 +188,7 @@ def dpmpp_2m(denoiser, x, steps: int = 20, *, cond=None, generator=None, hooks: 
     x = _hooks(hooks, "start", x, ts[0], generator)
     x0_prev, h_prev = None, None
     n = len(ts) - 1
-    for i in tqdm(range(n), disable=not progress, desc="dpm++2m"):
+    for i in tqdm(range(n), disable=not progress, desc="dpm++2m sde" if sde else "dpm++2m"):
         x = _hooks(hooks, "before_step", x, ts[i], cond)
         x0 = _call(denoiser, x, ts[i], cond).x0
         if i == n - 1:  # to the clean end point (sigma = 0): the first-order update is exactly x0
@@ -201,11 +202,31 @@ def dpmpp_2m(denoiser, x, steps: int = 20, *, cond=None, generator=None, hooks: 
             if x0_prev is not None:  # second order: D = (1 + 1/2r) x0_i - 1/2r x0_{i-1}, r = h_{i-1} / h_i
                 r = h_prev / h
                 D = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-            x = (sigma[i + 1] / sigma[i]) * x - (alpha[i + 1] * math.expm1(-h)) * D
+            x = (_sde_step if sde else _ode_step)(x, D, alpha[i + 1], sigma[i + 1], sigma[i], h, generator)
             h_prev = h
         x0_prev = x0
         x = _hooks(hooks, "after_step", x, ts[i + 1], generator)
     return x
+
+
+def _ode_step(x, D, alpha_t, sigma_t, sigma_s, h, generator):
+    """x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D (Lu et al. 2022b, eq. 9 with D for x0)."""
+    return (sigma_t / sigma_s) * x - (alpha_t * math.expm1(-h)) * D
+
+
+def _sde_step(x, D, alpha_t, sigma_t, sigma_s, h, generator):
+    """x_t = (sigma_t / sigma_s) e^{-h} x_s + alpha_t (1 - e^{-2h}) D + sigma_t sqrt(1 - e^{-2h}) z (SDE-DPM-Solver++).
+
+    The first-order step (D = x0) is exactly the DDPM posterior sample with beta_tilde, i.e. DDIM with eta = 1.
+    """
+    noise = randn(x.shape, generator, x.device, x.dtype)
+    return ((sigma_t / sigma_s) * math.exp(-h)) * x - (alpha_t * math.expm1(-2 * h)) * D \
+        + (sigma_t * math.sqrt(-math.expm1(-2 * h))) * noise
+
+
+def dpmpp_2m_sde(denoiser, x, steps: int = 20, **options):
+    """SDE-DPM-Solver++(2M): the stochastic multistep variant of DPM-Solver++ (Lu et al. 2022b, Appendix)."""
+    return dpmpp_2m(denoiser, x, steps, sde=True, **options)
 
 
 def _log_snr_half(alpha: float, sigma: float) -> float:
@@ -283,7 +304,8 @@ def heun(denoiser, x, steps: int = 50, *, cond=None, generator=None, hooks: Sequ
     return x
 
 
-SAMPLERS: dict[str, Callable] = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "euler": euler, "heun": heun}
+SAMPLERS: dict[str, Callable] = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "dpmpp_2m_sde": dpmpp_2m_sde,
+                                  "euler": euler, "heun": heun}
 
 
 def nfe(sampler: str, steps: int) -> int:

@@ -169,9 +169,9 @@ def sampler_options(s, sampler: str, eta: Optional[float] = None) -> dict:
         opts["eta"] = s.eta if eta is None else eta
     if sampler == "ddpm":
         opts["variance"] = s.variance
-    if sampler == "dpmpp_2m" and s.lambda_min is not None:
+    if sampler in ("dpmpp_2m", "dpmpp_2m_sde") and s.lambda_min is not None:
         opts["lambda_min"] = s.lambda_min
-    if s.spacing and sampler in ("ddim", "dpmpp_2m", "ddpm", "repaint"):
+    if s.spacing and sampler in ("ddim", "dpmpp_2m", "dpmpp_2m_sde", "ddpm", "repaint"):
         opts["spacing"] = s.spacing
     return opts
 

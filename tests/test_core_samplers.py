@@ -27,6 +27,7 @@ CASES = [
     ("ddim", 100, {"eta": 0.0}),
     ("ddim", 1000, {"eta": 1.0}),
     ("dpmpp_2m", 50, {}),
+    ("dpmpp_2m_sde", 100, {}),
     ("euler", 100, {}),
     ("heun", 50, {}),
 ]
@@ -248,11 +249,13 @@ def _diffusers_reference(name, n, den, x_T):
     kw = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
     sched = {"ddim": lambda: diffusers.DDIMScheduler(**kw, clip_sample=False, set_alpha_to_one=True),
              "dpmpp_2m": lambda: diffusers.DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2,
-                                                                       final_sigmas_type="zero")}[name]()
+                                                                       final_sigmas_type="zero"),
+             "dpmpp_2m_sde": lambda: diffusers.DPMSolverMultistepScheduler(
+                 **kw, algorithm_type="sde-dpmsolver++", solver_order=2, final_sigmas_type="zero")}[name]()
     sched.set_timesteps(n)
-    x = x_T.clone()
+    x, g = x_T.clone(), torch.Generator().manual_seed(1)
     for t in sched.timesteps:
-        x = sched.step(den(x, torch.full((len(x),), float(t))).eps, t, x).prev_sample
+        x = sched.step(den(x, torch.full((len(x),), float(t))).eps, t, x, generator=g).prev_sample
     return x, sched.timesteps.double()
 
 
@@ -265,6 +268,28 @@ def test_deterministic_samplers_equal_diffusers(name, n):
     ref, ts = _diffusers_reference(name, n, den, x_T)
     ours = sample(den, (256, 2), name, n, x_T=x_T.clone(), timesteps=ts)
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("n", [5, 10, 20])
+def test_sde_dpmpp_equals_diffusers_with_the_same_noise(n):
+    """SDE-DPM-Solver++(2M) draws one N(0, I) per step like diffusers' sde-dpmsolver++: same noise, same samples."""
+    den = exact(gmm_2d())
+    x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+    ref, ts = _diffusers_reference("dpmpp_2m_sde", n, den, x_T)
+    ours = sample(den, (256, 2), "dpmpp_2m_sde", n, x_T=x_T.clone(), timesteps=ts, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-3)
+
+
+def test_sde_dpmpp_first_order_step_is_ddim_eta_1():
+    """Without history the SDE-DPM-Solver++ step is the DDPM posterior sample (beta_tilde) = DDIM with eta = 1."""
+    den = exact(gmm_2d())
+    x_T = torch.randn(512, 2, generator=torch.Generator().manual_seed(0))
+    ts = torch.tensor([700.0, 300.0])  # one solver step to t=300, then the final step to x0
+    a = sample(den, (512, 2), "dpmpp_2m_sde", x_T=x_T.clone(), timesteps=ts, generator=torch.Generator().manual_seed(2))
+    b = sample(den, (512, 2), "ddim", x_T=x_T.clone(), timesteps=ts, eta=1.0, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    c = sample(den, (512, 2), "dpmpp_2m", x_T=x_T.clone(), timesteps=ts)
+    assert (a - c).abs().max() > 1e-2  # the noise really enters
 
 
 def test_dpmpp_repeated_timestep_is_a_no_op():
