@@ -162,9 +162,8 @@ def quality(args) -> list[dict]:
             print(f"{sampler:9s} {steps:5d} w={w:<4} digits-FID {r['digits_fid']:8.3f}  "
                   f"cond-acc {r.get('conditional_accuracy', float('nan')):.3f}  ({r['sample_seconds']} s)", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"checkpoint": str(loaded.checkpoint), "args": vars(args),
-                                                            "step": loaded.step, "real_floor_digits_fid": floor,
-                                                            "rows": rows}, indent=1))
+    out.write_text(json.dumps({"checkpoint": str(loaded.checkpoint), "args": vars(args), "step": loaded.step,
+                               "real_floor_digits_fid": floor, "rows": rows}, indent=1))
     return rows
 
 

@@ -51,10 +51,9 @@ def evaluate(name, rolls, ref, train, data, ref_stats, out, conds=None):
     return row
 
 
-def generate(ckpt, conds, guidance, steps, seed, sampler=None, eta=None):
-    from diffsuite.recipes.run import generate as gen, load
-    loaded = load(ckpt)
+def generate(loaded, conds, guidance, steps, seed, sampler=None, eta=None):
     from diffsuite.modalities.music.roll import from_model
+    from diffsuite.recipes.run import generate as gen
     xs = []
     for i in range(0, len(conds), 32):
         c = torch.from_numpy(conds[i:i + 32]) if loaded.recipe.model.chord_cond else None
@@ -95,10 +94,12 @@ def main(argv=None) -> int:
     base = metrics.sample_independent(metrics.fit_independent(list(train), data.pitch_lo), len(test), a.seed)
     evaluate("independent-notes baseline", base, test, train, data, ref_stats, out, conds)
     if a.checkpoint:
-        gen_rolls, _ = generate(a.checkpoint, conds, a.guidance, a.steps, a.seed, a.sampler, a.eta)
+        from diffsuite.recipes.run import load
+        loaded = load(a.checkpoint)
+        gen_rolls, _ = generate(loaded, conds, a.guidance, a.steps, a.seed, a.sampler, a.eta)
         evaluate(f"model (w={a.guidance})", gen_rolls, test, train, data, ref_stats, out, conds)
         if a.unguided:
-            gen0, _ = generate(a.checkpoint, conds, 0.0, a.steps, a.seed, a.sampler, a.eta)
+            gen0, _ = generate(loaded, conds, 0.0, a.steps, a.seed, a.sampler, a.eta)
             evaluate("model (w=0)", gen0, test, train, data, ref_stats, out, conds)
     out["seconds"] = time.time() - t0
     atomic_write_json(a.out, out)

@@ -161,7 +161,6 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu")
     return Loaded(task, r, den, ckpt, state["step"])
 
 
-@torch.no_grad()
 def sampler_options(s, sampler: str, eta: Optional[float] = None) -> dict:
     """The keyword options of core sampler `sampler` taken from a recipe's sample section (eta overridable)."""
     opts = {}
@@ -176,6 +175,7 @@ def sampler_options(s, sampler: str, eta: Optional[float] = None) -> dict:
     return opts
 
 
+@torch.no_grad()
 def generate(denoiser, task, recipe: Recipe, n: Optional[int] = None, sampler: Optional[str] = None,
              steps: Optional[int] = None, seed: Optional[int] = None, guidance: Optional[float] = None,
              eta: Optional[float] = None, cond=None, hooks=(), progress: bool = True, device=None):

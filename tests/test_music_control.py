@@ -97,9 +97,9 @@ def test_compose_cli_writes_files(den, tmp_path):
 
     import pretty_midi
 
+    from diffsuite.core.config import SampleConfig
     from diffsuite.modalities.music import cli
     from diffsuite.modalities.music.roll import RollPiece, piece_to_midi
-    from diffsuite.core.config import SampleConfig
     from diffsuite.modalities.music.task import MusicDataConfig, MusicModelConfig, MusicTask
 
     data = MusicDataConfig(seg_len=32, n_pitch=16, pitch_lo=0)

@@ -9,7 +9,7 @@ import torch
 from diffsuite.core.utils import atomic_write_json
 
 from . import chords, control
-from .roll import load_midi
+from .roll import from_model, load_midi
 
 
 def add_commands(subparsers) -> None:
@@ -71,7 +71,7 @@ def _cond(args, task, recipe, n, gen):
 
 
 def cmd_compose(args) -> int:
-    from diffsuite.recipes.run import sampler_options
+    from diffsuite.recipes.run import generate, sampler_options
     loaded = args.load(args.checkpoint)
     task, recipe, den = loaded.task, loaded.recipe, loaded.denoiser
     d, s = recipe.data, recipe.sample
@@ -98,7 +98,9 @@ def cmd_compose(args) -> int:
         rolls = control.run_inpaint(den, np.repeat(known[None], args.n, 0), np.repeat(mask[None], args.n, 0),
                                     resample=args.repaint, **kw)
     else:
-        rolls = _free(den, task, recipe, args, cond, gen, w, opts)
+        x, _ = generate(den, task, recipe, n=args.n, sampler=sampler, steps=args.steps, seed=args.seed, guidance=w,
+                        eta=args.eta, cond=cond, progress=False)
+        rolls = from_model(x)
     from .task import save_rolls
     files = save_rolls(rolls, cond if rolls.shape[-1] == d.seg_len else None, Path(args.out), d)
     atomic_write_json(Path(args.out) / "compose.json", {"checkpoint": str(loaded.checkpoint), "args": {
@@ -106,13 +108,3 @@ def cmd_compose(args) -> int:
     print(f"wrote {len(rolls)} pieces under {args.out}")
     return 0
 
-
-def _free(den, task, recipe, args, cond, gen, w, opts):
-    from diffsuite.core.guidance import ClassifierFreeGuidance
-    from diffsuite.core.samplers import sample
-    from .roll import from_model
-    s = recipe.sample
-    model = ClassifierFreeGuidance(den, w, task.null_cond) if w and cond is not None else den
-    shape = (args.n, *task.sample_shape(recipe.model, recipe.data))
-    x = sample(model, shape, args.sampler or s.sampler, args.steps or s.steps, generator=gen, cond=cond, **opts)
-    return from_model(x)
