@@ -3,7 +3,9 @@
     python benchmarks/trajectory.py --checkpoint RUN_DIR --episodes 20 [--replan-every K] [--latency-only] [--device cuda]
 
 Scores use reference returns measured here (uniform-random policy and noiseless waypoint expert, 100 episodes
-each, same env, mode and episode length); episodes use seeds 1000, 1001, ... and, by default, Diffuser's loop
+each, same env, mode and episode length; `score` with a fresh replanning expert per episode, `D4RL-ref` with
+D4RL's reference-script protocol, the normalisation of Diffuser's published numbers: see evaluate.py);
+episodes use seeds 1000, 1001, ... and, by default, Diffuser's loop
 (plan once, PD-track the plan with planner.PD_KP / PD_KD, then head for the goal). Latency: one plan (start/goal
 inpainting, one candidate) of the checkpoint's horizon for DDPM / DDIM / DPM-Solver++(2M) at 64 / 20 / 10 / 5 steps; without a checkpoint, a
 randomly initialised Diffuser U-Maze network (horizon 128, dim 32, dim_mults 1-4-8, T 64) is timed.
@@ -74,8 +76,9 @@ def scores(ld, seq, episodes: int, replan_every: int, sampler, steps) -> list[di
     env, out = make_env(r.data.env_id), []
     for multi in (False, True):
         eps = [plan_episode(env, pl, multi, 1000 + i, replan_every) for i in range(episodes)]
-        s = summarize(eps, reference_returns(r.data.env_id, multi))
-        s.pop("reference")
+        s = summarize(eps, reference_returns(r.data.env_id, multi), reference_returns(r.data.env_id, multi, protocol="d4rl"))
+        s["reference_returns"] = {name: {"random": ref["random"]["mean"], "expert": ref["expert"]["mean"]}
+                                  for name, ref in (("replan", s.pop("reference")), ("d4rl", s.pop("reference_d4rl")))}
         out.append({"env_id": r.data.env_id, "mode": "multi" if multi else "single", **s,
                     "sampler": cfg.sampler, "steps": cfg.steps, "replan_every": replan_every, "kp": PD_KP, "kd": PD_KD,
                     "train_steps": ld.step, "recipe": r.name})
@@ -113,10 +116,10 @@ def main(argv=None) -> int:
     if a.checkpoint and not a.latency_only:
         with torch.no_grad():
             result["scores"] = scores(ld, seq, a.episodes, a.replan_every, a.sampler, a.steps)
-        print(f"\n{'env':<22}{'mode':<8}{'success':>8}{'return':>9}{'score':>8}{'plan ms':>9}")
+        print(f"\n{'env':<22}{'mode':<8}{'success':>8}{'return':>9}{'score':>8}{'D4RL-ref':>9}{'plan ms':>9}")
         for s in result["scores"]:
             print(f"{s['env_id']:<22}{s['mode']:<8}{s['success_rate']:>8.2f}{s['return_mean']:>9.1f}"
-                  f"{s['normalized_score']:>8.1f}{1e3 * s['plan_seconds_mean']:>9.1f}")
+                  f"{s['normalized_score']:>8.1f}{s['normalized_score_d4rl']:>9.1f}{1e3 * s['plan_seconds_mean']:>9.1f}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(a.out, result)
     print(f"-> {a.out}")

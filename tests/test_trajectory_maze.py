@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from diffsuite.modalities.trajectory.evaluate import expert_policy, run_policy
+from diffsuite.modalities.trajectory.evaluate import d4rl_expert, expert_policy, reference_returns, run_policy
 from diffsuite.modalities.trajectory.generate import GenSettings, dataset_path, generate, load_npz, save_npz
 from diffsuite.modalities.trajectory.maze import MAZES, SUCCESS_RADIUS, MazeGrid, make_env, set_goal
 
@@ -61,3 +61,22 @@ def test_dataset_cache_with_manifest(tmp_path, monkeypatch):
     assert (p.parent / "manifest.json").is_file()
     mtime = p.stat().st_mtime_ns
     assert dataset_path(s, progress=False) == p and p.stat().st_mtime_ns == mtime  # reused, not regenerated
+
+
+def test_d4rl_reference_protocol_keeps_the_first_episodes_waypoints():
+    """D4RL's reference script shares one controller across single-task episodes and re-plans only on a new target
+    cell, so later episodes started behind the U-Maze wall stall (return 0); a fresh expert reaches the goal."""
+    env = make_env("PointMaze_UMaze-v3")
+    shared = d4rl_expert(env, np.random.default_rng(0))
+    d4rl = [run_policy(env, shared(env, None), False, s) for s in range(8)]
+    fresh = [run_policy(env, expert_policy(env, np.random.default_rng(0)), False, s) for s in range(8)]
+    env.close()
+    assert all(e["success"] for e in fresh) and d4rl[0]["success"]
+    stalled = [i for i, e in enumerate(d4rl) if e["return"] == 0]
+    assert stalled and 0 not in stalled
+    assert all(fresh[i]["return"] > 0 for i in stalled)
+
+
+def test_reference_protocol_is_checked():
+    with pytest.raises(ValueError, match="protocol 'x'.*replan, d4rl"):
+        reference_returns("PointMaze_UMaze-v3", False, protocol="x")

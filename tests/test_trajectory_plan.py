@@ -28,7 +28,8 @@ def test_plan_command_runs_one_episode(run_dir, tmp_path):
                "--replan-every", "100", "--reference-episodes", "2", "--out", str(out)])
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
-    for k in ("success_rate", "return_mean", "normalized_score", "plan_seconds_mean", "plan_seconds_p95"):
+    for k in ("success_rate", "return_mean", "normalized_score", "normalized_score_d4rl", "plan_seconds_mean",
+              "plan_seconds_p95"):
         assert np.isfinite(s[k]), k
     traj = json.loads((out / "trajectories.json").read_text())
     assert len(traj) == 1 and len(traj[0]["executed"]) == 301 and len(traj[0]["planned"]) == 3  # t = 0, 100, 200

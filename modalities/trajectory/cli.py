@@ -102,7 +102,8 @@ def cmd_plan(args) -> int:
                         args.shrink_horizon, args.shrink_min) for i in range(args.episodes)]
     env.close()
     ref = reference_returns(env_id, args.multi_task, args.reference_episodes)
-    summary = summarize(eps, ref)
+    ref_d4rl = reference_returns(env_id, args.multi_task, args.reference_episodes, protocol="d4rl")
+    summary = summarize(eps, ref, ref_d4rl)
     summary.update(env_id=env_id, multi_task=args.multi_task, checkpoint=str(loaded.checkpoint), train_step=loaded.step,
                    planner=vars(planner.cfg), replan_every=args.replan_every,
                    shrink_horizon=args.shrink_horizon, shrink_min=args.shrink_min,
@@ -112,7 +113,8 @@ def cmd_plan(args) -> int:
     write_outputs(out, env_id, eps, summary)
     print(f"{env_id} {'multi' if args.multi_task else 'single'}-task, {args.episodes} episodes: "
           f"success {summary['success_rate']:.2f}, return {summary['return_mean']:.1f}, "
-          f"normalized score {summary['normalized_score']:.1f}, plan time mean {1e3 * summary['plan_seconds_mean']:.0f} ms "
+          f"normalized score {summary['normalized_score']:.1f} (D4RL's reference protocol: "
+          f"{summary['normalized_score_d4rl']:.1f}), plan time mean {1e3 * summary['plan_seconds_mean']:.0f} ms "
           f"p95 {1e3 * summary['plan_seconds_p95']:.0f} ms -> {out}")
     return 0
 

@@ -2,8 +2,19 @@
 
 score = 100 (R - R_random) / (R_expert - R_random), with R the mean episode return (sparse reward: 1 per
 step within 0.45 of the goal, goal fixed after success, the env's time limit), and the reference returns
-measured here, in the same env, mode and episode length, by a uniform-random policy and by the noiseless
-waypoint expert over 100 episodes each (stored with their settings in the cache).
+measured here, in the same env and episode length, by a uniform-random policy and by the noiseless waypoint
+expert over 100 episodes each (stored with their settings in the cache). Two reference protocols:
+
+* "replan" (`normalized_score`): a fresh expert per episode that plans its waypoints from the start, in the same
+  mode (single- or multi-task) as the evaluation. 100 = as fast to the goal as the expert.
+* "d4rl" (`normalized_score_d4rl`): D4RL's reference script (scripts/reference_scores/maze2d_controller.py), which
+  set the ref_max_score that Diffuser's published maze2d scores are normalised by: one controller for all
+  episodes (solve radius 0.1, D4RL's waypoint offsets), given new waypoints only when the target cell changes, in
+  the single-task env; Diffuser normalised its multi-task runs by the same env reference. As the target never
+  changes there, from the second episode on the controller drives straight at the goal and stalls against a wall
+  whenever the start is on the far side: U-Maze 154.5 here (D4RL's ref_max_score 161.9, radius 0.5 there), with
+  39 of 100 episodes at return 0, against 226.2 for the replanning expert.
+
 Single-task: the goal is D4RL's fixed goal cell, the start a random cell; multi-task: random start and goal.
 """
 from __future__ import annotations
@@ -58,6 +69,21 @@ def expert_policy(env, rng):
     return policy
 
 
+def d4rl_expert(env, rng):
+    """D4RL's reference expert: one controller shared by every episode, re-planned only when the goal cell changes."""
+    grid = MazeGrid.from_env(env)
+    ctrl = WaypointController(grid, rng, jitter="d4rl", waypoint_radius=0.1)
+
+    def make(env, rng):
+        def policy(obs, t):
+            o, g = obs["observation"], obs["desired_goal"]
+            if ctrl.goal is None or grid.xy_cell(ctrl.goal) != grid.xy_cell(g):
+                ctrl.set_goal(g, o[:2])
+            return ctrl.act(o[:2], o[2:])
+        return policy
+    return make
+
+
 def random_policy(env, rng):
     return lambda obs, t: rng.uniform(-1, 1, 2)
 
@@ -69,17 +95,30 @@ class ReferenceSettings:
     episodes: int = REFERENCE_EPISODES
     seed: int = 12345
     version: int = 1
+    protocol: str = "replan"
 
 
-def reference_returns(env_id: str, multi_task: bool, episodes: int = REFERENCE_EPISODES, progress: bool = True) -> dict:
-    """Mean returns of the uniform-random policy and the waypoint expert (cached with their settings)."""
-    s = ReferenceSettings(env_id_for(env_id), multi_task, episodes)
-    key = hashlib.sha256(json.dumps(asdict(s), sort_keys=True).encode()).hexdigest()[:12]
+PROTOCOLS = ("replan", "d4rl")
+
+
+def reference_returns(env_id: str, multi_task: bool, episodes: int = REFERENCE_EPISODES, progress: bool = True,
+                      protocol: str = "replan") -> dict:
+    """Mean returns of the uniform-random policy and the waypoint expert (cached with their settings).
+
+    protocol "replan": a fresh expert per episode, in the evaluation's mode; "d4rl": D4RL's reference script, always
+    single-task (see the module docstring)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"reference protocol {protocol!r}: valid: {', '.join(PROTOCOLS)}")
+    multi_task = multi_task and protocol == "replan"
+    s = ReferenceSettings(env_id_for(env_id), multi_task, episodes, protocol=protocol)
+    settings = asdict(s) if protocol != "replan" else {k: v for k, v in asdict(s).items() if k != "protocol"}  # older caches stay valid
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir("trajectory", "reference") / f"{s.env_id}_{'multi' if multi_task else 'single'}_{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
     env, out = make_env(s.env_id), {"settings": asdict(s)}
-    for name, make in (("random", random_policy), ("expert", expert_policy)):
+    expert = d4rl_expert(env, np.random.default_rng(s.seed)) if protocol == "d4rl" else expert_policy
+    for name, make in (("random", random_policy), ("expert", expert)):
         rng = np.random.default_rng(s.seed)
         rets = [run_policy(env, make(env, rng), multi_task, s.seed + i)["return"]
                 for i in tqdm(range(episodes), disable=not progress, desc=f"reference {name}")]
@@ -134,7 +173,7 @@ def plan_episode(env, planner: Planner, multi_task: bool, seed: int, replan_ever
     return ep
 
 
-def summarize(episodes: list[dict], ref: Optional[dict]) -> dict:
+def summarize(episodes: list[dict], ref: Optional[dict], ref_d4rl: Optional[dict] = None) -> dict:
     R = float(np.mean([e["return"] for e in episodes]))
     times = np.concatenate([e["plan_seconds"] for e in episodes]) if episodes and "plan_seconds" in episodes[0] else np.zeros(1)
     out = {"episodes": len(episodes), "return_mean": R, "return_std": float(np.std([e["return"] for e in episodes])),
@@ -145,4 +184,7 @@ def summarize(episodes: list[dict], ref: Optional[dict]) -> dict:
         scores = [normalized_score(e["return"], ref) for e in episodes]
         out["normalized_score_sem"] = float(np.std(scores) / np.sqrt(max(1, len(scores))))
         out["reference"] = ref
+    if ref_d4rl is not None:
+        out["normalized_score_d4rl"] = normalized_score(R, ref_d4rl)
+        out["reference_d4rl"] = ref_d4rl
     return out

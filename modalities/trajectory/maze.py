@@ -116,10 +116,16 @@ class MazeGrid:
 
 
 class WaypointController:
-    """D4RL maze2d's expert: plan over cells (BFS), track jittered cell centres with a = clip(kp (w - p) - kd v, -1, 1)."""
+    """D4RL maze2d's expert: plan over cells (BFS), track jittered cell centres with a = clip(kp (w - p) - kd v, -1, 1).
+
+    jitter: +-jitter uniform around each cell centre, or "d4rl" for D4RL's own offsets (U[0, 0.2) subtracted from
+    the (row, col) position, i.e. -u_col in x and +u_row in y here). waypoint_radius: the next waypoint is taken
+    within this distance (D4RL's solve_thresh is 0.1; 0.3 here by default, which keeps the agent moving). D4RL's
+    second condition, a step shorter than 0.1, always holds in PointMaze (|v| <= 5, dt = 0.01).
+    """
 
     def __init__(self, grid: MazeGrid, rng: np.random.Generator, kp: float = 10.0, kd: float = 1.0,
-                 jitter: float = 0.1, waypoint_radius: float = 0.3):
+                 jitter: float | str = 0.1, waypoint_radius: float = 0.3):
         self.grid, self.rng, self.kp, self.kd = grid, rng, kp, kd
         self.jitter, self.waypoint_radius = jitter, waypoint_radius
         self.goal = None
@@ -129,8 +135,14 @@ class WaypointController:
         """Re-plan the cell path from the current position to a new goal; jitter each intermediate waypoint."""
         self.goal = np.asarray(goal_xy, dtype=np.float64)
         cells = self.grid.path(self.grid.xy_cell(position), self.grid.xy_cell(self.goal))
-        self.waypoints = [self.grid.cell_xy(c) + self.rng.uniform(-self.jitter, self.jitter, 2) for c in cells[1:-1]]
+        self.waypoints = [self.grid.cell_xy(c) + self._offset() for c in cells[1:-1]]
         self.waypoints.append(self.goal.copy())
+
+    def _offset(self) -> np.ndarray:
+        if self.jitter == "d4rl":
+            u = self.rng.uniform(0.0, 0.2, 2) * self.grid.scale
+            return np.array([-u[1], u[0]])
+        return self.rng.uniform(-self.jitter, self.jitter, 2)
 
     def waypoint(self, position) -> np.ndarray:
         """The current waypoint, advancing past those already within waypoint_radius."""
