@@ -111,7 +111,8 @@ def reference_returns(env_id: str, multi_task: bool, episodes: int = REFERENCE_E
         raise ValueError(f"reference protocol {protocol!r}: valid: {', '.join(PROTOCOLS)}")
     multi_task = multi_task and protocol == "replan"
     s = ReferenceSettings(env_id_for(env_id), multi_task, episodes, protocol=protocol)
-    settings = asdict(s) if protocol != "replan" else {k: v for k, v in asdict(s).items() if k != "protocol"}  # older caches stay valid
+    # the "replan" key leaves the protocol out, so caches written before protocols existed stay valid
+    settings = asdict(s) if protocol != "replan" else {k: v for k, v in asdict(s).items() if k != "protocol"}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir("trajectory", "reference") / f"{s.env_id}_{'multi' if multi_task else 'single'}_{key}.json"
     if path.is_file():
