@@ -69,18 +69,18 @@ def latency(den, norm, H, device, repeats: int) -> list[dict]:
     return rows
 
 
-def scores(ld, seq, episodes: int, replan_every: int, sampler, steps) -> list[dict]:
+def scores(ld, seq, episodes: int, replan_every: int, sampler, steps, control: str = "pd") -> list[dict]:
     r = ld.recipe
     cfg = PlannerConfig(sampler=sampler or r.sample.sampler, steps=steps or r.sample.steps, condition=r.data.condition)
     pl = Planner(ld.denoiser, seq.normalizer, seq.action_dim, seq.obs_dim, r.data.horizon, cfg)
     env, out = make_env(r.data.env_id), []
     for multi in (False, True):
-        eps = [plan_episode(env, pl, multi, 1000 + i, replan_every) for i in range(episodes)]
+        eps = [plan_episode(env, pl, multi, 1000 + i, replan_every, control) for i in range(episodes)]
         s = summarize(eps, reference_returns(r.data.env_id, multi), reference_returns(r.data.env_id, multi, protocol="d4rl"))
         s["reference_returns"] = {name: {"random": ref["random"]["mean"], "expert": ref["expert"]["mean"]}
                                   for name, ref in (("replan", s.pop("reference")), ("d4rl", s.pop("reference_d4rl")))}
         out.append({"env_id": r.data.env_id, "mode": "multi" if multi else "single", **s,
-                    "sampler": cfg.sampler, "steps": cfg.steps, "replan_every": replan_every, "kp": PD_KP, "kd": PD_KD,
+                    "sampler": cfg.sampler, "steps": cfg.steps, "replan_every": replan_every, "control": control, "kp": PD_KP, "kd": PD_KD,
                     "train_steps": ld.step, "recipe": r.name})
     env.close()
     return out
@@ -91,6 +91,8 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--replan-every", type=int, default=0, help="0: plan once (Diffuser)")
+    p.add_argument("--control", default="pd", choices=("pd", "actions", "pursuit"),
+                   help="pd: time-indexed tracking (Diffuser); pursuit: follow the plan as a path (planner.pursue)")
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--repeats", type=int, default=5)
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
         print(f"{r['sampler']:<10}{r['steps']:>6}{r['ms_mean']:>10.1f}{r['ms_p95']:>10.1f}")
     if a.checkpoint and not a.latency_only:
         with torch.no_grad():
-            result["scores"] = scores(ld, seq, a.episodes, a.replan_every, a.sampler, a.steps)
+            result["scores"] = scores(ld, seq, a.episodes, a.replan_every, a.sampler, a.steps, a.control)
         print(f"\n{'env':<22}{'mode':<8}{'success':>8}{'return':>9}{'score':>8}{'D4RL-ref':>9}{'plan ms':>9}")
         for s in result["scores"]:
             print(f"{s['env_id']:<22}{s['mode']:<8}{s['success_rate']:>8.2f}{s['return_mean']:>9.1f}"

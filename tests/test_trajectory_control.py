@@ -13,12 +13,17 @@ def _noisy_corridor_plan(rng, H=64):
     return states
 
 
-def _follow(env, states, steps, **gains):
-    from diffsuite.modalities.trajectory.planner import track
+def _start(env):
+    """Reset U-Maze and put the point exactly at the corridor plan's first state, at rest."""
     env.reset(seed=0, options={"goal_cell": np.array([1, 1]), "reset_cell": np.array([1, 3])})
     point = env.unwrapped.point_env
-    point.set_state(np.array([1.0, 1.0]), np.zeros(2))  # start exactly at the plan's first state, at rest
-    o = np.concatenate([point.data.qpos, point.data.qvel])
+    point.set_state(np.array([1.0, 1.0]), np.zeros(2))
+    return np.concatenate([point.data.qpos, point.data.qvel])
+
+
+def _follow(env, states, steps, **gains):
+    from diffsuite.modalities.trajectory.planner import track
+    o = _start(env)
     path = [o.copy()]
     for k in range(steps):
         o = env.step(track(states, np.zeros((len(states), 2)), k, o, "pd", **gains))[0]["observation"]
@@ -56,3 +61,20 @@ def test_track_after_the_plan_targets_the_last_state_at_rest():
     states = np.array([[0.0, 0.0, 1.0, 1.0], [0.5, 0.0, 2.0, -2.0]])
     a = track(states, np.zeros((2, 2)), 5, np.array([0.45, 0.0, 0.0, 0.0]), kp=10.0, kd=1.0)
     np.testing.assert_allclose(a, [0.5, 0.0], atol=1e-6)  # 10 * 0.05, no planned velocity past the end
+
+
+def test_pursuit_follows_a_slow_plan_as_a_path(env):
+    """The same corridor route stretched over 256 steps: time-indexed tracking is still on the way at step 128, while
+    pursuit (planner.pursue) arrives at the expert's pace and stays in the corridor."""
+    from diffsuite.modalities.trajectory.planner import pursue
+    states = _noisy_corridor_plan(np.random.default_rng(0), H=256)
+    assert np.linalg.norm(_follow(env, states, 128)[-1, :2] - states[-1, :2]) > 0.5
+    o, j, path = _start(env), 0, []
+    for _ in range(128):
+        a, j = pursue(states, j, o)
+        o = env.step(a)[0]["observation"]
+        path.append(o.copy())
+    path = np.array(path)
+    arrived = np.flatnonzero(np.linalg.norm(path[:, :2] - states[-1, :2], axis=1) < 0.2)
+    assert arrived.size and arrived[0] < 100, arrived[:1]
+    assert np.abs(path[:, 1] - 1.0).max() < 0.35

@@ -50,6 +50,17 @@ def test_plan_command_shrinking_horizon_replans(run_dir, tmp_path):
     assert json.loads((out / "summary.json").read_text())["shrink_horizon"] is True
 
 
+def test_plan_command_pursuit_control(run_dir, tmp_path):
+    from diffsuite.recipes.cli import main
+    out = tmp_path / "plan"
+    rc = main(["plan", str(run_dir), "--env", "PointMaze_UMaze-v3", "--episodes", "1", "--steps", "2",
+               "--control", "pursuit", "--lookahead", "0.5", "--reference-episodes", "2", "--out", str(out)])
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["control"], s["lookahead"]) == ("pursuit", 0.5)
+    assert len(json.loads((out / "trajectories.json").read_text())[0]["executed"]) == 301
+
+
 def test_task_dataset_shape_and_samples(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path))
     import torch

@@ -12,7 +12,7 @@ from diffsuite.core.utils import atomic_write_json
 
 from .evaluate import plan_episode, reference_returns, summarize
 from .maze import env_id_for, make_env
-from .planner import PD_KD, PD_KP, Planner, PlannerConfig
+from .planner import LOOKAHEAD, PD_KD, PD_KP, Planner, PlannerConfig
 
 
 def add_commands(subparsers) -> None:
@@ -35,7 +35,10 @@ def add_commands(subparsers) -> None:
     p.add_argument("--shrink-min", type=int, default=32,
                    help="with --shrink-horizon: a plan due to arrive within this many steps is followed to its end")
     p.add_argument("--warm-start", type=float, default=0.0, help="> 0: warm start replans from the previous plan at this fraction of T")
-    p.add_argument("--control", choices=("pd", "actions"), default="pd")
+    p.add_argument("--control", choices=("pd", "actions", "pursuit"), default="pd",
+                   help="pd: track planned states by time (Diffuser); actions: the diffused actions; pursuit: follow "
+                        "the plan as a path with --lookahead (planner.pursue)")
+    p.add_argument("--lookahead", type=float, default=LOOKAHEAD, help="pursuit lookahead distance (maze cells)")
     p.add_argument("--kp", type=float, default=PD_KP, help="PD position gain (Diffuser: 1; see planner.PD_KP)")
     p.add_argument("--kd", type=float, default=PD_KD, help="PD velocity gain (Diffuser: 1)")
     p.add_argument("--value", default=None, help="value-function folder (from value.save_value) for guidance / ranking")
@@ -99,7 +102,7 @@ def cmd_plan(args) -> int:
     planner = _planner(args, loaded)
     env = make_env(env_id)
     eps = [plan_episode(env, planner, args.multi_task, args.seed + i, args.replan_every, args.control, args.kp, args.kd,
-                        args.shrink_horizon, args.shrink_min) for i in range(args.episodes)]
+                        args.shrink_horizon, args.shrink_min, args.lookahead) for i in range(args.episodes)]
     env.close()
     ref = reference_returns(env_id, args.multi_task, args.reference_episodes)
     ref_d4rl = reference_returns(env_id, args.multi_task, args.reference_episodes, protocol="d4rl")
@@ -107,7 +110,7 @@ def cmd_plan(args) -> int:
     summary.update(env_id=env_id, multi_task=args.multi_task, checkpoint=str(loaded.checkpoint), train_step=loaded.step,
                    planner=vars(planner.cfg), replan_every=args.replan_every,
                    shrink_horizon=args.shrink_horizon, shrink_min=args.shrink_min,
-                   control=args.control,
+                   control=args.control, lookahead=args.lookahead if args.control == "pursuit" else None,
                    kp=args.kp, kd=args.kd)
     out = Path(args.out or Path(loaded.checkpoint).parent.parent / "plans" / f"plan-{time.strftime('%Y%m%d-%H%M%S')}")
     write_outputs(out, env_id, eps, summary)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from diffsuite.core.utils import atomic_write_json, cache_dir
 
 from .maze import EVAL_GOAL_CELL, MazeGrid, WaypointController, env_id_for, make_env
-from .planner import PD_KD, PD_KP, Planner, track
+from .planner import LOOKAHEAD, PD_KD, PD_KP, Planner, pursue, track
 
 REFERENCE_EPISODES = 100
 
@@ -142,7 +142,8 @@ def shrunk_horizon(remaining: int, factor: int, H: int, minimum: int = 16) -> in
 
 
 def plan_episode(env, planner: Planner, multi_task: bool, seed: int, replan_every: int = 0, control: str = "pd",
-                 kp: float = PD_KP, kd: float = PD_KD, shrink: bool = False, shrink_min: int = 32) -> dict:
+                 kp: float = PD_KP, kd: float = PD_KD, shrink: bool = False, shrink_min: int = 32,
+                 lookahead: float = LOOKAHEAD) -> dict:
     """One closed-loop episode: plan at t = 0 (and every replan_every steps if > 0), track the plan (planner.track).
 
     With replan_every = 0 (Diffuser) the agent follows the one plan and, once it is used up, heads for the goal.
@@ -153,7 +154,7 @@ def plan_episode(env, planner: Planner, multi_task: bool, seed: int, replan_ever
     75 / 78 / 82 for shrink_min 16 / 32 / 48, against 83 planning once.
     """
     g = torch.Generator().manual_seed(seed)
-    state = {"plan": None, "k": 0, "plans": [], "times": []}
+    state = {"plan": None, "k": 0, "j": 0, "plans": [], "times": []}
     factor = getattr(planner.den.net, "factor", 1)
 
     def policy(obs, t):
@@ -162,11 +163,14 @@ def plan_episode(env, planner: Planner, multi_task: bool, seed: int, replan_ever
         if state["plan"] is None or due:
             H = shrunk_horizon(remaining, factor, planner.H, shrink_min) if shrink and state["plan"] is not None else None
             p = planner.plan(obs["observation"], obs["desired_goal"], g, shift=state["k"], horizon=H)
-            state.update(plan=p, k=0)
+            state.update(plan=p, k=0, j=0)
             state["plans"].append(p.states)
             state["times"].append(p.seconds)
         p, k = state["plan"], state["k"]
         state["k"] += 1
+        if control == "pursuit":
+            a, state["j"] = pursue(p.states, state["j"], obs["observation"], lookahead, kp, kd)
+            return a
         return track(p.states, p.actions, k, obs["observation"], control, kp, kd)
     planner.prev = None
     ep = run_policy(env, policy, multi_task, seed)
