@@ -30,6 +30,14 @@ def test_checkpoint_reloads_and_samples_identically(tmp_path, monkeypatch):
     assert not torch.equal(xa, xc)
     files = a.task.save_samples(xa, ca, tmp_path / "s", a.recipe)
     assert json.loads(open(files["json"]).read())["labels"][:3] == [0, 1, 2]
+    # the image commands' sampler takes the recipe's sampler options as run.generate does (here lambda_min)
+    from dataclasses import replace
+    from diffsuite.modalities.image.cli import sample_images
+    r = replace(a.recipe, sample=replace(a.recipe.sample, sampler="dpmpp_2m", lambda_min=-3.0))
+    xi, _ = sample_images(a.denoiser, a.task, r, 10, seed=3)
+    assert torch.equal(xi, run.generate(a.denoiser, a.task, r, seed=3, progress=False)[0])
+    r0 = replace(r, sample=replace(r.sample, lambda_min=None))
+    assert not torch.equal(xi, sample_images(a.denoiser, a.task, r0, 10, seed=3)[0])
 
 
 @pytest.mark.slow

@@ -20,15 +20,14 @@ def sample_images(denoiser, task, recipe, n: int, sampler: str | None = None, st
                   guidance: float | None = None, seed: int = 0, cond=None, hooks=(), eta: float | None = None,
                   progress: bool = False, batch: int = 500):
     """n images with the recipe's sampling defaults (each overridable), classifier-free guided when w != 0."""
+    from diffsuite.recipes.run import sampler_options
     s = recipe.sample
     sampler, steps = sampler or s.sampler, steps or s.steps
     w = s.guidance if guidance is None else guidance
     g = torch.Generator().manual_seed(seed)
     cond = task.sample_cond(n, recipe, g) if cond is None else cond
     den = ClassifierFreeGuidance(denoiser, w, task.null_cond) if w and cond is not None else denoiser
-    opts = {"eta": s.eta if eta is None else eta} if sampler == "ddim" else {}
-    if sampler == "ddpm":
-        opts["variance"] = s.variance
+    opts = sampler_options(s, sampler, eta)
     shape = task.sample_shape(recipe.model, recipe.data)
     xs = []
     for i in range(0, n, batch):
