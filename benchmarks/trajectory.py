@@ -76,12 +76,13 @@ def scores(ld, seq, episodes: int, replan_every: int, sampler, steps, control: s
     env, out = make_env(r.data.env_id), []
     for multi in (False, True):
         eps = [plan_episode(env, pl, multi, 1000 + i, replan_every, control) for i in range(episodes)]
-        s = summarize(eps, reference_returns(r.data.env_id, multi), reference_returns(r.data.env_id, multi, protocol="d4rl"))
-        s["reference_returns"] = {name: {"random": ref["random"]["mean"], "expert": ref["expert"]["mean"]}
-                                  for name, ref in (("replan", s.pop("reference")), ("d4rl", s.pop("reference_d4rl")))}
+        refs = {p: reference_returns(r.data.env_id, multi, protocol=p) for p in ("replan", "d4rl")}
+        s = summarize(eps, refs["replan"], refs["d4rl"])
+        del s["reference"], s["reference_d4rl"]
+        s["reference_returns"] = {p: {k: ref[k]["mean"] for k in ("random", "expert")} for p, ref in refs.items()}
         out.append({"env_id": r.data.env_id, "mode": "multi" if multi else "single", **s,
-                    "sampler": cfg.sampler, "steps": cfg.steps, "replan_every": replan_every, "control": control, "kp": PD_KP, "kd": PD_KD,
-                    "train_steps": ld.step, "recipe": r.name})
+                    "sampler": cfg.sampler, "steps": cfg.steps, "replan_every": replan_every, "control": control,
+                    "kp": PD_KP, "kd": PD_KD, "train_steps": ld.step, "recipe": r.name})
     env.close()
     return out
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from diffsuite.modalities.trajectory.evaluate import d4rl_expert, expert_policy, reference_returns, run_policy
+from diffsuite.modalities.trajectory.evaluate import d4rl_controller, expert_policy, reference_returns, run_policy
 from diffsuite.modalities.trajectory.generate import GenSettings, dataset_path, generate, load_npz, save_npz
 from diffsuite.modalities.trajectory.maze import MAZES, SUCCESS_RADIUS, MazeGrid, make_env, set_goal
 
@@ -67,8 +67,8 @@ def test_d4rl_reference_protocol_keeps_the_first_episodes_waypoints():
     """D4RL's reference script shares one controller across single-task episodes and re-plans only on a new target
     cell, so later episodes started behind the U-Maze wall stall (return 0); a fresh expert reaches the goal."""
     env = make_env("PointMaze_UMaze-v3")
-    shared = d4rl_expert(env, np.random.default_rng(0))
-    d4rl = [run_policy(env, shared(env, None), False, s) for s in range(8)]
+    shared = d4rl_controller(env, np.random.default_rng(0))
+    d4rl = [run_policy(env, expert_policy(env, None, shared), False, s) for s in range(8)]
     fresh = [run_policy(env, expert_policy(env, np.random.default_rng(0)), False, s) for s in range(8)]
     env.close()
     assert all(e["success"] for e in fresh) and d4rl[0]["success"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Callable, Optional
 
 import numpy as np
@@ -57,31 +58,27 @@ def run_policy(env, policy: Callable, multi_task: bool, seed: int) -> dict:
             "final_distance": float(np.linalg.norm(path[-1][:2] - goal))}
 
 
-def expert_policy(env, rng):
-    grid = MazeGrid.from_env(env)
-    ctrl = WaypointController(grid, rng)
+def expert_policy(env, rng, shared: Optional[WaypointController] = None):
+    """The noiseless waypoint expert for one episode: a fresh controller that plans at t = 0 and again when off its
+    path; or, given `shared` (D4RL's reference script), that one controller, re-planned only on a new goal cell."""
+    ctrl = shared or WaypointController(MazeGrid.from_env(env), rng)
+
+    def replan(o, g, t) -> bool:
+        if shared is None:
+            return t == 0 or ctrl.off_path(o)
+        return ctrl.goal is None or ctrl.grid.xy_cell(ctrl.goal) != ctrl.grid.xy_cell(g)
 
     def policy(obs, t):
-        o = obs["observation"]
-        if t == 0 or ctrl.off_path(o[:2]):
-            ctrl.set_goal(obs["desired_goal"], o[:2])
+        o, g = obs["observation"], obs["desired_goal"]
+        if replan(o[:2], g, t):
+            ctrl.set_goal(g, o[:2])
         return ctrl.act(o[:2], o[2:])
     return policy
 
 
-def d4rl_expert(env, rng):
-    """D4RL's reference expert: one controller shared by every episode, re-planned only when the goal cell changes."""
-    grid = MazeGrid.from_env(env)
-    ctrl = WaypointController(grid, rng, jitter="d4rl", waypoint_radius=0.1)
-
-    def make(env, rng):
-        def policy(obs, t):
-            o, g = obs["observation"], obs["desired_goal"]
-            if ctrl.goal is None or grid.xy_cell(ctrl.goal) != grid.xy_cell(g):
-                ctrl.set_goal(g, o[:2])
-            return ctrl.act(o[:2], o[2:])
-        return policy
-    return make
+def d4rl_controller(env, rng) -> WaypointController:
+    """The controller of D4RL's reference script: solve radius 0.1, D4RL's waypoint offsets."""
+    return WaypointController(MazeGrid.from_env(env), rng, jitter="d4rl", waypoint_radius=0.1)
 
 
 def random_policy(env, rng):
@@ -118,8 +115,8 @@ def reference_returns(env_id: str, multi_task: bool, episodes: int = REFERENCE_E
     if path.is_file():
         return json.loads(path.read_text())
     env, out = make_env(s.env_id), {"settings": asdict(s)}
-    expert = d4rl_expert(env, np.random.default_rng(s.seed)) if protocol == "d4rl" else expert_policy
-    for name, make in (("random", random_policy), ("expert", expert)):
+    shared = d4rl_controller(env, np.random.default_rng(s.seed)) if protocol == "d4rl" else None
+    for name, make in (("random", random_policy), ("expert", partial(expert_policy, shared=shared))):
         rng = np.random.default_rng(s.seed)
         rets = [run_policy(env, make(env, rng), multi_task, s.seed + i)["return"]
                 for i in tqdm(range(episodes), disable=not progress, desc=f"reference {name}")]
