@@ -158,8 +158,10 @@ def speed(args) -> dict:
 
 # --- quality --------------------------------------------------------------------------------------------
 def _parse_sampler(s: str):
-    name, _, steps = s.partition(":")
-    return name, int(steps) if steps else None
+    """'name[:steps[:spacing]]', e.g. 'ddim:6:trailing'."""
+    name, _, rest = s.partition(":")
+    steps, _, spacing = rest.partition(":")
+    return name, int(steps) if steps else None, spacing or None
 
 
 def quality(args) -> dict:
@@ -174,14 +176,14 @@ def quality(args) -> dict:
     sr = r.model.sample_rate
     rows = []
     for spec in args.samplers:
-        name, steps = _parse_sampler(spec)
+        name, steps, spacing = _parse_sampler(spec)
         per, synth_s, audio_s = [], 0.0, 0.0
         for i, f in enumerate(files):
             y = load_audio(f, sr)[: int(args.max_seconds * sr)]
             mel = wav_to_mel(y, r.model)
             t0 = time.perf_counter()
             with torch.inference_mode():
-                g = vocode_mel(loaded.denoiser, r.model, mel, name, steps, seed=i)[0].numpy()[: len(y)]
+                g = vocode_mel(loaded.denoiser, r.model, mel, name, steps, seed=i, spacing=spacing)[0].numpy()[: len(y)]
             synth_s += time.perf_counter() - t0
             audio_s += len(y) / sr
             per.append({"log_mel_l1": log_mel_l1(y, g, sr), "mrstft": mrstft(y, g), "mcd": mcd(y, g, sr),
@@ -213,12 +215,14 @@ def main(argv=None) -> int:
     q.add_argument("--max-seconds", type=float, default=3.0)
     q.add_argument("--threads", type=int, default=1)
     q.add_argument("--samplers", nargs="+", default=["fast", "ddpm", "ddim:6", "dpmpp_2m:6"])
+    for sp in (s, q):
+        sp.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/audio_<command>.json)")
     args = p.parse_args(argv)
     result = speed(args) if args.cmd == "speed" else quality(args)
     result.update(torch=torch.__version__, machine=platform.processor() or platform.machine())
     _print_table(result["rows"])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"audio_{args.cmd}.json"
+    out = Path(args.out) if args.out else RESULTS / f"audio_{args.cmd}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
     return 0

@@ -202,3 +202,32 @@ def test_condition_cache_bit_identical_and_reused():
         out = net(x, t, mel)
         out.sum().backward()
     assert net.mel_upsampler.conv1.weight.grad is not None
+
+
+def test_synthesize_passes_spacing_to_core_sampler():
+    """`spacing` reaches the core sampler; audio DDIM defaults to linspace (starts at t=T-1, leading does not);
+    'fast' refuses a spacing."""
+    from diffsuite.core.denoiser import Denoiser
+    from diffsuite.core.samplers import sample
+    from diffsuite.core.schedules import make_schedule
+    from diffsuite.modalities.audio.task import synthesize
+    torch.manual_seed(0)
+    net = build_diffwave("tiny", hop_length=16).eval()
+    for q in net.parameters():
+        q.data.normal_(0, 0.05)
+    den = Denoiser(net, make_schedule("linear", 50, beta_start=1e-4, beta_end=0.05))
+    mel = torch.randn(1, 80, 6)
+    seen = []
+    net.register_forward_pre_hook(lambda m, a: seen.append(float(a[1][0])))
+    with torch.no_grad():
+        x = synthesize(den, 96, mel, "ddim", 6, torch.Generator().manual_seed(3))
+        ref = sample(den, (1, 1, 96), "ddim", 6, generator=torch.Generator().manual_seed(3), cond=mel,
+                     spacing="linspace")
+        default_first = seen[0]
+        seen.clear()
+        lead = synthesize(den, 96, mel, "ddim", 6, torch.Generator().manual_seed(3), spacing="leading")
+    assert torch.equal(x, ref)
+    assert default_first == 49.0 and seen[0] == 40.0 and not torch.equal(x, lead)
+    with pytest.raises(ValueError, match="spacing"):
+        synthesize(den, 96, mel, "fast", generator=torch.Generator().manual_seed(3),
+                   fast_betas=PRESETS["base"]["fast_betas"], spacing="trailing")

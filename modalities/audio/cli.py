@@ -15,7 +15,10 @@ def add_commands(subparsers) -> None:
     src.add_argument("--wav", help="analysis-synthesis: audio -> mel -> audio")
     src.add_argument("--mel", help="a .npy mel (n_mels, frames) in the vocoder's convention")
     v.add_argument("--steps", type=int, default=None, help="sampler steps (default: the fast 6-step schedule)")
-    v.add_argument("--sampler", default="fast", help="fast (DiffWave Appendix B) | ddpm | ddim | dpmpp_2m | ...")
+    v.add_argument("--sampler", default="fast", help="fast (DiffWave Appendix B) | ddpm | ddim | dpmpp_2m | ... "
+                   "(ddim --steps 6 is closest to 50-step quality on our models)")
+    v.add_argument("--spacing", default=None,
+                   help="timestep spacing of a core sampler: leading | trailing | linspace | logsnr (default: its own)")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--out", default=None, help="output WAV path (default: next to the input, *.vocoded.wav)")
     v.add_argument("--no-ema", action="store_true")
@@ -59,7 +62,8 @@ def _vocode(args) -> int:
     out = Path(args.out) if args.out else default_out
     t0 = time.perf_counter()
     with torch.no_grad():
-        y = vocode_mel(loaded.denoiser, model, mel, args.sampler, args.steps, args.seed, progress=True)[0].numpy()
+        y = vocode_mel(loaded.denoiser, model, mel, args.sampler, args.steps, args.seed, progress=True,
+                       spacing=args.spacing)[0].numpy()
     seconds = time.perf_counter() - t0
     if y_in is not None:
         y = y[: len(y_in)]

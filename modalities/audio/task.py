@@ -108,34 +108,48 @@ class ExplicitAlphaBars(torch.nn.Module):
         return pred
 
 
+# DDIM's own default ("leading", as diffusers) starts a 6-of-50 schedule at t=40, skipping the noisiest steps
+# DiffWave's short T=50 schedule has; "linspace" spans t=49..0 like the fast schedule (chosen on the val split).
+AUDIO_SPACING = {"ddim": "linspace"}
+
+
 def synthesize(denoiser, n_samples: int, cond=None, sampler: str = "fast", steps: Optional[int] = None,
                generator: Optional[torch.Generator] = None, fast_betas: Optional[Sequence[float]] = None,
-               batch: int = 1, progress: bool = False, device=None) -> torch.Tensor:
+               batch: int = 1, progress: bool = False, device=None, spacing: Optional[str] = None) -> torch.Tensor:
     """Waveforms (B, 1, n_samples): sampler 'fast' (DiffWave's 6-step schedule), 'ddpm' (all T steps
-    or `steps` respaced), or any core sampler ('ddim', 'dpmpp_2m', ...) with `steps`. The mel terms are
-    computed once and reused at every step (DiffWave.condition_cache)."""
+    or `steps` respaced), or any core sampler ('ddim', 'dpmpp_2m', ...) with `steps` and the core's timestep
+    `spacing` (default: AUDIO_SPACING, else the sampler's own). The mel terms are computed once and reused at
+    every step (DiffWave.condition_cache)."""
     cache = getattr(denoiser.net, "condition_cache", None)
     with cache() if cache is not None else contextlib.nullcontext():
-        return _synthesize(denoiser, n_samples, cond, sampler, steps, generator, fast_betas, batch, progress, device)
+        return _synthesize(denoiser, n_samples, cond, sampler, steps, generator, fast_betas, batch, progress, device,
+                           spacing)
 
 
-def _synthesize(denoiser, n_samples, cond, sampler, steps, generator, fast_betas, batch, progress, device):
+def _synthesize(denoiser, n_samples, cond, sampler, steps, generator, fast_betas, batch, progress, device,
+                spacing=None):
     device = device or next(denoiser.parameters()).device
     shape = (batch if cond is None else cond.shape[0], 1, n_samples)
     if sampler == "fast":
+        if spacing is not None:
+            raise ValueError(f"synthesize(sampler='fast'): the fast schedule fixes its own steps; spacing={spacing!r} "
+                             "applies to the core samplers only")
         if fast_betas is None:
             raise ValueError("synthesize(sampler='fast'): this preset has no fast schedule; pass fast_betas")
         ts, abs_ = fast_schedule(denoiser.schedule.betas.tolist(), fast_betas)
         return sample(ExplicitAlphaBars(denoiser, ts, abs_), shape, "ddpm", None, generator=generator, cond=cond,
                       device=device, timesteps=ts, alpha_bars=abs_, variance="beta_tilde", progress=progress)
     opts = {"variance": "beta_tilde"} if sampler == "ddpm" else {}
+    spacing = spacing or AUDIO_SPACING.get(sampler)
+    if spacing is not None:
+        opts["spacing"] = spacing
     steps = steps or denoiser.schedule.T
     return sample(denoiser, shape, sampler, steps, generator=generator, cond=cond, device=device,
                   progress=progress, **opts)
 
 
 def vocode_mel(denoiser, model: ModelConfig, mel: torch.Tensor, sampler: str = "fast", steps=None, seed: int = 0,
-               progress: bool = False) -> torch.Tensor:
+               progress: bool = False, spacing: Optional[str] = None) -> torch.Tensor:
     """Mel (n_mels, frames) or (B, n_mels, frames) in the model's convention -> waveform (B, frames * hop)."""
     c = mel_convention(model)
     check_mel(mel, c, "vocode mel")
@@ -144,7 +158,7 @@ def vocode_mel(denoiser, model: ModelConfig, mel: torch.Tensor, sampler: str = "
     g = torch.Generator().manual_seed(seed)
     fb = preset(model.preset)["fast_betas"]
     x = synthesize(denoiser, mel.shape[-1] * c.hop, mel.float().to(device), sampler, steps, g, fb,
-                   progress=progress)
+                   progress=progress, spacing=spacing)
     return x[:, 0].clamp(-1, 1)
 
 
