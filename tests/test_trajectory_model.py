@@ -146,3 +146,27 @@ def test_conditioned_unet_sees_clean_start_and_goal():
     pl = _planner(PlannerConfig(steps=2, condition="start_goal"))
     with pytest.raises(ValueError, match="pass a goal"):
         pl.plan(np.zeros(4), None)
+
+
+def test_planner_uses_the_recipe_sampler_options(monkeypatch):
+    """`diffsuite plan` passes the recipe's sample options (here DDIM eta and spacing) to the sampler, and they act."""
+    from types import SimpleNamespace
+    from diffsuite.core.config import SampleConfig
+    from diffsuite.modalities.trajectory import cli, task
+    from diffsuite.recipes.run import sampler_options
+    start, goal = np.array([0.3, -0.2, 0.5, -1.0]), np.array([-1.5, 0.7])
+    plans = {}
+    for key, opts in (("default", {}), ("eta", {"eta": 1.0}), ("trailing", {"spacing": "trailing"})):
+        pl = _planner(PlannerConfig(sampler="ddim", steps=5, sampler_options=opts))
+        plans[key] = pl.plan(start, goal, torch.Generator().manual_seed(0)).states
+    assert not np.allclose(plans["default"], plans["eta"])
+    assert not np.allclose(plans["default"], plans["trailing"])
+    recipe = SimpleNamespace(sample=SampleConfig(sampler="ddim", steps=5, eta=0.5, spacing="trailing"),
+                             data=SimpleNamespace(horizon=16, condition="start_goal"))
+    loaded = SimpleNamespace(recipe=recipe, denoiser=_planner(PlannerConfig()).den)
+    args = SimpleNamespace(value=None, guidance=None, sampler=None, steps=None, candidates=1, guide_scale=0.1,
+                           warm_start=0.0, device="cpu")
+    seq = SimpleNamespace(normalizer=LimitsNormalizer(np.array([[0.0] * 6, [1.0] * 6])), action_dim=2, obs_dim=4)
+    monkeypatch.setattr(task, "full_dataset", lambda data: seq)
+    cfg = cli._planner(args, loaded).cfg
+    assert cfg.sampler_options == sampler_options(recipe.sample, "ddim") == {"eta": 0.5, "spacing": "trailing"}

@@ -77,6 +77,7 @@ def cmd_train_value(args) -> int:
 
 
 def _planner(args, loaded) -> Planner:
+    from diffsuite.recipes.run import sampler_options
     from .task import full_dataset
     r = loaded.recipe
     seq = full_dataset(r.data)
@@ -86,9 +87,11 @@ def _planner(args, loaded) -> Planner:
         vnet = load_value(args.value).to(args.device)
         value_fn = lambda x, t, c: vnet(x, t)  # noqa: E731
     guidance = args.guidance or ("value" if value_fn is not None else "none")
-    cfg = PlannerConfig(sampler=args.sampler or r.sample.sampler, steps=args.steps or r.sample.steps,
+    sampler = args.sampler or r.sample.sampler
+    cfg = PlannerConfig(sampler=sampler, steps=args.steps or r.sample.steps,
                         n_candidates=args.candidates, guidance=guidance, guide_scale=args.guide_scale,
-                        warm_start_t=args.warm_start, eta=r.sample.eta, condition=r.data.condition)
+                        warm_start_t=args.warm_start, sampler_options=sampler_options(r.sample, sampler),
+                        condition=r.data.condition)
     return Planner(loaded.denoiser, seq.normalizer, seq.action_dim, seq.obs_dim, r.data.horizon, cfg, value_fn)
 
 

@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
@@ -53,7 +53,7 @@ class PlannerConfig:
     t_stopgrad: int = 2
     scale_grad_by_std: bool = True
     warm_start_t: float = 0.0  # > 0: warm start from the previous plan noised to this fraction of T
-    eta: float = 0.0
+    sampler_options: dict = field(default_factory=dict)  # e.g. recipes.run.sampler_options(recipe.sample, sampler)
     condition: str = "none"  # what the model was trained to see clean: start_goal | start | none (data.condition)
 
 
@@ -125,7 +125,7 @@ class Planner:
             den = GradientGuidance(self.den, self.value_fn, c.guide_scale)
         hooks.append(Inpaint(self.den.schedule, mask, known))
         cond = self.model_cond(mask, known)
-        opts = {"eta": c.eta} if c.sampler in ("ddim",) else {}
+        opts = dict(c.sampler_options)
         x_T = None
         if c.warm_start_t > 0 and self.prev is not None:
             x_T, opts["timesteps"] = self._warm(shift, generator, H)
