@@ -168,6 +168,38 @@ def bench_setting(tag, gmm, n, nfes, sch, seed=0):
     return {"floor": floor, "n": n, "rows": rows}
 
 
+def target_repeats(gmm, n, sch, repeats, seed=1000):
+    """The 10-NFE target over `repeats` independent draws of x_T, the reference sample and the projections.
+
+    One draw's SW2 scatters by about a third of the floor (a 1000-step run can land far below it), so the ratio
+    is taken of the means over draws; each draw also scores an independent true sample (the floor)."""
+    net = ExactGMMNet(gmm, sch)
+    den = Denoiser(net, sch)
+    runs = {"ddpm (beta_tilde)@1000": ("ddpm", 1000, {"timesteps": timesteps_for(T, 1000, "leading"),
+                                                      "variance": "beta_tilde"}),
+            "dpmpp_2m@10": ("dpmpp_2m", 10, {"timesteps": dpm_timesteps(10)}),
+            "dpmpp_2m logsnr@10": ("dpmpp_2m", 10, {"spacing": "logsnr"}),
+            "dpmpp_2m quadratic@10": ("dpmpp_2m", 10, {"spacing": "quadratic"})}
+    sw2 = {k: [] for k in ["true draw", *runs]}
+    for r in range(repeats):
+        g = torch.Generator().manual_seed(seed + r)
+        x_T, ref = torch.randn(n, gmm.D, generator=g), gmm.sample(n, g)
+        theta = torch.randn(gmm.D, 256, generator=g, dtype=torch.float64)
+        theta = theta / theta.norm(dim=0, keepdim=True)
+        sw2["true draw"].append(sliced_w2(gmm.sample(n, g), ref, theta))
+        for label, (name, steps, opts) in runs.items():
+            sw2[label].append(quality(run_ours(den, x_T, name, steps, opts, seed + r), gmm, ref, theta)["sw2"])
+    mean = {k: sum(v) / len(v) for k, v in sw2.items()}
+    sd = {k: float(torch.tensor(v).std()) if len(v) > 1 else 0.0 for k, v in sw2.items()}
+    out = {"repeats": repeats, "n": n, "sw2": sw2, "sw2_mean": mean, "sw2_sd": sd,
+           **{f"{k} / ddpm@1000 SW2 (means)": mean[k] / mean["ddpm (beta_tilde)@1000"]
+              for k in ("dpmpp_2m@10", "dpmpp_2m logsnr@10", "dpmpp_2m quadratic@10")}}
+    print("  " + ", ".join(f"{k} {mean[k]:.4f} +- {sd[k]:.4f}" for k in sw2))
+    print("  ratio of means to 1000-step DDPM: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in out.items() if k.endswith("(means)")), flush=True)
+    return out
+
+
 def print_rows(rows, floor=None):
     if floor is not None:
         print(f"  floor (10 true draws vs ref): SW2 {floor['sw2']:.4f} +- {floor['sw2_std']:.4f} (max {floor['sw2_max']:.4f}),"
@@ -187,10 +219,11 @@ def targets(res):
         get = lambda name, n: next((r["sw2"] for r in rows if r["sampler"] == name and r["nfe"] == n), float("nan"))
         ddpm1000, dpm10 = get("ddpm (beta_tilde)", 1000), get("dpmpp_2m", 10)
         t = {}
-        t["dpmpp_2m@10 / ddpm@1000 SW2"] = dpm10 / ddpm1000
-        t["dpmpp_2m logsnr@10 / ddpm@1000 SW2"] = get("dpmpp_2m logsnr", 10) / ddpm1000
-        # a finite-sample SW2 has a floor (independent true draws score floor +- sd); a lucky 1000-step draw can
-        # land below it, so the ratio to the floor is reported too
+        # one draw: a finite-sample SW2 scatters about its floor (independent true draws score floor +- sd) and a
+        # lucky 1000-step draw can land far below it, so the target is judged on res["target_repeats"] (the means
+        # over independent draws); these single-draw ratios are kept for the table
+        t["dpmpp_2m@10 / ddpm@1000 SW2 (one draw)"] = dpm10 / ddpm1000
+        t["dpmpp_2m logsnr@10 / ddpm@1000 SW2 (one draw)"] = get("dpmpp_2m logsnr", 10) / ddpm1000
         t["dpmpp_2m@10 / floor SW2"] = dpm10 / s["floor"]["sw2"]
         if diffusers is not None:  # ratio of SW2, ours / diffusers, per NFE; > 1.01 counts as worse
             for ours, ref in (("ddim eta=0", "diffusers DDIM"), ("dpmpp_2m", "diffusers DPM++2M"),
@@ -210,6 +243,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer samples and NFEs (CI smoke run)")
     p.add_argument("--nfes", type=int, nargs="+", help="override the NFE list")
+    p.add_argument("--target-repeats", type=int, default=None,
+                   help="independent draws for the 10-NFE target (default 5; 2 with --quick)")
+    p.add_argument("--target-only", action="store_true", help="only the repeated 10-NFE target measurement")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "samplers.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -218,9 +254,19 @@ def main(argv=None):
     n2, n64 = (1000, 300) if args.quick else (10000, 2000)
     res = {"T": T, "schedule": "linear 1e-4..0.02", "diffusers": getattr(diffusers, "__version__", None),
            "torch": torch.__version__, "quick": args.quick, "settings": {}}
+    repeats = args.target_repeats or (2 if args.quick else 5)
+    res["target_repeats"] = {}
     for tag, gmm, n in (("2-D", gmm_2d(), n2), ("64-D", diagonal_gmm(64, K=3), n64)):
+        print(f"{tag}: 10-NFE target over {repeats} independent draws of {n} samples", flush=True)
+        res["target_repeats"][tag] = target_repeats(gmm, n, sch, repeats)
+        if args.target_only:
+            continue
         print(f"{tag}: {n} samples, NFE {nfes}", flush=True)
         res["settings"][tag] = {"nfes": nfes, **bench_setting(tag, gmm, n, nfes, sch)}
+    if args.target_only:
+        atomic_write_json(args.out, res)
+        print(f"wrote {args.out}")
+        return 0
     print("per-step overhead (us), trivial denoiser, 100 steps:")
     res["overhead_us"] = {}
     for shape in ((16, 2), (256, 64)):

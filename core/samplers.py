@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .utils import append_dims, randn
 
-SPACINGS = ("leading", "trailing", "linspace", "logsnr")
+SPACINGS = ("leading", "trailing", "linspace", "logsnr", "quadratic")
 
 
 class SamplerHook:
@@ -72,9 +72,18 @@ def logsnr_timesteps(schedule, steps: int) -> torch.Tensor:
     return ts
 
 
+def quadratic_timesteps(T: int, steps: int) -> torch.Tensor:
+    """Fractional timesteps uniform in sqrt(t) from t = T-1 to t = 0 (Lu et al. 2022, 'time_quadratic')."""
+    if steps == 1:
+        return torch.tensor([T - 1.0], dtype=torch.float64)
+    return torch.linspace(math.sqrt(T - 1), 0.0, steps, dtype=torch.float64) ** 2
+
+
 def _timesteps(schedule, steps: int, spacing: str, lambda_min: float | None = None) -> torch.Tensor:
     if spacing == "logsnr":
         return logsnr_timesteps(schedule, steps)
+    if spacing == "quadratic":
+        return quadratic_timesteps(schedule.T if lambda_min is None else lambda_clipped_T(schedule, lambda_min), steps)
     if lambda_min is None:
         return timesteps_for(schedule.T, steps, spacing)
     return timesteps_for(lambda_clipped_T(schedule, lambda_min), steps, spacing)

@@ -221,7 +221,7 @@ def test_spacings_match_diffusers(spacing):
         assert timesteps_for(1000, n, spacing).long().tolist() == ref.timesteps.tolist(), (spacing, n)
 
 
-@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace", "logsnr"])
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace", "logsnr", "quadratic"])
 @pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmpp_2m"])
 def test_every_spacing_reproduces(name, spacing):
     gmm = gmm_2d()
@@ -314,3 +314,17 @@ def test_logsnr_spacing_is_uniform_in_lambda(zt):
     d = lam[1:] - lam[:-1]
     torch.testing.assert_close(d, d[0].expand_as(d), rtol=1e-6, atol=1e-9)
     assert logsnr_timesteps(sch, 1).tolist() == [999.0]
+
+
+def test_quadratic_spacing_is_uniform_in_sqrt_t():
+    """spacing='quadratic': fractional t from T-1 to 0 with sqrt(t) equally spaced (Lu et al. 2022, time_quadratic);
+    with lambda_min it starts at the clipped T instead."""
+    from diffsuite.core.samplers import _timesteps, lambda_clipped_T
+    sch = make_schedule("linear", 1000)
+    ts = _timesteps(sch, 10, "quadratic")
+    assert float(ts[0]) == pytest.approx(999) and float(ts[-1]) == 0 and (ts[1:] < ts[:-1]).all()
+    d = ts.sqrt()[:-1] - ts.sqrt()[1:]
+    torch.testing.assert_close(d, d[0].expand_as(d))
+    assert _timesteps(sch, 1, "quadratic").tolist() == [999.0]
+    Tc = lambda_clipped_T(sch, -3.0)
+    assert Tc < 1000 and float(_timesteps(sch, 10, "quadratic", lambda_min=-3.0)[0]) == pytest.approx(Tc - 1)
