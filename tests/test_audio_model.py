@@ -173,16 +173,21 @@ def test_fast_synthesis_matches_reference_sampling_loop():
     assert torch.allclose(x[:, 0], audio, atol=1e-4), (x[:, 0] - audio).abs().max()
 
 
-def test_condition_cache_bit_identical_and_reused():
-    """Sampling inside condition_cache gives the same waveform bit for bit, computing the mel terms once."""
+def _random_tiny_vocoder():
+    """A tiny DiffWave with random (non-zero-initialised) weights on DiffWave's T=50 schedule, and its denoiser."""
     from diffsuite.core.denoiser import Denoiser
     from diffsuite.core.schedules import make_schedule
-    from diffsuite.modalities.audio.task import _synthesize, synthesize
     torch.manual_seed(0)
     net = build_diffwave("tiny", hop_length=16).eval()
     for q in net.parameters():
         q.data.normal_(0, 0.05)
-    den = Denoiser(net, make_schedule("linear", 50, beta_start=1e-4, beta_end=0.05))
+    return net, Denoiser(net, make_schedule("linear", 50, beta_start=1e-4, beta_end=0.05))
+
+
+def test_condition_cache_bit_identical_and_reused():
+    """Sampling inside condition_cache gives the same waveform bit for bit, computing the mel terms once."""
+    from diffsuite.modalities.audio.task import _synthesize, synthesize
+    net, den = _random_tiny_vocoder()
     mel = torch.randn(2, 80, 6)
     calls = []
     net.mel_upsampler.register_forward_hook(lambda *a: calls.append(1))
@@ -207,15 +212,9 @@ def test_condition_cache_bit_identical_and_reused():
 def test_synthesize_passes_spacing_to_core_sampler():
     """`spacing` reaches the core sampler; audio DDIM defaults to linspace (starts at t=T-1, leading does not);
     'fast' refuses a spacing."""
-    from diffsuite.core.denoiser import Denoiser
     from diffsuite.core.samplers import sample
-    from diffsuite.core.schedules import make_schedule
     from diffsuite.modalities.audio.task import synthesize
-    torch.manual_seed(0)
-    net = build_diffwave("tiny", hop_length=16).eval()
-    for q in net.parameters():
-        q.data.normal_(0, 0.05)
-    den = Denoiser(net, make_schedule("linear", 50, beta_start=1e-4, beta_end=0.05))
+    net, den = _random_tiny_vocoder()
     mel = torch.randn(1, 80, 6)
     seen = []
     net.register_forward_pre_hook(lambda m, a: seen.append(float(a[1][0])))
