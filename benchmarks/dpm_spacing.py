@@ -28,14 +28,6 @@ def karras_t(sch, n: int, rho: float) -> torch.Tensor:
     return sch.sigma_to_t(sig).double().clamp(0, sch.T - 1)
 
 
-def draw(gmm, n: int, seed: int):
-    """One independent draw: x_T, a reference sample of the true mixture, and 256 unit projections."""
-    g = torch.Generator().manual_seed(seed)
-    x_T, ref = torch.randn(n, gmm.D, generator=g), gmm.sample(n, g)
-    theta = torch.randn(gmm.D, 256, generator=g, dtype=torch.float64)
-    return x_T, ref, theta / theta.norm(dim=0, keepdim=True)
-
-
 def mean_sw2(den, gmm, draws, sampler, steps, **opts) -> tuple[float, list[float]]:
     """SW2 to each draw's reference sample, averaged over the draws (one draw scatters by ~1/3 of the floor)."""
     sw2 = [S.quality(sample(den, x_T.shape, sampler, steps, x_T=x_T.clone(), generator=torch.Generator().manual_seed(i),
@@ -56,7 +48,7 @@ def main(argv=None) -> int:
                 "karras rho=5": lambda n: karras_t(sch, n, 5.0), "karras rho=3": lambda n: karras_t(sch, n, 3.0)}
     out = {"repeats": args.repeats}
     for tag, gmm, n in (("2-D", gmm_2d(), 10000), ("64-D", diagonal_gmm(64, K=3), 2000)):
-        draws = [draw(gmm, n, 1000 + r) for r in range(args.repeats)]
+        draws = [S.draw(gmm, n, torch.Generator().manual_seed(1000 + r)) for r in range(args.repeats)]
         den = Denoiser(ExactGMMNet(gmm, sch), sch)
         base, base_all = mean_sw2(den, gmm, draws, "ddpm", 1000, variance="beta_tilde")
         print(f"{tag:5s} DDPM-1000 SW2 mean over {len(draws)} draws {base:.4f}", flush=True)

@@ -135,12 +135,15 @@ def overheads(sch, shape, steps, repeats=5):
     return best
 
 
-def bench_setting(tag, gmm, n, nfes, sch, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x_T = torch.randn(n, gmm.D, generator=g)
-    ref = gmm.sample(n, g)
+def draw(gmm, n: int, g: torch.Generator):
+    """One independent draw from g: x_T, a reference sample of the true mixture, and 256 unit projections."""
+    x_T, ref = torch.randn(n, gmm.D, generator=g), gmm.sample(n, g)
     theta = torch.randn(gmm.D, 256, generator=g, dtype=torch.float64)
-    theta = theta / theta.norm(dim=0, keepdim=True)
+    return x_T, ref, theta / theta.norm(dim=0, keepdim=True)
+
+
+def bench_setting(tag, gmm, n, nfes, sch, seed=0):
+    x_T, ref, theta = draw(gmm, n, torch.Generator().manual_seed(seed))
     # the noise floor: SW2 of independent true draws against ref (a perfect sampler scores like this), over 10 draws
     draws = torch.tensor([sliced_w2(gmm.sample(n, torch.Generator().manual_seed(100 + i)), ref, theta) for i in range(10)])
     floor = {"sw2": float(draws.mean()), "sw2_std": float(draws.std()), "sw2_max": float(draws.max()),
@@ -183,9 +186,7 @@ def target_repeats(gmm, n, sch, repeats, seed=1000):
     sw2 = {k: [] for k in ["true draw", *runs]}
     for r in range(repeats):
         g = torch.Generator().manual_seed(seed + r)
-        x_T, ref = torch.randn(n, gmm.D, generator=g), gmm.sample(n, g)
-        theta = torch.randn(gmm.D, 256, generator=g, dtype=torch.float64)
-        theta = theta / theta.norm(dim=0, keepdim=True)
+        x_T, ref, theta = draw(gmm, n, g)
         sw2["true draw"].append(sliced_w2(gmm.sample(n, g), ref, theta))
         for label, (name, steps, opts) in runs.items():
             sw2[label].append(quality(run_ours(den, x_T, name, steps, opts, seed + r), gmm, ref, theta)["sw2"])

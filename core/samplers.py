@@ -82,11 +82,8 @@ def quadratic_timesteps(T: int, steps: int) -> torch.Tensor:
 def _timesteps(schedule, steps: int, spacing: str, lambda_min: float | None = None) -> torch.Tensor:
     if spacing == "logsnr":
         return logsnr_timesteps(schedule, steps)
-    if spacing == "quadratic":
-        return quadratic_timesteps(schedule.T if lambda_min is None else lambda_clipped_T(schedule, lambda_min), steps)
-    if lambda_min is None:
-        return timesteps_for(schedule.T, steps, spacing)
-    return timesteps_for(lambda_clipped_T(schedule, lambda_min), steps, spacing)
+    T = schedule.T if lambda_min is None else lambda_clipped_T(schedule, lambda_min)
+    return quadratic_timesteps(T, steps) if spacing == "quadratic" else timesteps_for(T, steps, spacing)
 
 
 def lambda_clipped_T(schedule, lambda_min: float) -> int:
