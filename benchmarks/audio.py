@@ -1,12 +1,13 @@
 """Audio benchmark: vocoder quality on a held-out split, and synthesis speed against the reference DiffWave.
 
     python benchmarks/audio.py speed [--seconds 0.5 --threads 1]
-    python benchmarks/audio.py quality RUN_OR_CHECKPOINT [--clips 8 --samplers fast ddpm ddim:6 dpmpp_2m:6]
+    python benchmarks/audio.py quality RUN_OR_CHECKPOINT [--clips 8 --samplers fast ddpm ddim:6 dpmpp_2m:6 griffinlim]
 
 Quality metrics (reference audio vs. analysis-synthesis of its mel): log-mel L1 (hifigan mel), multi-resolution
 STFT distance (Yamamoto et al. 2020, eq. 1-3: spectral convergence + log-magnitude L1, three resolutions),
 mel-cepstral distortion (12 cepstra c1..c12 from a DCT of the log mel amplitude, speech frames, no DTW),
-wide-band PESQ and STOI at 16 kHz (pesq / pystoi, when installed), and the real-time factor.
+wide-band PESQ and STOI at 16 kHz (pesq / pystoi, when installed), and the real-time factor. `griffinlim[:iters]`
+is a classical baseline from the same mel (librosa's mel inversion and Griffin-Lim phase, 64 iterations), not a model.
 Prints a table and writes JSON under benchmarks/results/.
 """
 from __future__ import annotations
@@ -164,6 +165,20 @@ def _parse_sampler(s: str):
     return name, int(steps) if steps else None, spacing or None
 
 
+def griffin_lim(mel: torch.Tensor, model, n_iter: int = 64) -> np.ndarray:
+    """Classical baseline from the same mel (no training): librosa's mel inversion + Griffin-Lim phase, hifigan
+    convention, shifted by (n_fft - hop) / 2 - n_fft / 2 samples to undo librosa's centred frames."""
+    from diffsuite.modalities.audio.task import mel_convention
+    import librosa
+    c = mel_convention(model)
+    if c.name != "hifigan":
+        raise ValueError(f"griffin_lim: only the 'hifigan' mel convention, not {c.name!r}")
+    y = librosa.feature.inverse.mel_to_audio(mel.exp().numpy(), sr=c.sample_rate, n_fft=c.n_fft, hop_length=c.hop,
+                                             win_length=c.win, power=1.0, fmin=c.fmin, fmax=c.f_max, n_iter=n_iter)
+    shift = c.n_fft // 2 - (c.n_fft - c.hop) // 2
+    return np.concatenate([np.zeros(shift, np.float32), y.astype(np.float32)])
+
+
 def quality(args) -> dict:
     """Analysis-synthesis of held-out clips with a trained vocoder, per sampler."""
     from diffsuite.recipes.run import load
@@ -183,7 +198,11 @@ def quality(args) -> dict:
             mel = wav_to_mel(y, r.model)
             t0 = time.perf_counter()
             with torch.inference_mode():
-                g = vocode_mel(loaded.denoiser, r.model, mel, name, steps, seed=i, spacing=spacing)[0].numpy()[: len(y)]
+                if name == "griffinlim":
+                    g = griffin_lim(mel, r.model, steps or 64)
+                    g = np.pad(g, (0, max(0, len(y) - len(g))))[: len(y)]
+                else:
+                    g = vocode_mel(loaded.denoiser, r.model, mel, name, steps, seed=i, spacing=spacing)[0].numpy()[: len(y)]
             synth_s += time.perf_counter() - t0
             audio_s += len(y) / sr
             per.append({"log_mel_l1": log_mel_l1(y, g, sr), "mrstft": mrstft(y, g), "mcd": mcd(y, g, sr),

@@ -15,6 +15,7 @@ from diffsuite.core.task import Task
 
 from .diffwave import build_diffwave, preset
 from .mel import MelConvention, check_mel, convention, mel_spectrogram
+from .priorgrad import PriorGradNet, Whitened, check_prior, prior_std
 
 
 @dataclass
@@ -32,6 +33,8 @@ class ModelConfig:
     hop_length: int = 256
     step_embedding: str = "sinusoid"  # sinusoid (exact at float t) | lerp (the reference's interpolation)
     upsampler_init: str = "interp"  # mel upsampler starts as linear interpolation | default (PyTorch's, the reference's)
+    prior: str = "standard"  # standard N(0, I) | priorgrad (std from the mel's frame energy; priorgrad.py)
+    prior_level: Optional[float] = None  # priorgrad: frame energy given the unit prior (None: priorgrad.LEVEL)
 
 
 @dataclass
@@ -51,6 +54,8 @@ class DataConfig:
     hop_length: int = 256
     sample_seconds: float = 2.0  # length of the clips `diffsuite sample` vocodes
     conditional: bool = True  # items carry a mel ({"x0", "cond"}) or are bare waveforms
+    prior: str = "standard"  # priorgrad: items carry x0 / sigma_c (the model's prior; must match model.prior)
+    prior_level: Optional[float] = None
 
 
 def mel_convention(model: ModelConfig) -> MelConvention:
@@ -59,7 +64,7 @@ def mel_convention(model: ModelConfig) -> MelConvention:
 
 def check_formats(model: ModelConfig, data: DataConfig) -> None:
     """The data's audio format must be the one the model is built for."""
-    for k in ("mel", "sample_rate", "n_mels", "hop_length", "conditional"):
+    for k in ("mel", "sample_rate", "n_mels", "hop_length", "conditional", "prior", "prior_level"):
         if getattr(model, k) != getattr(data, k):
             raise ValueError(f"audio recipe: model.{k}={getattr(model, k)!r} but data.{k}={getattr(data, k)!r}; "
                              "they must agree")
@@ -119,11 +124,17 @@ def synthesize(denoiser, n_samples: int, cond=None, sampler: str = "fast", steps
     """Waveforms (B, 1, n_samples): sampler 'fast' (DiffWave's 6-step schedule), 'ddpm' (all T steps
     or `steps` respaced), or any core sampler ('ddim', 'dpmpp_2m', ...) with `steps` and the core's timestep
     `spacing` (default: AUDIO_SPACING, else the sampler's own). The mel terms are computed once and reused at
-    every step (DiffWave.condition_cache)."""
+    every step (DiffWave.condition_cache). A PriorGrad model's samples are returned as waveforms (x = sigma_c y)."""
     cache = getattr(denoiser.net, "condition_cache", None)
     with cache() if cache is not None else contextlib.nullcontext():
-        return _synthesize(denoiser, n_samples, cond, sampler, steps, generator, fast_betas, batch, progress, device,
-                           spacing)
+        x = _synthesize(denoiser, n_samples, cond, sampler, steps, generator, fast_betas, batch, progress, device,
+                        spacing)
+    return unwhiten(x, denoiser.net, cond)
+
+
+def unwhiten(x: torch.Tensor, net, cond) -> torch.Tensor:
+    """A PriorGrad model samples y = x / sigma_c: map it back to the waveform (other models: x unchanged)."""
+    return x * net.std(cond, x.shape[-1]).to(x.dtype) if isinstance(net, PriorGradNet) else x
 
 
 def _synthesize(denoiser, n_samples, cond, sampler, steps, generator, fast_betas, batch, progress, device,
@@ -196,9 +207,11 @@ class AudioTask(Task):
     null_cond = None
 
     def build_net(self, model: ModelConfig, diffusion: Any):
-        return build_diffwave(model.preset, model.residual_layers, model.residual_channels, model.dilation_cycle,
-                              model.n_mels if model.conditional else None, model.hop_length, diffusion.T,
-                              model.step_embedding, model.upsampler_init)
+        check_prior(model.prior, model.prior_level, model.conditional, "model")
+        net = build_diffwave(model.preset, model.residual_layers, model.residual_channels, model.dilation_cycle,
+                             model.n_mels if model.conditional else None, model.hop_length, diffusion.T,
+                             model.step_embedding, model.upsampler_init)
+        return PriorGradNet(net, mel_convention(model), model.prior_level) if model.prior == "priorgrad" else net
 
     def _files(self, data: DataConfig, split: str):
         from .data import list_files
@@ -213,9 +226,11 @@ class AudioTask(Task):
 
     def build_dataset(self, data: DataConfig, split: str = "train"):
         from .data import AudioClips
+        check_prior(data.prior, data.prior_level, data.conditional, "data")
         c = convention(data.mel, data.sample_rate, data.n_mels, data.hop_length)
-        return AudioClips(self._files(data, split), c, data.crop_samples, conditional=data.conditional,
-                          short=data.short)
+        clips = AudioClips(self._files(data, split), c, data.crop_samples, conditional=data.conditional,
+                           short=data.short)
+        return Whitened(clips, c, data.prior_level) if data.prior == "priorgrad" else clips
 
     def sample_shape(self, model: ModelConfig, data: DataConfig) -> tuple:
         check_formats(model, data)
@@ -236,11 +251,14 @@ class AudioTask(Task):
         return torch.stack([wav_to_mel(y, cfg.model) for y in ys])
 
     def save_samples(self, x: torch.Tensor, cond, out_dir: Path, cfg: Any) -> dict:
-        """One WAV per sample and a PNG of (conditioning mel, generated mel) spectrograms."""
+        """One WAV per sample and a PNG of (conditioning mel, generated mel) spectrograms; x as sampled (a
+        PriorGrad model's y = x / sigma_c is mapped back here)."""
         import soundfile as sf
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         m = cfg.model
+        if m.prior == "priorgrad":
+            x = x * prior_std(cond.to(x.device), mel_convention(m), x.shape[-1], m.prior_level).to(x.dtype)
         paths, panels = {}, []
         for i, y in enumerate(x[:, 0].detach().float().cpu().clamp(-1, 1).numpy()):
             p = out_dir / f"sample_{i:03d}.wav"
