@@ -39,7 +39,8 @@ class Task:
         raise NotImplementedError
 
     def sample_shape(self, model: Any, data: Any) -> tuple:
-        """Shape of one sample, without the batch dimension."""
+        """Shape of one sample, without the batch dimension; raises if model and data disagree (train calls it
+        first, so a mismatch fails before any training)."""
         raise NotImplementedError
 
     def sample_cond(self, n: int, cfg: Any, generator: Optional[torch.Generator] = None):

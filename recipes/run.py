@@ -107,6 +107,7 @@ def train(recipe, overrides: Sequence[str] = (), out_dir: Optional[str | Path] =
     r = load_recipe(recipe, overrides)
     task = get_task(r.task)
     run = Path(out_dir) if out_dir else Path("runs") / f"{r.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    task.sample_shape(r.model, r.data)  # the task checks that model and data agree before any training
     torch.manual_seed(r.train.seed)
     net = task.build_net(r.model, r.diffusion)
     denoiser = build_denoiser(net, r.diffusion)

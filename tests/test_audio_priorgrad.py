@@ -119,6 +119,9 @@ def test_priorgrad_config_errors():
         task.build_net(ModelConfig(preset="tiny", prior="gaussian"), DiffusionConfig(T=50))
     with pytest.raises(ValueError, match="model.prior='priorgrad' but data.prior='standard'"):
         check_formats(ModelConfig(prior="priorgrad"), DataConfig())
+    from diffsuite.recipes.run import train
+    with pytest.raises(ValueError, match="model.prior='standard' but data.prior='priorgrad'"):
+        train("audio_vocoder_quick", ["model.prior=standard"], out_dir="/nonexistent/never-written")
     with pytest.raises(ValueError, match="a mel is required"):
         PriorGradNet(build_diffwave("tiny", 2, 4, 2), convention("hifigan"))(torch.randn(1, 1, HOP), torch.zeros(1), None)
 
