@@ -5,11 +5,14 @@ stopped and resumed from a checkpoint reproduces the uninterrupted run exactly (
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
 import math
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -117,6 +120,33 @@ def make_accelerator(cfg: TrainerConfig) -> Accelerator:
         from accelerate.state import AcceleratorState
         AcceleratorState._reset_state(reset_partial_state=False)
         return Accelerator(**kw)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by Trainer.train after a SIGINT / SIGTERM, once the checkpoint of the last finished step is written."""
+
+
+@contextlib.contextmanager
+def _stop_requests(enabled: bool):
+    """While active, SIGINT / SIGTERM only record {"signal": name} so the loop can save before stopping (a second
+    signal raises KeyboardInterrupt at once). Off in multi-process runs (a save needs every rank) and off the main
+    thread (Python delivers signals there only)."""
+    request = {"signal": None}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum, frame):
+        if request["signal"]:
+            raise KeyboardInterrupt
+        request["signal"] = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 class Trainer:
@@ -263,7 +293,18 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self._params, self.cfg.clip_grad)
 
     def train(self, resume: Optional[str | Path] = None, stop_at: Optional[int] = None) -> list[dict]:
-        """Train to cfg.steps (or stop_at); resume='auto' picks the latest checkpoint in out_dir."""
+        """Train to cfg.steps (or stop_at); resume='auto' picks the latest checkpoint in out_dir.
+
+        In a single process, SIGINT / SIGTERM (Ctrl-C, a scheduler's kill) end the run after the current step with a
+        checkpoint of that step, then raise TrainingInterrupted; a second signal stops at once."""
+        with _stop_requests(self.acc.num_processes == 1) as stop_request:
+            history = self._train(resume, stop_at, stop_request)
+        if stop_request["signal"]:
+            raise TrainingInterrupted(f"training stopped by {stop_request['signal']} at step {self.step}; a checkpoint "
+                                      f"of that step is in {self.ckpt_dir} (continue with resume='auto' / --resume auto)")
+        return history
+
+    def _train(self, resume, stop_at, stop_request) -> list[dict]:
         if resume == "auto":
             resume = self.latest_checkpoint()
         if resume:
@@ -299,6 +340,10 @@ class Trainer:
                 self.save()
             if self.sample_fn and every(self.cfg.sample_every) and self.acc.is_main_process:
                 self.sample_fn(self.ema_denoiser(), self.step, self.out_dir / "samples" / f"step_{self.step:08d}")
+            if stop_request["signal"]:
+                if pending:
+                    log.write(self._flush(pending))
+                break
         bar.close()
         log.close()
         self.save()

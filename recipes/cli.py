@@ -10,6 +10,7 @@ from pathlib import Path
 
 from diffsuite.core.config import ConfigError
 from diffsuite.core.checkpoint import CheckpointError
+from diffsuite.core.trainer import TrainingInterrupted
 from diffsuite.core.samplers import SAMPLERS
 from diffsuite.core.schedules import BETA_BUILDERS
 from diffsuite.core.utils import atomic_write_json
@@ -147,6 +148,9 @@ def main(argv=None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"diffsuite: error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        print(f"diffsuite: {e}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -86,6 +86,48 @@ def test_resume_equals_uninterrupted(tmp_path, kind, grad_accum):
     assert all(torch.equal(full.ema.shadow[k], resumed.ema.shadow[k]) for k in wf)
 
 
+def test_sigterm_saves_the_step_and_resumes_exactly(tmp_path):
+    """A SIGTERM during training (sent here by a callback at step 8) ends the run after that step with its checkpoint,
+    raises TrainingInterrupted, restores the signal handlers, and resuming reproduces the uninterrupted run."""
+    import signal
+    from diffsuite.core.trainer import TrainingInterrupted
+    full = make_trainer(tmp_path / "full", 12)
+    full.train()
+    before = signal.getsignal(signal.SIGTERM)
+    part = make_trainer(tmp_path / "part", 12, sample_every=4)
+    part.sample_fn = lambda den, step, out: os.kill(os.getpid(), signal.SIGTERM) if step == 8 else None
+    with pytest.raises(TrainingInterrupted, match="SIGTERM at step 8"):
+        part.train()
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert json.loads((tmp_path / "part" / "checkpoints" / "latest.json").read_text())["step"] == 8
+    torch.default_generator.manual_seed(12345)
+    resumed = make_trainer(tmp_path / "part", 12)
+    resumed.train(resume="auto")
+    wf, wr = weights(full), weights(resumed)
+    assert resumed.step == 12 and all(torch.equal(wf[k], wr[k]) for k in wf)
+
+
+def test_ctrl_c_on_the_train_command_saves_a_checkpoint(tmp_path):
+    """SIGINT from outside to `diffsuite train`: exit status 130, a message naming the step, its checkpoint on disk."""
+    import signal
+    import time
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "diffsuite.recipes.cli", "train", "toy2d", "--out", str(out),
+                             "train.steps=1000000", "train.log_every=1", "train.progress=false",
+                             "train.tensorboard=false"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = out / "logs" / "train.jsonl"
+    deadline = time.time() + 120
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 20) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    latest = json.loads((out / "checkpoints" / "latest.json").read_text())
+    assert f"stopped by SIGINT at step {latest['step']}" in err and 20 <= latest["step"] < 1000000
+    assert load_checkpoint(out / "checkpoints" / latest["path"])[1]["step"] == latest["step"]
+
+
 def test_different_seed_changes_the_run(tmp_path):
     a = make_trainer(tmp_path / "a", 4).train()
     b = make_trainer(tmp_path / "b", 4, seed=4).train()
