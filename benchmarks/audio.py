@@ -7,7 +7,8 @@ Quality metrics (reference audio vs. analysis-synthesis of its mel): log-mel L1 
 STFT distance (Yamamoto et al. 2020, eq. 1-3: spectral convergence + log-magnitude L1, three resolutions),
 mel-cepstral distortion (12 cepstra c1..c12 from a DCT of the log mel amplitude, speech frames, no DTW),
 wide-band PESQ and STOI at 16 kHz (pesq / pystoi, when installed), and the real-time factor. `griffinlim[:iters]`
-is a classical baseline from the same mel (librosa's mel inversion and Griffin-Lim phase, 64 iterations), not a model.
+is a classical baseline from the same mel (librosa's mel inversion and Griffin-Lim phase, 64 iterations), not a model;
+`glinit:K` is a diagnostic: the Griffin-Lim waveform noised to step K and denoised by the model (DDPM K..0).
 Prints a table and writes JSON under benchmarks/results/.
 """
 from __future__ import annotations
@@ -179,6 +180,25 @@ def griffin_lim(mel: torch.Tensor, model, n_iter: int = 64) -> np.ndarray:
     return np.concatenate([np.zeros(shift, np.float32), y.astype(np.float32)])
 
 
+def glinit(denoiser, model, mel: torch.Tensor, k: int, seed: int) -> np.ndarray:
+    """Diagnostic: shallow diffusion from Griffin-Lim (DiffSinger's shallow mechanism): noise the GL waveform to step k
+    by q(x_k | x_GL) and run ancestral DDPM k..0, so only the model's low-noise denoising is exercised."""
+    from diffsuite.core.samplers import sample
+    from diffsuite.modalities.audio.priorgrad import PriorGradNet
+    from diffsuite.modalities.audio.task import unwhiten
+    n = mel.shape[-1] * model.hop_length
+    gl = griffin_lim(mel, model)
+    x = torch.from_numpy(np.pad(gl, (0, max(0, n - len(gl))))[:n])[None, None]
+    cond, net = mel[None], denoiser.net
+    y = x / net.std(cond, n) if isinstance(net, PriorGradNet) else x
+    gen = torch.Generator().manual_seed(seed)
+    ab = float(denoiser.schedule.alpha_bar[k])
+    y_k = ab ** 0.5 * y + (1 - ab) ** 0.5 * torch.randn(y.shape, generator=gen)
+    out = sample(denoiser, y_k.shape, "ddpm", None, generator=gen, cond=cond, x_T=y_k,
+                 timesteps=torch.arange(k, -1, -1), variance="beta_tilde")
+    return unwhiten(out, net, cond)[0, 0].clamp(-1, 1).numpy()
+
+
 def quality(args) -> dict:
     """Analysis-synthesis of held-out clips with a trained vocoder, per sampler."""
     from diffsuite.recipes.run import load
@@ -198,8 +218,9 @@ def quality(args) -> dict:
             mel = wav_to_mel(y, r.model)
             t0 = time.perf_counter()
             with torch.inference_mode():
-                if name == "griffinlim":
-                    g = griffin_lim(mel, r.model, steps or 64)
+                if name in ("griffinlim", "glinit"):
+                    g = griffin_lim(mel, r.model, steps or 64) if name == "griffinlim" else \
+                        glinit(loaded.denoiser, r.model, mel, steps or 2, seed=i)
                     g = np.pad(g, (0, max(0, len(y) - len(g))))[: len(y)]
                 else:
                     g = vocode_mel(loaded.denoiser, r.model, mel, name, steps, seed=i, spacing=spacing)[0].numpy()[: len(y)]
