@@ -119,10 +119,12 @@ def main(argv=None) -> int:
     if a.checkpoint and not a.latency_only:
         with torch.no_grad():
             result["scores"] = scores(ld, seq, a.episodes, a.replan_every, a.sampler, a.steps, a.control)
-        print(f"\n{'env':<22}{'mode':<8}{'success':>8}{'return':>9}{'score':>8}{'D4RL-ref':>9}{'plan ms':>9}")
+        print(f"\n{'env':<22}{'mode':<8}{'success':>8}{'return':>9}{'score':>8}{'D4RL-ref':>9}{'plan ms':>9}"
+              f"{'in wall':>9}")
         for s in result["scores"]:
             print(f"{s['env_id']:<22}{s['mode']:<8}{s['success_rate']:>8.2f}{s['return_mean']:>9.1f}"
-                  f"{s['normalized_score']:>8.1f}{s['normalized_score_d4rl']:>9.1f}{1e3 * s['plan_seconds_mean']:>9.1f}")
+                  f"{s['normalized_score']:>8.1f}{s['normalized_score_d4rl']:>9.1f}{1e3 * s['plan_seconds_mean']:>9.1f}"
+                  f"{100 * s['plan_in_wall']:>8.1f}%")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(a.out, result)
     print(f"-> {a.out}")

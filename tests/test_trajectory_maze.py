@@ -28,6 +28,18 @@ def test_grid_matches_gymnasium_coordinates():
     assert all(abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1 and not grid.walls[b] for a, b in zip(path, path[1:]))
 
 
+def test_in_wall_fraction_counts_planned_positions_inside_walls():
+    from diffsuite.modalities.trajectory.evaluate import in_wall_fraction
+    env = make_env("PointMaze_UMaze-v3")
+    grid = MazeGrid.from_env(env)
+    path = [grid.cell_xy(c) for c in grid.path((1, 1), (3, 1))]  # around the U: every point in a free cell
+    assert in_wall_fraction(grid, np.array(path)) == 0.0
+    a, b = grid.cell_xy((1, 1)), grid.cell_xy((3, 1))  # straight through the U's inner wall, cell (2, 1)
+    t = (np.arange(8) + 0.5) / 8  # the wall cell is the middle half of the segment: 4 of these 8 points
+    assert in_wall_fraction(grid, a + t[:, None] * (b - a)) == 0.5
+    env.close()
+
+
 def test_set_goal_without_reset_moves_goal():
     env = make_env("PointMaze_UMaze-v3")
     obs, _ = env.reset(seed=0)

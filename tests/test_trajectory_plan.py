@@ -29,8 +29,9 @@ def test_plan_command_runs_one_episode(run_dir, tmp_path):
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
     for k in ("success_rate", "return_mean", "normalized_score", "normalized_score_d4rl", "plan_seconds_mean",
-              "plan_seconds_p95"):
+              "plan_seconds_p95", "plan_in_wall"):
         assert np.isfinite(s[k]), k
+    assert 0 <= s["plan_in_wall"] <= 1
     traj = json.loads((out / "trajectories.json").read_text())
     assert len(traj) == 1 and len(traj[0]["executed"]) == 301 and len(traj[0]["planned"]) == 3  # t = 0, 100, 200
     assert np.array(traj[0]["planned"][0]).shape == (16, 4)

@@ -119,6 +119,7 @@ def cmd_plan(args) -> int:
     write_outputs(out, env_id, eps, summary)
     print(f"{env_id} {'multi' if args.multi_task else 'single'}-task, {args.episodes} episodes: "
           f"success {summary['success_rate']:.2f}, return {summary['return_mean']:.1f}, "
+          f"planned positions inside walls {100 * summary['plan_in_wall']:.1f}%, "
           f"normalized score {summary['normalized_score']:.1f} (D4RL's reference protocol: "
           f"{summary['normalized_score_d4rl']:.1f}), plan time mean {1e3 * summary['plan_seconds_mean']:.0f} ms "
           f"p95 {1e3 * summary['plan_seconds_p95']:.0f} ms -> {out}")

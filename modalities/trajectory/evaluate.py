@@ -171,8 +171,15 @@ def plan_episode(env, planner: Planner, multi_task: bool, seed: int, replan_ever
         return track(p.states, p.actions, k, obs["observation"], control, kp, kd)
     planner.prev = None
     ep = run_policy(env, policy, multi_task, seed)
-    ep.update(plans=state["plans"], plan_seconds=state["times"])
+    grid = MazeGrid.from_env(env)
+    ep.update(plans=state["plans"], plan_seconds=state["times"],
+              plan_in_wall=float(np.mean([in_wall_fraction(grid, s[:, :2]) for s in state["plans"]])))
     return ep
+
+
+def in_wall_fraction(grid: MazeGrid, xy: np.ndarray) -> float:
+    """Fraction of planned positions (rows of xy) that lie inside a wall cell: a plan the maze makes impossible."""
+    return float(np.mean([grid.walls[grid.xy_cell(p)] for p in xy]))
 
 
 def summarize(episodes: list[dict], ref: Optional[dict], ref_d4rl: Optional[dict] = None) -> dict:
@@ -181,6 +188,8 @@ def summarize(episodes: list[dict], ref: Optional[dict], ref_d4rl: Optional[dict
     out = {"episodes": len(episodes), "return_mean": R, "return_std": float(np.std([e["return"] for e in episodes])),
            "success_rate": float(np.mean([e["success"] for e in episodes])),
            "plan_seconds_mean": float(times.mean()), "plan_seconds_p95": float(np.percentile(times, 95))}
+    if episodes and "plan_in_wall" in episodes[0]:
+        out["plan_in_wall"] = float(np.mean([e["plan_in_wall"] for e in episodes]))
     if ref is not None:
         out["normalized_score"] = normalized_score(R, ref)
         scores = [normalized_score(e["return"], ref) for e in episodes]
