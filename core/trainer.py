@@ -336,8 +336,8 @@ class Trainer:
                 if every(self.cfg.log_every) or self.step == stop:
                     rec["steps_per_s"] = (self.step - start) / max(1e-9, time.perf_counter() - t0)
                     log.write(rec)
-            if every(self.cfg.ckpt_every) and self.step < stop:
-                self.save()
+            if every(self.cfg.ckpt_every) and self.step < stop and not stop_request["signal"]:
+                self.save()  # (an interrupted run saves once, below)
             if self.sample_fn and every(self.cfg.sample_every) and self.acc.is_main_process:
                 self.sample_fn(self.ema_denoiser(), self.step, self.out_dir / "samples" / f"step_{self.step:08d}")
             if stop_request["signal"]:
