@@ -40,6 +40,17 @@ def test_in_wall_fraction_counts_planned_positions_inside_walls():
     env.close()
 
 
+def test_make_env_leaves_no_maze_xml_behind(tmp_path, monkeypatch):
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    env = make_env("PointMaze_UMaze-v3")
+    assert tempfile.tempdir == str(tmp_path) and list(tmp_path.iterdir()) == []
+    env.reset(seed=0)
+    obs, *_ = env.step(np.ones(2))  # the model was loaded before its XML went
+    assert np.isfinite(obs["observation"]).all()
+    env.close()
+
+
 def test_set_goal_without_reset_moves_goal():
     env = make_env("PointMaze_UMaze-v3")
     obs, _ = env.reset(seed=0)

@@ -39,14 +39,25 @@ def env_id_for(name: str) -> str:
 
 
 def make_env(env_id: str, **kwargs):
-    """gym.make a PointMaze after registering gymnasium-robotics' environments."""
+    """gym.make a PointMaze after registering gymnasium-robotics' environments.
+
+    gymnasium-robotics writes each maze's MuJoCo XML beside its own temporary folder (in the system temp dir) and
+    never deletes it; building the env with the temp dir pointed at a private folder, removed once the model is
+    loaded, stops one file per env piling up."""
+    import tempfile
+
     import gymnasium as gym
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
     kwargs.setdefault("continuing_task", True)
     kwargs.setdefault("reset_target", False)
-    return gym.make(env_id_for(env_id), **kwargs)
+    with tempfile.TemporaryDirectory(prefix="diffsuite-maze-") as private:
+        system, tempfile.tempdir = tempfile.tempdir, private
+        try:
+            return gym.make(env_id_for(env_id), **kwargs)
+        finally:
+            tempfile.tempdir = system
 
 
 def set_goal(env, goal_xy: np.ndarray) -> None:
