@@ -166,6 +166,11 @@ def _parse_sampler(s: str):
     return name, int(steps) if steps else None, spacing or None
 
 
+def fit(y: np.ndarray, n: int) -> np.ndarray:
+    """y zero-padded or cut to n samples."""
+    return np.pad(y, (0, max(0, n - len(y))))[:n]
+
+
 def griffin_lim(mel: torch.Tensor, model, n_iter: int = 64) -> np.ndarray:
     """Classical baseline from the same mel (no training): librosa's mel inversion + Griffin-Lim phase, hifigan
     convention, shifted by (n_fft - hop) / 2 - n_fft / 2 samples to undo librosa's centred frames."""
@@ -184,13 +189,11 @@ def glinit(denoiser, model, mel: torch.Tensor, k: int, seed: int) -> np.ndarray:
     """Diagnostic: shallow diffusion from Griffin-Lim (DiffSinger's shallow mechanism): noise the GL waveform to step k
     by q(x_k | x_GL) and run ancestral DDPM k..0, so only the model's low-noise denoising is exercised."""
     from diffsuite.core.samplers import sample
-    from diffsuite.modalities.audio.priorgrad import PriorGradNet
-    from diffsuite.modalities.audio.task import unwhiten
+    from diffsuite.modalities.audio.task import unwhiten, whiten
     n = mel.shape[-1] * model.hop_length
-    gl = griffin_lim(mel, model)
-    x = torch.from_numpy(np.pad(gl, (0, max(0, n - len(gl))))[:n])[None, None]
+    x = torch.from_numpy(fit(griffin_lim(mel, model), n))[None, None]
     cond, net = mel[None], denoiser.net
-    y = x / net.std(cond, n) if isinstance(net, PriorGradNet) else x
+    y = whiten(x, net, cond)
     gen = torch.Generator().manual_seed(seed)
     ab = float(denoiser.schedule.alpha_bar[k])
     y_k = ab ** 0.5 * y + (1 - ab) ** 0.5 * torch.randn(y.shape, generator=gen)
@@ -218,12 +221,13 @@ def quality(args) -> dict:
             mel = wav_to_mel(y, r.model)
             t0 = time.perf_counter()
             with torch.inference_mode():
-                if name in ("griffinlim", "glinit"):
-                    g = griffin_lim(mel, r.model, steps or 64) if name == "griffinlim" else \
-                        glinit(loaded.denoiser, r.model, mel, steps or 2, seed=i)
-                    g = np.pad(g, (0, max(0, len(y) - len(g))))[: len(y)]
+                if name == "griffinlim":
+                    g = griffin_lim(mel, r.model, steps or 64)
+                elif name == "glinit":
+                    g = glinit(loaded.denoiser, r.model, mel, steps or 2, seed=i)
                 else:
-                    g = vocode_mel(loaded.denoiser, r.model, mel, name, steps, seed=i, spacing=spacing)[0].numpy()[: len(y)]
+                    g = vocode_mel(loaded.denoiser, r.model, mel, name, steps, seed=i, spacing=spacing)[0].numpy()
+                g = fit(g, len(y))
             synth_s += time.perf_counter() - t0
             audio_s += len(y) / sr
             per.append({"log_mel_l1": log_mel_l1(y, g, sr), "mrstft": mrstft(y, g), "mcd": mcd(y, g, sr),

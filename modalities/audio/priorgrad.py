@@ -51,6 +51,16 @@ def prior_std(mel: torch.Tensor, c: MelConvention, n_samples: int, level: Option
     return std[..., :n_samples].unsqueeze(-2)
 
 
+def whiten(x: torch.Tensor, mel: torch.Tensor, c: MelConvention, level: Optional[float] = None) -> torch.Tensor:
+    """Waveform x -> y = x / sigma_c, what the core diffuses."""
+    return x / prior_std(mel, c, x.shape[-1], level).to(x.dtype)
+
+
+def unwhiten(y: torch.Tensor, mel: torch.Tensor, c: MelConvention, level: Optional[float] = None) -> torch.Tensor:
+    """A sample y -> waveform x = sigma_c y."""
+    return y * prior_std(mel, c, y.shape[-1], level).to(y.dtype)
+
+
 class PriorGradNet(nn.Module):
     """Wraps a mel-conditioned network (x_t, t, mel) -> coloured noise into the whitened denoiser net(y_t, t, mel) -> e."""
 
@@ -60,6 +70,12 @@ class PriorGradNet(nn.Module):
 
     def std(self, mel: torch.Tensor, n_samples: int) -> torch.Tensor:
         return prior_std(mel, self.c, n_samples, self.level)
+
+    def whiten(self, x: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        return whiten(x, mel, self.c, self.level)
+
+    def unwhiten(self, y: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        return unwhiten(y, mel, self.c, self.level)
 
     def condition_cache(self, *args, **kwargs):
         return self.inner.condition_cache(*args, **kwargs)
@@ -82,5 +98,5 @@ class Whitened(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         item = dict(self.dataset[i])
-        item["x0"] = item["x0"] / prior_std(item["cond"], self.c, item["x0"].shape[-1], self.level)
+        item["x0"] = whiten(item["x0"], item["cond"], self.c, self.level)
         return item

@@ -15,7 +15,8 @@ from diffsuite.core.task import Task
 
 from .diffwave import build_diffwave, preset
 from .mel import MelConvention, check_mel, convention, mel_spectrogram
-from .priorgrad import PriorGradNet, Whitened, check_prior, prior_std
+from . import priorgrad
+from .priorgrad import PriorGradNet, Whitened, check_prior
 
 
 @dataclass
@@ -134,7 +135,12 @@ def synthesize(denoiser, n_samples: int, cond=None, sampler: str = "fast", steps
 
 def unwhiten(x: torch.Tensor, net, cond) -> torch.Tensor:
     """A PriorGrad model samples y = x / sigma_c: map it back to the waveform (other models: x unchanged)."""
-    return x * net.std(cond, x.shape[-1]).to(x.dtype) if isinstance(net, PriorGradNet) else x
+    return net.unwhiten(x, cond) if isinstance(net, PriorGradNet) else x
+
+
+def whiten(x: torch.Tensor, net, cond) -> torch.Tensor:
+    """A waveform in the space the model diffuses: x / sigma_c for a PriorGrad model, else x unchanged."""
+    return net.whiten(x, cond) if isinstance(net, PriorGradNet) else x
 
 
 def _synthesize(denoiser, n_samples, cond, sampler, steps, generator, fast_betas, batch, progress, device,
@@ -258,7 +264,7 @@ class AudioTask(Task):
         out_dir.mkdir(parents=True, exist_ok=True)
         m = cfg.model
         if m.prior == "priorgrad":
-            x = x * prior_std(cond.to(x.device), mel_convention(m), x.shape[-1], m.prior_level).to(x.dtype)
+            x = priorgrad.unwhiten(x, cond.to(x.device), mel_convention(m), m.prior_level)
         paths, panels = {}, []
         for i, y in enumerate(x[:, 0].detach().float().cpu().clamp(-1, 1).numpy()):
             p = out_dir / f"sample_{i:03d}.wav"
