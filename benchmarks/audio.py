@@ -172,15 +172,16 @@ def fit(y: np.ndarray, n: int) -> np.ndarray:
 
 
 def griffin_lim(mel: torch.Tensor, model, n_iter: int = 64) -> np.ndarray:
-    """Classical baseline from the same mel (no training): librosa's mel inversion + Griffin-Lim phase, hifigan
+    """Classical baseline from the same mel (no training): librosa's mel inversion + Griffin-Lim phase (seeded), hifigan
     convention, shifted by (n_fft - hop) / 2 - n_fft / 2 samples to undo librosa's centred frames."""
     from diffsuite.modalities.audio.task import mel_convention
     import librosa
     c = mel_convention(model)
     if c.name != "hifigan":
         raise ValueError(f"griffin_lim: only the 'hifigan' mel convention, not {c.name!r}")
-    y = librosa.feature.inverse.mel_to_audio(mel.exp().numpy(), sr=c.sample_rate, n_fft=c.n_fft, hop_length=c.hop,
-                                             win_length=c.win, power=1.0, fmin=c.fmin, fmax=c.f_max, n_iter=n_iter)
+    S = librosa.feature.inverse.mel_to_stft(mel.exp().numpy(), sr=c.sample_rate, n_fft=c.n_fft, power=1.0,
+                                            fmin=c.fmin, fmax=c.f_max)
+    y = librosa.griffinlim(S, n_iter=n_iter, hop_length=c.hop, win_length=c.win, random_state=0)  # seeded phase init
     shift = c.n_fft // 2 - (c.n_fft - c.hop) // 2
     return np.concatenate([np.zeros(shift, np.float32), y.astype(np.float32)])
 
