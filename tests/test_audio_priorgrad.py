@@ -125,28 +125,3 @@ def test_priorgrad_config_errors():
     with pytest.raises(ValueError, match="a mel is required"):
         PriorGradNet(build_diffwave("tiny", 2, 4, 2), convention("hifigan"))(torch.randn(1, 1, HOP), torch.zeros(1), None)
 
-
-def test_priorgrad_recipe_trains_samples_and_vocodes(tmp_path):
-    """model.prior=priorgrad through the generic pipeline: train, reload (the wrapper's weights), sample via the
-    task (samples mapped back to waveforms), and `diffsuite vocode`."""
-    from diffsuite.recipes.cli import main
-    from diffsuite.recipes.run import generate, load, train
-    y = _silence_then_tone(12, 12).numpy()
-    for i in range(2):
-        sf.write(tmp_path / f"c{i}.wav", y, SR)
-    (tmp_path / "list.txt").write_text("c0.wav|\nc1.wav|\n")
-    run = train("audio_vocoder_quick", ["data.source=filelist", f"data.path={tmp_path / 'list.txt'}",
-                                        "data.crop_samples=1024", "model.residual_layers=2", "model.residual_channels=4",
-                                        "model.dilation_cycle=2", "train.steps=2", "train.batch_size=2",
-                                        "train.progress=false", "train.tensorboard=false", "model.prior=priorgrad",
-                                        "data.prior=priorgrad"], out_dir=tmp_path / "run")
-    loaded = load(run)
-    assert isinstance(loaded.denoiser.net, PriorGradNet)
-    x, cond = generate(loaded.denoiser, loaded.task, loaded.recipe, n=1, steps=2, sampler="ddim", progress=False)
-    paths = loaded.task.save_samples(x, cond, tmp_path / "s", loaded.recipe)
-    wav, _ = sf.read(paths["wav_0"])
-    s = prior_std(cond, convention("hifigan"), x.shape[-1])[0, 0].numpy()
-    assert np.allclose(wav, np.clip(x[0, 0].numpy() * s, -1, 1), atol=1 / 2 ** 14)  # PCM-16 of sigma_c * y
-    assert main(["vocode", str(run), "--wav", str(tmp_path / "c0.wav"), "--out", str(tmp_path / "v.wav"),
-                 "--sampler", "ddim", "--steps", "2"]) == 0
-    assert sf.info(str(tmp_path / "v.wav")).frames == len(y)

@@ -105,13 +105,19 @@ def test_recipes_load():
 
 
 def test_sample_command_writes_wavs_and_spectrogram(trained_run, tmp_path):
+    """The tour recipe uses PriorGrad's prior: the reloaded model is the wrapper, and the WAVs hold sigma_c * y."""
+    from diffsuite.modalities.audio.priorgrad import PriorGradNet, prior_std
     from diffsuite.recipes.run import generate, load
     _, run = trained_run
     loaded = load(run)
+    assert isinstance(loaded.denoiser.net, PriorGradNet)
     x, cond = generate(loaded.denoiser, loaded.task, loaded.recipe, n=2, steps=3, sampler="ddim", progress=False)
     assert x.shape == (2, 1, int(1.5 * SR) // 256 * 256) and cond.shape == (2, 80, int(1.5 * SR) // 256)
     paths = loaded.task.save_samples(x, cond, tmp_path, loaded.recipe)
     assert sf.info(paths["wav_0"]).samplerate == SR and sf.info(paths["wav_1"]).frames == x.shape[-1]
+    wav, _ = sf.read(paths["wav_0"])
+    s = prior_std(cond[:1], convention("hifigan"), x.shape[-1])[0, 0].numpy()
+    assert np.allclose(wav, np.clip(x[0, 0].numpy() * s, -1, 1), atol=1 / 2 ** 14)  # PCM-16 of sigma_c * y
     assert (tmp_path / "spectrograms.png").stat().st_size > 1000
 
 
