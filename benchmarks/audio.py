@@ -209,7 +209,7 @@ def quality(args) -> dict:
     from diffsuite.modalities.audio.data import load_audio
     from diffsuite.modalities.audio.task import vocode_mel, wav_to_mel
     torch.set_num_threads(args.threads)
-    loaded = load(args.checkpoint)
+    loaded = load(args.checkpoint, ema=args.weights == "ema")
     r, task = loaded.recipe, loaded.task
     files = task._files(r.data, args.split)[: args.clips]
     sr = r.model.sample_rate
@@ -235,8 +235,8 @@ def quality(args) -> dict:
                         **pesq_stoi(y, g, sr)})
         mean = {k: (float(np.mean([p[k] for p in per])) if per[0][k] is not None else None) for k in per[0]}
         rows.append({"sampler": spec, **mean, "rtf": synth_s / audio_s, "clips": len(files)})
-    return {"checkpoint": str(loaded.checkpoint), "step": loaded.step, "split": args.split, "threads": args.threads,
-            "rows": rows}
+    return {"checkpoint": str(loaded.checkpoint), "step": loaded.step, "weights": args.weights, "split": args.split,
+            "threads": args.threads, "rows": rows}
 
 
 def _print_table(rows: list[dict]) -> None:
@@ -259,6 +259,7 @@ def main(argv=None) -> int:
     q.add_argument("--clips", type=int, default=8)
     q.add_argument("--max-seconds", type=float, default=3.0)
     q.add_argument("--threads", type=int, default=1)
+    q.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA weights or the raw trained ones")
     q.add_argument("--samplers", nargs="+", default=["fast", "ddpm", "ddim:6", "dpmpp_2m:6"])
     for sp in (s, q):
         sp.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/audio_<command>.json)")

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from .utils import append_dims, randn
 
-SPACINGS = ("leading", "trailing", "linspace", "logsnr", "quadratic")
+SPACINGS = ("leading", "trailing", "linspace", "logsnr", "quadratic", "power")
+POWER_P = 2.5  # spacing="power": t uniform in t^(1/2.5); chosen on benchmarks/dpm_spacing.py, see README
 
 
 class SamplerHook:
@@ -72,18 +73,27 @@ def logsnr_timesteps(schedule, steps: int) -> torch.Tensor:
     return ts
 
 
-def quadratic_timesteps(T: int, steps: int) -> torch.Tensor:
-    """Fractional timesteps uniform in sqrt(t) from t = T-1 to t = 0 (Lu et al. 2022, 'time_quadratic')."""
+def power_timesteps(T: int, steps: int, p: float = POWER_P) -> torch.Tensor:
+    """Fractional timesteps uniform in t^(1/p) from t = T-1 to t = 0 (p = 2 is Lu et al. 2022's 'time_quadratic')."""
+    if p <= 0:
+        raise ValueError(f"power_timesteps: p must be > 0, got {p}")
     if steps == 1:
         return torch.tensor([T - 1.0], dtype=torch.float64)
-    return torch.linspace(math.sqrt(T - 1), 0.0, steps, dtype=torch.float64) ** 2
+    return (T - 1) * torch.linspace(1.0, 0.0, steps, dtype=torch.float64) ** p
+
+
+def quadratic_timesteps(T: int, steps: int) -> torch.Tensor:
+    """Fractional timesteps uniform in sqrt(t) from t = T-1 to t = 0 (Lu et al. 2022, 'time_quadratic')."""
+    return power_timesteps(T, steps, 2.0)
 
 
 def _timesteps(schedule, steps: int, spacing: str, lambda_min: float | None = None) -> torch.Tensor:
     if spacing == "logsnr":
         return logsnr_timesteps(schedule, steps)
     T = schedule.T if lambda_min is None else lambda_clipped_T(schedule, lambda_min)
-    return quadratic_timesteps(T, steps) if spacing == "quadratic" else timesteps_for(T, steps, spacing)
+    if spacing in ("quadratic", "power"):
+        return power_timesteps(T, steps, 2.0 if spacing == "quadratic" else POWER_P)
+    return timesteps_for(T, steps, spacing)
 
 
 def lambda_clipped_T(schedule, lambda_min: float) -> int:

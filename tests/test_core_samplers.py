@@ -221,7 +221,7 @@ def test_spacings_match_diffusers(spacing):
         assert timesteps_for(1000, n, spacing).long().tolist() == ref.timesteps.tolist(), (spacing, n)
 
 
-@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace", "logsnr", "quadratic"])
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace", "logsnr", "quadratic", "power"])
 @pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmpp_2m"])
 def test_every_spacing_reproduces(name, spacing):
     gmm = gmm_2d()
@@ -328,3 +328,18 @@ def test_quadratic_spacing_is_uniform_in_sqrt_t():
     assert _timesteps(sch, 1, "quadratic").tolist() == [999.0]
     Tc = lambda_clipped_T(sch, -3.0)
     assert Tc < 1000 and float(_timesteps(sch, 10, "quadratic", lambda_min=-3.0)[0]) == pytest.approx(Tc - 1)
+
+
+def test_power_spacing_is_uniform_in_t_to_the_one_over_p():
+    """spacing='power': t from T-1 to 0 with t^(1/2.5) equally spaced; p = 2 is the quadratic spacing; p <= 0 errors."""
+    from diffsuite.core.samplers import POWER_P, _timesteps, power_timesteps
+    sch = make_schedule("linear", 1000)
+    ts = _timesteps(sch, 10, "power")
+    assert POWER_P == 2.5 and float(ts[0]) == pytest.approx(999) and float(ts[-1]) == 0 and (ts[1:] < ts[:-1]).all()
+    r = ts ** (1 / 2.5)
+    d = r[:-1] - r[1:]
+    torch.testing.assert_close(d, d[0].expand_as(d))
+    torch.testing.assert_close(power_timesteps(1000, 10, 2.0), _timesteps(sch, 10, "quadratic"))
+    assert float(ts[-2]) < float(_timesteps(sch, 10, "quadratic")[-2])  # denser near t = 0 than quadratic
+    with pytest.raises(ValueError, match="p must be > 0"):
+        power_timesteps(1000, 10, 0.0)

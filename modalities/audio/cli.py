@@ -18,7 +18,7 @@ def add_commands(subparsers) -> None:
     v.add_argument("--sampler", default="fast", help="fast (DiffWave Appendix B) | ddpm | ddim | dpmpp_2m | ... "
                    "(ddim --steps 6 is closest to 50-step quality on our models)")
     v.add_argument("--spacing", default=None,
-                   help="timestep spacing of a core sampler: leading | trailing | linspace | logsnr | quadratic (default: its own)")
+                   help="timestep spacing of a core sampler: leading | trailing | linspace | logsnr | quadratic | power (default: its own)")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--out", default=None, help="output WAV path (default: next to the input, *.vocoded.wav)")
     v.add_argument("--no-ema", action="store_true")
