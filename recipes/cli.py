@@ -11,7 +11,7 @@ from pathlib import Path
 from diffsuite.core.config import ConfigError
 from diffsuite.core.checkpoint import CheckpointError
 from diffsuite.core.trainer import TrainingInterrupted
-from diffsuite.core.samplers import SAMPLERS
+from diffsuite.core.samplers import SAMPLERS, SPACINGS
 from diffsuite.core.schedules import BETA_BUILDERS
 from diffsuite.core.utils import atomic_write_json
 
@@ -58,6 +58,7 @@ def cmd_list(args) -> int:
     print("tasks:     " + ", ".join(sorted(TASKS)))
     print("samplers:  " + ", ".join(sorted(SAMPLERS)))
     print("schedules: " + ", ".join(sorted(BETA_BUILDERS) + ["custom"]) + " (any with zero_terminal_snr=true)")
+    print("spacings:  " + ", ".join(SPACINGS) + " (sample.spacing; logsnr, quadratic and power are fractional)")
     return 0
 
 
