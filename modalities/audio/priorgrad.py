@@ -71,12 +71,6 @@ class PriorGradNet(nn.Module):
     def std(self, mel: torch.Tensor, n_samples: int) -> torch.Tensor:
         return prior_std(mel, self.c, n_samples, self.level)
 
-    def whiten(self, x: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
-        return whiten(x, mel, self.c, self.level)
-
-    def unwhiten(self, y: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
-        return unwhiten(y, mel, self.c, self.level)
-
     def condition_cache(self, *args, **kwargs):
         return self.inner.condition_cache(*args, **kwargs)
 

@@ -135,12 +135,12 @@ def synthesize(denoiser, n_samples: int, cond=None, sampler: str = "fast", steps
 
 def unwhiten(x: torch.Tensor, net, cond) -> torch.Tensor:
     """A PriorGrad model samples y = x / sigma_c: map it back to the waveform (other models: x unchanged)."""
-    return net.unwhiten(x, cond) if isinstance(net, PriorGradNet) else x
+    return priorgrad.unwhiten(x, cond, net.c, net.level) if isinstance(net, PriorGradNet) else x
 
 
 def whiten(x: torch.Tensor, net, cond) -> torch.Tensor:
     """A waveform in the space the model diffuses: x / sigma_c for a PriorGrad model, else x unchanged."""
-    return net.whiten(x, cond) if isinstance(net, PriorGradNet) else x
+    return priorgrad.whiten(x, cond, net.c, net.level) if isinstance(net, PriorGradNet) else x
 
 
 def _synthesize(denoiser, n_samples, cond, sampler, steps, generator, fast_betas, batch, progress, device,
