@@ -16,8 +16,9 @@ from tqdm.auto import tqdm
 
 from .utils import append_dims, randn
 
-SPACINGS = ("leading", "trailing", "linspace", "logsnr", "quadratic", "power")
 POWER_P = 2.5  # spacing="power": t uniform in t^(1/2.5); chosen on benchmarks/dpm_spacing.py, see README
+POWER_SPACINGS = {"quadratic": 2.0, "power": POWER_P}  # t uniform in t^(1/p)
+SPACINGS = ("leading", "trailing", "linspace", "logsnr", *POWER_SPACINGS)
 
 
 class SamplerHook:
@@ -91,8 +92,8 @@ def _timesteps(schedule, steps: int, spacing: str, lambda_min: float | None = No
     if spacing == "logsnr":
         return logsnr_timesteps(schedule, steps)
     T = schedule.T if lambda_min is None else lambda_clipped_T(schedule, lambda_min)
-    if spacing in ("quadratic", "power"):
-        return power_timesteps(T, steps, 2.0 if spacing == "quadratic" else POWER_P)
+    if spacing in POWER_SPACINGS:
+        return power_timesteps(T, steps, POWER_SPACINGS[spacing])
     return timesteps_for(T, steps, spacing)
 
 
