@@ -211,25 +211,29 @@ DDP_SCRIPT = textwrap.dedent("""
     hist = tr.train()
     digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in tr.net.state_dict().values())).hexdigest()
     saved = tr.save()
-    print("RESULT", json.dumps({"rank": tr.acc.process_index, "world": tr.acc.num_processes, "digest": digest,
+    print("RESULT", json.dumps({"rank": tr.acc.process_index, "local_rank": tr.acc.local_process_index,
+                                "world": tr.acc.num_processes, "digest": digest,
                                 "backend": torch.distributed.get_backend(), "device": str(tr.acc.device),
                                 "saved": None if saved is None else str(saved), "loss": hist[-1]["loss"]}), flush=True)
 """)
 
 
-def test_two_process_gloo_run(tmp_path):
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT)
-    out = tmp_path / "run"
-    # accelerate's `--cpu` flag runs a single process; multi-process CPU is torchrun (--multi_gpu) with
-    # ACCELERATE_USE_CPU, which gives the gloo backend.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-           str(script), str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    recs = [json.loads(l.split("RESULT ", 1)[1]) for l in res.stdout.splitlines() if l.startswith("RESULT ")]
+def _launch(script, out, port: int, machines: int = 1, machine_rank: int = 0) -> list[str]:
+    """`accelerate launch` of the DDP script for 2 processes in all, on `machines` machines (here: this host).
+    accelerate's `--cpu` flag runs a single process; multi-process CPU is torchrun (--multi_gpu) with
+    ACCELERATE_USE_CPU, which gives the gloo backend."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", str(machines), "--machine_rank", str(machine_rank), "--main_process_ip", "127.0.0.1",
+            "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+            str(script), str(out)]
+
+
+DDP_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+
+
+def _check_ddp_run(stdout: str, out) -> list[dict]:
+    """Two ranks in sync, one log line per step, and only global rank 0 writes a complete checkpoint."""
+    recs = [json.loads(l.split("RESULT ", 1)[1]) for l in stdout.splitlines() if l.startswith("RESULT ")]
     assert sorted(r["rank"] for r in recs) == [0, 1] and all(r["world"] == 2 for r in recs)
     assert all(r["backend"] == "gloo" and r["device"].startswith("cpu") for r in recs), [r["device"] for r in recs]
     assert recs[0]["digest"] == recs[1]["digest"]  # replicas stay in sync
@@ -240,6 +244,34 @@ def test_two_process_gloo_run(tmp_path):
     assert steps == list(range(1, 9))  # one log line per step, not one per process
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest.json", "step_00000004", "step_00000008"]
     load_checkpoint(out / "checkpoints" / "step_00000008")  # complete and verified
+    return recs
+
+
+def test_two_process_gloo_run(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "run"
+    res = subprocess.run(_launch(script, out, 29517), capture_output=True, text=True, timeout=300, env=DDP_ENV,
+                         cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    recs = _check_ddp_run(res.stdout, out)
+    assert sorted(r["local_rank"] for r in recs) == [0, 1]
+
+
+def test_two_machine_launch(tmp_path):
+    """The multi-node path: two `accelerate launch --num_machines 2 --machine_rank i` (static rendezvous at the main
+    process's address; here both on this host, sharing one filesystem as nodes on a shared disk do). Each process
+    is its node's local main process, yet only global rank 0 logs and writes checkpoints."""
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "run"
+    nodes = [subprocess.Popen(_launch(script, out, 29527, machines=2, machine_rank=i), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=DDP_ENV, cwd=tmp_path) for i in range(2)]
+    outs = [n.communicate(timeout=300) for n in nodes]
+    for n, (o, e) in zip(nodes, outs):
+        assert n.returncode == 0, o[-3000:] + e[-3000:]
+    recs = _check_ddp_run(outs[0][0] + outs[1][0], out)
+    assert [r["local_rank"] for r in recs] == [0, 0]
 
 
 def test_bf16_autocast_trains_with_fp32_master_weights(tmp_path):
