@@ -26,8 +26,8 @@ from diffsuite.core.schedules import make_schedule
 from diffsuite.core.utils import atomic_write_json
 from diffsuite.modalities.trajectory.data import LimitsNormalizer
 from diffsuite.modalities.trajectory.evaluate import plan_episode, reference_returns, summarize
-from diffsuite.modalities.trajectory.maze import make_env
-from diffsuite.modalities.trajectory.planner import PD_KD, PD_KP, Planner, PlannerConfig
+from diffsuite.modalities.trajectory.maze import MazeGrid, make_env
+from diffsuite.modalities.trajectory.planner import PD_KD, PD_KP, Planner, PlannerConfig, wall_value
 from diffsuite.modalities.trajectory.temporal_unet import TemporalUnet
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
@@ -69,11 +69,14 @@ def latency(den, norm, H, device, repeats: int) -> list[dict]:
     return rows
 
 
-def scores(ld, seq, episodes: int, replan_every: int, sampler, steps, control: str = "pd") -> list[dict]:
+def scores(ld, seq, episodes: int, replan_every: int, sampler, steps, control: str = "pd", candidates: int = 1,
+           avoid_walls: bool = False) -> list[dict]:
     r = ld.recipe
-    cfg = PlannerConfig(sampler=sampler or r.sample.sampler, steps=steps or r.sample.steps, condition=r.data.condition)
-    pl = Planner(ld.denoiser, seq.normalizer, seq.action_dim, seq.obs_dim, r.data.horizon, cfg)
+    cfg = PlannerConfig(sampler=sampler or r.sample.sampler, steps=steps or r.sample.steps, condition=r.data.condition,
+                        n_candidates=candidates)
     env, out = make_env(r.data.env_id), []
+    J = wall_value(MazeGrid.from_env(env), seq.normalizer, seq.action_dim) if avoid_walls else None
+    pl = Planner(ld.denoiser, seq.normalizer, seq.action_dim, seq.obs_dim, r.data.horizon, cfg, J)
     for multi in (False, True):
         eps = [plan_episode(env, pl, multi, 1000 + i, replan_every, control) for i in range(episodes)]
         refs = {p: reference_returns(r.data.env_id, multi, protocol=p) for p in ("replan", "d4rl")}
@@ -82,6 +85,7 @@ def scores(ld, seq, episodes: int, replan_every: int, sampler, steps, control: s
         s["reference_returns"] = {p: {k: ref[k]["mean"] for k in ("random", "expert")} for p, ref in refs.items()}
         out.append({"env_id": r.data.env_id, "mode": "multi" if multi else "single", **s,
                     "sampler": cfg.sampler, "steps": cfg.steps, "replan_every": replan_every, "control": control,
+                    "candidates": candidates, "avoid_walls": avoid_walls,
                     "kp": PD_KP, "kd": PD_KD, "train_steps": ld.step, "recipe": r.name})
     env.close()
     return out
@@ -96,6 +100,8 @@ def main(argv=None) -> int:
                    help="pd: time-indexed tracking (Diffuser); pursuit: follow the plan as a path (planner.pursue)")
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--candidates", type=int, default=1, help="plans sampled per call")
+    p.add_argument("--avoid-walls", action="store_true", help="keep the candidate least inside walls (planner.wall_value)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--latency-only", action="store_true")
     p.add_argument("--device", default="cpu")
@@ -118,7 +124,8 @@ def main(argv=None) -> int:
         print(f"{r['sampler']:<10}{r['steps']:>6}{r['ms_mean']:>10.1f}{r['ms_p95']:>10.1f}")
     if a.checkpoint and not a.latency_only:
         with torch.no_grad():
-            result["scores"] = scores(ld, seq, a.episodes, a.replan_every, a.sampler, a.steps, a.control)
+            result["scores"] = scores(ld, seq, a.episodes, a.replan_every, a.sampler, a.steps, a.control,
+                                      a.candidates, a.avoid_walls)
         print(f"\n{'env':<22}{'mode':<8}{'success':>8}{'return':>9}{'score':>8}{'D4RL-ref':>9}{'plan ms':>9}"
               f"{'in wall':>9}")
         for s in result["scores"]:

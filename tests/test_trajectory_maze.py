@@ -40,6 +40,25 @@ def test_in_wall_fraction_counts_planned_positions_inside_walls():
     env.close()
 
 
+def test_wall_penetration_is_zero_clear_of_walls_and_pushes_out_of_them():
+    import torch
+    from diffsuite.modalities.trajectory.maze import AGENT_RADIUS
+    env = make_env("PointMaze_UMaze-v3")
+    grid = MazeGrid.from_env(env)
+    env.close()
+    free = torch.tensor(np.array([grid.cell_xy(c) for c in grid.free_cells]))[None]
+    assert grid.wall_penetration(free).item() == 0.0  # cell centres: 0.5 from every wall, more than the radius
+    depth = grid.scale / 2 + AGENT_RADIUS
+    wall = torch.tensor(grid.cell_xy((2, 1)))  # the U's inner wall cell: only that cell overlaps its centre
+    assert grid.wall_penetration(wall[None, None]).item() == pytest.approx(depth ** 2)
+    # 0.05 from the wall's face, beside it: the disc enters by 0.05 across, the full depth along it
+    near = (wall + torch.tensor([0.0, grid.scale / 2 + 0.05])).requires_grad_(True)
+    pen = grid.wall_penetration(near[None, None])
+    assert pen.item() == pytest.approx((AGENT_RADIUS - 0.05) * depth)
+    pen.backward()
+    assert near.grad[1] < 0 and abs(near.grad[0]) < 1e-9  # descending it moves the point away from the wall
+
+
 def test_make_env_leaves_no_maze_xml_behind(tmp_path, monkeypatch):
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))

@@ -95,6 +95,20 @@ def test_candidates_ranked_by_value():
     assert p.value == pytest.approx(float(J(p.normalized, None, None).max()), abs=1e-6)
 
 
+def test_candidates_ranked_by_wall_penetration():
+    from diffsuite.modalities.trajectory.maze import MazeGrid
+    from diffsuite.modalities.trajectory.planner import wall_value
+    grid = MazeGrid(np.array([[1, 1, 1, 1], [1, 0, 0, 1], [1, 0, 1, 1], [1, 1, 1, 1]], dtype=bool))
+    probe = _planner(PlannerConfig())
+    J = wall_value(grid, probe.norm, 2)
+    pl = _planner(PlannerConfig(sampler="ddim", steps=5, n_candidates=6), J)
+    p = pl.plan(np.zeros(4), np.array([0.5, 0.5]), torch.Generator().manual_seed(0))
+    pen = grid.wall_penetration(torch.tensor(p.all_states[..., :2]))
+    assert len(set(pen.tolist())) > 1  # the candidates differ
+    assert float(pen[int(pen.argmin())]) == pytest.approx(-p.value, rel=1e-4)
+    np.testing.assert_allclose(p.states, p.all_states[int(pen.argmin())])
+
+
 def test_warm_start_replans_from_previous_plan():
     pl = _planner(PlannerConfig(sampler="ddim", steps=5, warm_start_t=0.3))
     g = torch.Generator().manual_seed(0)
@@ -165,7 +179,7 @@ def test_planner_uses_the_recipe_sampler_options(monkeypatch):
                              data=SimpleNamespace(horizon=16, condition="start_goal"))
     loaded = SimpleNamespace(recipe=recipe, denoiser=_planner(PlannerConfig()).den)
     args = SimpleNamespace(value=None, guidance=None, sampler=None, steps=None, candidates=1, guide_scale=0.1,
-                           warm_start=0.0, device="cpu")
+                           warm_start=0.0, device="cpu", avoid_walls=False)
     seq = SimpleNamespace(normalizer=LimitsNormalizer(np.array([[0.0] * 6, [1.0] * 6])), action_dim=2, obs_dim=4)
     monkeypatch.setattr(task, "full_dataset", lambda data: seq)
     cfg = cli._planner(args, loaded).cfg

@@ -62,6 +62,18 @@ def test_plan_command_pursuit_control(run_dir, tmp_path):
     assert len(json.loads((out / "trajectories.json").read_text())[0]["executed"]) == 301
 
 
+def test_plan_command_avoid_walls_ranks_candidates(run_dir, tmp_path, capsys):
+    from diffsuite.recipes.cli import main
+    out = tmp_path / "plan"
+    rc = main(["plan", str(run_dir), "--env", "PointMaze_UMaze-v3", "--episodes", "1", "--steps", "2",
+               "--candidates", "3", "--avoid-walls", "--reference-episodes", "2", "--out", str(out)])
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["avoid_walls"] is True and s["planner"]["n_candidates"] == 3 and s["planner"]["guidance"] == "none"
+    assert main(["plan", str(run_dir), "--episodes", "1", "--avoid-walls", "--out", str(out)]) == 2
+    assert "--avoid-walls ranks --candidates" in capsys.readouterr().err
+
+
 def test_task_dataset_shape_and_samples(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path))
     import torch

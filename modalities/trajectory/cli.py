@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffsuite.core.config import ConfigError
 from diffsuite.core.utils import atomic_write_json
 
 from .evaluate import plan_episode, reference_returns, summarize
-from .maze import env_id_for, make_env
-from .planner import LOOKAHEAD, PD_KD, PD_KP, Planner, PlannerConfig
+from .maze import MazeGrid, env_id_for, make_env
+from .planner import LOOKAHEAD, PD_KD, PD_KP, Planner, PlannerConfig, wall_value
 
 
 def add_commands(subparsers) -> None:
@@ -43,6 +44,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--kd", type=float, default=PD_KD, help="PD velocity gain (Diffuser: 1)")
     p.add_argument("--value", default=None, help="value-function folder (from value.save_value) for guidance / ranking")
     p.add_argument("--guidance", choices=("none", "value", "gradient"), default=None)
+    p.add_argument("--avoid-walls", action="store_true",
+                   help="with --candidates > 1: keep the candidate plan that runs least into the maze's walls "
+                        "(planner.wall_value); not with --value")
     p.add_argument("--guide-scale", type=float, default=0.1)
     p.add_argument("--reference-episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
@@ -76,12 +80,18 @@ def cmd_train_value(args) -> int:
     return 0
 
 
-def _planner(args, loaded) -> Planner:
+def _planner(args, loaded, grid=None) -> Planner:
     from diffsuite.recipes.run import sampler_options
     from .task import full_dataset
     r = loaded.recipe
     seq = full_dataset(r.data)
     value_fn = None
+    if args.avoid_walls:
+        if args.value or args.candidates < 2:
+            raise ConfigError("--avoid-walls ranks --candidates (> 1) plans by wall penetration; it does not combine "
+                             f"with --value (got --candidates {args.candidates}, --value {args.value})")
+        value_fn = wall_value(grid, seq.normalizer, seq.action_dim)
+        args.guidance = args.guidance or "none"
     if args.value:
         from .value import load_value
         vnet = load_value(args.value).to(args.device)
@@ -102,8 +112,8 @@ def cmd_plan(args) -> int:
     env_id = env_id_for(args.env or loaded.recipe.data.env_id)
     if env_id != env_id_for(loaded.recipe.data.env_id):
         warnings.warn(f"planning in {env_id} with a model trained on {loaded.recipe.data.env_id}")
-    planner = _planner(args, loaded)
     env = make_env(env_id)
+    planner = _planner(args, loaded, MazeGrid.from_env(env))
     eps = [plan_episode(env, planner, args.multi_task, args.seed + i, args.replan_every, args.control, args.kp, args.kd,
                         args.shrink_horizon, args.shrink_min, args.lookahead) for i in range(args.episodes)]
     env.close()
@@ -113,6 +123,7 @@ def cmd_plan(args) -> int:
     summary.update(env_id=env_id, multi_task=args.multi_task, checkpoint=str(loaded.checkpoint), train_step=loaded.step,
                    planner=vars(planner.cfg), replan_every=args.replan_every,
                    shrink_horizon=args.shrink_horizon, shrink_min=args.shrink_min,
+                   avoid_walls=args.avoid_walls,
                    control=args.control, lookahead=args.lookahead if args.control == "pursuit" else None,
                    kp=args.kp, kd=args.kd)
     out = Path(args.out or Path(loaded.checkpoint).parent.parent / "plans" / f"plan-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -25,6 +25,7 @@ import numpy as np
 
 MAZES = {"umaze": "PointMaze_UMaze-v3", "medium": "PointMaze_Medium-v3", "large": "PointMaze_Large-v3"}
 SUCCESS_RADIUS = 0.45
+AGENT_RADIUS = 0.1  # the point mass's collision sphere (gymnasium-robotics assets/point/point.xml)
 #: the fixed goal cell (row, col) of single-task evaluation: the "G" cell of D4RL's maze2d maps (same map indices)
 EVAL_GOAL_CELL = {"PointMaze_UMaze-v3": (1, 1), "PointMaze_Medium-v3": (6, 6), "PointMaze_Large-v3": (7, 10)}
 
@@ -96,6 +97,16 @@ class MazeGrid:
         i = int(np.floor((H / 2 * self.scale - xy[1]) / self.scale))
         j = int(np.floor((xy[0] + W / 2 * self.scale) / self.scale))
         return min(max(i, 0), H - 1), min(max(j, 0), W - 1)
+
+    def wall_penetration(self, xy, margin: float = AGENT_RADIUS):
+        """How far plans run into walls: per plan (xy a (..., H, 2) tensor), the sum over its points and the wall
+        cells of the product of the two per-axis depths by which the point's disc (its bounding box of half-width
+        `margin`) enters the cell. 0 for a plan clear of every wall; differentiable in xy."""
+        import torch
+        centres = np.stack([self.cell_xy(c) for c in np.argwhere(self.walls)])
+        centres = torch.as_tensor(centres, dtype=xy.dtype, device=xy.device)
+        depth = (self.scale / 2 + margin - (xy[..., None, :] - centres).abs()).clamp(min=0)
+        return (depth[..., 0] * depth[..., 1]).sum(dim=(-1, -2))
 
     def neighbours(self, cell):
         i, j = cell

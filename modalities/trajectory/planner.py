@@ -16,6 +16,10 @@
   shrinking-horizon replan keeps the goal at the step where the previous plan was due to arrive (evaluate.py,
   shrink=True), which fixes that (U-Maze demo, replan every 16: success 1.00 single- and multi-task).
 * Any core sampler at any step count.
+* In a maze, candidates can be ranked by how little they run into walls (`wall_value`, `diffsuite plan
+  --candidates 8 --avoid-walls`): the CPU models put 5-8% of Medium's plan positions inside walls, and picking
+  the cleanest of 8 plans takes that to ~0% (Medium 40k, 100 held-out episodes: success 0.97 -> 1.00 single-task,
+  0.96 -> 1.00 multi-task). Used as guidance on x_t instead (ValueGuidance) it made plans worse, so it only ranks.
 """
 from __future__ import annotations
 
@@ -146,6 +150,17 @@ class Planner:
         return Plan(states=joint[best, :, self.A:], actions=joint[best, :, :self.A],
                     value=None if values is None else float(values[best]), seconds=secs,
                     all_states=joint[:, :, self.A:], normalized=x.detach())
+
+
+def wall_value(grid, normalizer, action_dim: int, margin: Optional[float] = None) -> Callable:
+    """A value J(x, t, cond) = -(wall penetration of the plan's positions) for normalised plans x (B, H, A + S),
+    for ranking candidate plans (Planner value_fn); MazeGrid.wall_penetration."""
+    kw = {} if margin is None else {"margin": margin}
+
+    def J(x, t=None, cond=None):
+        xy = normalizer.unnormalize(x)[..., action_dim: action_dim + 2]
+        return -grid.wall_penetration(xy, **kw)
+    return J
 
 
 #: PD gains of `track`. Diffuser's maze controller is a = (p_{k+1} - p) + (v_{k+1} - v), i.e. kp = kd = 1. A
