@@ -186,14 +186,14 @@ def griffin_lim(mel: torch.Tensor, model, n_iter: int = 64) -> np.ndarray:
     return np.concatenate([np.zeros(shift, np.float32), y.astype(np.float32)])
 
 
-def glinit(denoiser, model, cond: torch.Tensor, k: int, seed: int) -> np.ndarray:
+def glinit(denoiser, model, mel: torch.Tensor, k: int, seed: int) -> np.ndarray:
     """Diagnostic: shallow diffusion from Griffin-Lim (DiffSinger's shallow mechanism): noise the GL waveform to step k
     by q(x_k | x_GL) and run ancestral DDPM k..0, so only the model's low-noise denoising is exercised."""
     from diffsuite.core.samplers import sample
     from diffsuite.modalities.audio.task import unwhiten, whiten
-    n = cond.shape[-1] * model.hop_length
-    x = torch.from_numpy(fit(griffin_lim(cond[: model.n_mels], model), n))[None, None]
-    cond, net = cond[None], denoiser.net
+    n = mel.shape[-1] * model.hop_length
+    x = torch.from_numpy(fit(griffin_lim(mel, model), n))[None, None]
+    cond, net = mel[None], denoiser.net
     y = whiten(x, net, cond)
     gen = torch.Generator().manual_seed(seed)
     ab = float(denoiser.schedule.alpha_bar[k])
@@ -207,7 +207,7 @@ def quality(args) -> dict:
     """Analysis-synthesis of held-out clips with a trained vocoder, per sampler."""
     from diffsuite.recipes.run import load
     from diffsuite.modalities.audio.data import load_audio
-    from diffsuite.modalities.audio.task import vocode_mel, wav_to_f0, wav_to_mel
+    from diffsuite.modalities.audio.task import vocode_mel, wav_to_mel
     torch.set_num_threads(args.threads)
     loaded = load(args.checkpoint, ema=args.weights == "ema")
     r, task = loaded.recipe, loaded.task
@@ -220,17 +220,14 @@ def quality(args) -> dict:
         for i, f in enumerate(files):
             y = load_audio(f, sr)[: int(args.max_seconds * sr)]
             mel = wav_to_mel(y, r.model)
-            f0 = wav_to_f0(y, r.model) if r.model.source_harmonics else None  # input, like the mel: not timed
             t0 = time.perf_counter()
             with torch.inference_mode():
                 if name == "griffinlim":
                     g = griffin_lim(mel, r.model, steps or 64)
                 elif name == "glinit":
-                    cond = mel if f0 is None else torch.cat([mel, f0[None]])
-                    g = glinit(loaded.denoiser, r.model, cond, steps or 2, seed=i)
+                    g = glinit(loaded.denoiser, r.model, mel, steps or 2, seed=i)
                 else:
-                    g = vocode_mel(loaded.denoiser, r.model, mel, name, steps, seed=i, spacing=spacing,
-                                   f0=f0)[0].numpy()
+                    g = vocode_mel(loaded.denoiser, r.model, mel, name, steps, seed=i, spacing=spacing)[0].numpy()
                 g = fit(g, len(y))
             synth_s += time.perf_counter() - t0
             audio_s += len(y) / sr

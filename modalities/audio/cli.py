@@ -14,8 +14,6 @@ def add_commands(subparsers) -> None:
     src = v.add_mutually_exclusive_group(required=True)
     src.add_argument("--wav", help="analysis-synthesis: audio -> mel -> audio")
     src.add_argument("--mel", help="a .npy mel (n_mels, frames) in the vocoder's convention")
-    v.add_argument("--f0", help="with --mel, for a vocoder with a periodic source (model.source_harmonics > 0): a .npy "
-                   "F0 contour (frames,) in Hz, 0 where unvoiced (with --wav it is estimated by pYIN)")
     v.add_argument("--steps", type=int, default=None, help="sampler steps (default: the fast 6-step schedule)")
     v.add_argument("--sampler", default="fast", help="fast (DiffWave Appendix B) | ddpm | ddim | dpmpp_2m | ... "
                    "(ddim --steps 6 is closest to 50-step quality on our models)")
@@ -27,25 +25,19 @@ def add_commands(subparsers) -> None:
     v.set_defaults(func=cmd_vocode)
 
 
-def _load_npy(path: str, flag: str):
-    import torch
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{flag}: {path} not found")
-    return torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32))
-
-
 def _input_mel(args, model):
-    """(mel tensor, F0 contour or None, input waveform or None, default output path)."""
+    """(mel tensor, input waveform or None, default output path)."""
+    import torch
     from .data import load_audio
-    from .task import wav_to_f0, wav_to_mel
+    from .task import wav_to_mel
     if args.wav:
-        if args.f0:
-            raise ValueError("--f0 goes with --mel; with --wav the F0 contour is estimated from the audio")
         y = load_audio(args.wav, model.sample_rate)
-        f0 = wav_to_f0(y, model) if model.source_harmonics else None
-        return wav_to_mel(y, model), f0, y, Path(args.wav).with_suffix(".vocoded.wav")
-    f0 = _load_npy(args.f0, "--f0") if args.f0 else None
-    return _load_npy(args.mel, "--mel"), f0, None, Path(args.mel).with_suffix(".vocoded.wav")
+        return wav_to_mel(y, model), y, Path(args.wav).with_suffix(".vocoded.wav")
+    path = Path(args.mel)
+    if not path.is_file():
+        raise FileNotFoundError(f"--mel: {path} not found")
+    mel = np.load(path, allow_pickle=False)
+    return torch.from_numpy(mel.astype(np.float32)), None, path.with_suffix(".vocoded.wav")
 
 
 def cmd_vocode(args) -> int:
@@ -66,12 +58,12 @@ def _vocode(args) -> int:
     model = loaded.recipe.model
     if not model.conditional:
         raise ValueError(f"{args.checkpoint}: an unconditional model cannot vocode (model.conditional=false)")
-    mel, f0, y_in, default_out = _input_mel(args, model)
+    mel, y_in, default_out = _input_mel(args, model)
     out = Path(args.out) if args.out else default_out
     t0 = time.perf_counter()
     with torch.no_grad():
         y = vocode_mel(loaded.denoiser, model, mel, args.sampler, args.steps, args.seed, progress=True,
-                       spacing=args.spacing, f0=f0)[0].numpy()
+                       spacing=args.spacing)[0].numpy()
     seconds = time.perf_counter() - t0
     if y_in is not None:
         y = y[: len(y_in)]

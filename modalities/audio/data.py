@@ -8,7 +8,6 @@ the folder is read-only). Items are aligned random crops of audio and mel, drawn
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -24,8 +23,6 @@ from diffsuite.core.utils import cache_dir
 from .mel import MelConvention, mel_spectrogram, n_frames
 
 MEL_CACHE_VERSION = 1
-F0_CACHE_VERSION = 1
-F0_RANGE = (60.0, 500.0)  # Hz searched by pYIN: adult and child speech
 AUDIO_EXTS = (".wav", ".flac")
 SOURCES = ("folder", "ljspeech", "filelist")
 
@@ -101,55 +98,30 @@ def list_files(source: str, path: str | Path, split: Optional[str]) -> list[Path
     raise ValueError(f"data.source: unknown {source!r}; valid: {SOURCES}")
 
 
-def mel_cache_path(audio_path: Path, c: MelConvention, kind: str = "mel") -> Path:
-    """Where a clip's mel (or F0 contour) is cached: next to the audio, with the convention, its settings' hash
-    and a version tag."""
+def mel_cache_path(audio_path: Path, c: MelConvention) -> Path:
+    """Where a clip's mel is cached: next to the audio, with the convention, its settings' hash and a version tag."""
     tag = hashlib.sha1(repr(sorted(c.__dict__.items())).encode()).hexdigest()[:8]
-    version = MEL_CACHE_VERSION if kind == "mel" else F0_CACHE_VERSION
-    name = f"{audio_path.name}.{c.name}-{tag}.v{version}.{kind}.npy"
+    name = f"{audio_path.name}.{c.name}-{tag}.v{MEL_CACHE_VERSION}.mel.npy"
     if os.access(audio_path.parent, os.W_OK):
         return audio_path.with_name(name)
     key = hashlib.sha1(str(audio_path.resolve()).encode()).hexdigest()[:16]
     return cache_dir("audio", "mels") / f"{key}.{name}"
 
 
-def _cached(p: Path, audio_path: Path, shape: tuple, compute) -> np.ndarray:
-    """The array cached at p if it is newer than the audio and has this shape, else compute() written there."""
+def load_or_compute_mel(audio_path: Path, y: np.ndarray, c: MelConvention) -> np.ndarray:
+    p = mel_cache_path(audio_path, c)
     if p.is_file() and p.stat().st_mtime >= audio_path.stat().st_mtime:
         try:
-            a = np.load(p, allow_pickle=False)
-            if a.shape == shape:
-                return a
+            mel = np.load(p, allow_pickle=False)
+            if mel.shape == (c.n_mels, n_frames(len(y), c)):
+                return mel
         except (OSError, ValueError):
             pass
-    a = compute()
+    mel = mel_spectrogram(torch.from_numpy(y), c).numpy().astype(np.float32)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp.npy")
-    np.save(tmp, a)
+    np.save(tmp, mel)
     os.replace(tmp, p)
-    return a
-
-
-def load_or_compute_mel(audio_path: Path, y: np.ndarray, c: MelConvention) -> np.ndarray:
-    return _cached(mel_cache_path(audio_path, c), audio_path, (c.n_mels, n_frames(len(y), c)),
-                   lambda: mel_spectrogram(torch.from_numpy(y), c).numpy().astype(np.float32))
-
-
-def f0_contour(y: np.ndarray, c: MelConvention, frames: int) -> np.ndarray:
-    """F0 in Hz of each hop [i hop, (i + 1) hop), 0 where unvoiced: probabilistic YIN (Mauch & Dixon 2014, librosa.pyin)
-    over F0_RANGE, frames centred on the hops' midpoints, `frames` long (the last value repeated past the end)."""
-    import librosa
-    frame = 2 ** math.ceil(math.log2(2 * c.sample_rate / F0_RANGE[0]))  # two periods of the lowest F0
-    x = y[c.hop // 2:]
-    x = np.pad(x, (0, max(0, frame - len(x))))
-    f0, voiced, _ = librosa.pyin(x, fmin=F0_RANGE[0], fmax=F0_RANGE[1], sr=c.sample_rate, frame_length=frame,
-                                 hop_length=c.hop, center=True)
-    f0 = np.where(voiced & np.isfinite(f0), f0, 0.0).astype(np.float32)
-    return np.pad(f0, (0, max(0, frames - len(f0))), mode="edge")[:frames]
-
-
-def load_or_compute_f0(audio_path: Path, y: np.ndarray, c: MelConvention) -> np.ndarray:
-    frames = n_frames(len(y), c)
-    return _cached(mel_cache_path(audio_path, c, "f0"), audio_path, (frames,), lambda: f0_contour(y, c, frames))
+    return mel
 
 
 @dataclass
@@ -159,18 +131,15 @@ class Clip:
 
 
 class AudioClips(torch.utils.data.Dataset):
-    """Aligned random crops of audio (1, crop) and mel (n_mels, crop / hop) from a list of audio files; with
-    f0=True the condition has one more row, the F0 contour in Hz (f0_contour), for a source-excited model."""
+    """Aligned random crops of audio (1, crop) and mel (n_mels, crop / hop) from a list of audio files."""
 
     def __init__(self, files: list[Path], c: MelConvention, crop_samples: int, conditional: bool = True,
-                 short: str = "pad", progress: bool = True, f0: bool = False):
+                 short: str = "pad", progress: bool = True):
         if conditional and crop_samples % c.hop:
             raise ValueError(f"data.crop_samples={crop_samples} must be a multiple of the hop length {c.hop}")
         if short not in ("pad", "skip"):
             raise ValueError(f"data.short: unknown {short!r}; valid: pad, skip")
-        if f0 and not conditional:
-            raise ValueError("data.f0=true needs a conditional dataset (the F0 row is part of the condition)")
-        self.c, self.crop, self.conditional, self.short, self.f0 = c, crop_samples, conditional, short, f0
+        self.c, self.crop, self.conditional, self.short = c, crop_samples, conditional, short
         self.clips, self.skipped, self.too_short = self._scan(files, progress)
         if not self.clips:
             raise ValueError(f"no usable audio among {len(files)} files ({len(self.skipped)} unreadable, "
@@ -193,8 +162,6 @@ class AudioClips(torch.utils.data.Dataset):
                 continue
             if self.conditional:
                 load_or_compute_mel(f, self._padded(y), self.c)
-            if self.f0:
-                load_or_compute_f0(f, self._padded(y), self.c)
             clips.append(Clip(f, len(y)))
         if bad:
             warnings.warn(f"skipped {len(bad)} unreadable audio file(s) of {len(files)}")
@@ -216,9 +183,7 @@ class AudioClips(torch.utils.data.Dataset):
             return torch.from_numpy(y[s0: s0 + self.crop].copy())[None]
         frames = self.crop // self.c.hop
         max_start = len(y) // self.c.hop - frames
-        i0 = int(torch.randint(0, max_start + 1, ()).item()) if max_start > 0 else 0
-        audio = torch.from_numpy(y[i0 * self.c.hop: i0 * self.c.hop + self.crop].copy())[None]
-        cond = load_or_compute_mel(clip.path, y, self.c)[:, i0: i0 + frames]
-        if self.f0:
-            cond = np.concatenate([cond, load_or_compute_f0(clip.path, y, self.c)[None, i0: i0 + frames]])
-        return {"x0": audio, "cond": torch.from_numpy(cond.copy())}
+        f0 = int(torch.randint(0, max_start + 1, ()).item()) if max_start > 0 else 0
+        audio = torch.from_numpy(y[f0 * self.c.hop: f0 * self.c.hop + self.crop].copy())[None]
+        mel = load_or_compute_mel(clip.path, y, self.c)
+        return {"x0": audio, "cond": torch.from_numpy(mel[:, f0: f0 + frames].copy())}

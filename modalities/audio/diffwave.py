@@ -112,16 +112,6 @@ class MelUpsampler(nn.Module):
         return F.leaky_relu(self.conv2(h), 0.4).squeeze(1)
 
 
-def periodic_source(f0: torch.Tensor, hop: int, sample_rate: int, harmonics: int) -> torch.Tensor:
-    """Sine excitation sin(k phi), k = 1..H, phi = 2 pi cumsum(F0 / sr), zero where unvoiced or above Nyquist: the
-    periodic input of NSF (Wang et al. 2019) and PeriodGrad (Hono et al. 2023). F0 (B, frames) per hop -> (B, H, L)."""
-    f = f0.double().repeat_interleave(hop, dim=-1)
-    phase = (2 * math.pi * torch.frac(torch.cumsum(f / sample_rate, dim=-1))).float()[:, None]
-    k = torch.arange(1, harmonics + 1, device=f0.device, dtype=torch.float32)[:, None]
-    on = (f[:, None] > 0) & (k * f[:, None] < sample_rate / 2)
-    return torch.sin(k * phase) * on
-
-
 def conv1d(c_in: int, c_out: int, k: int = 1, dilation: int = 1) -> nn.Conv1d:
     """Kaiming-normal initialised Conv1d with 'same' padding for odd kernels."""
     layer = nn.Conv1d(c_in, c_out, k, padding=dilation * (k - 1) // 2, dilation=dilation)
@@ -130,56 +120,40 @@ def conv1d(c_in: int, c_out: int, k: int = 1, dilation: int = 1) -> nn.Conv1d:
 
 
 class ResidualLayer(nn.Module):
-    """One residual layer: dilated conv, + mel projection, gated tanh*sigmoid, residual/skip 1x1 (Kong et al. 2020,
-    Fig. 2); with `harmonics`, a 1x1 projection of the periodic source is added beside the mel's (PeriodGrad)."""
+    """One residual layer: dilated conv, + mel projection, gated tanh*sigmoid, residual/skip 1x1 (Kong et al. 2020, Fig. 2)."""
 
-    def __init__(self, C: int, dilation: int, n_mels: Optional[int], harmonics: int = 0):
+    def __init__(self, C: int, dilation: int, n_mels: Optional[int]):
         super().__init__()
         self.dilated_conv = conv1d(C, 2 * C, 3, dilation)
         self.step_proj = nn.Linear(EMBED_HIDDEN, C)
         self.mel_proj = conv1d(n_mels, 2 * C, 1) if n_mels else None
-        self.src_proj = conv1d(harmonics, 2 * C, 1) if harmonics else None
-        if self.src_proj is not None:  # start as plain DiffWave; the source's weight is learnt from there
-            nn.init.zeros_(self.src_proj.weight)
         self.out_proj = conv1d(C, 2 * C, 1)
 
-    def cond_term(self, mel_up, src=None):
-        """The condition's contribution before the gate: mel projection (+ source projection)."""
-        y = self.mel_proj(mel_up)
-        return y if self.src_proj is None else y + self.src_proj(src)
-
-    def forward(self, x, step_emb, feats=None, cond_term=None):
+    def forward(self, x, step_emb, mel_up, mel_term=None):
         y = self.dilated_conv(x + self.step_proj(step_emb).unsqueeze(-1))
-        if cond_term is None and self.mel_proj is not None:
-            cond_term = self.cond_term(*feats)
-        if cond_term is not None:
-            y = y + cond_term
+        if mel_term is not None:
+            y = y + mel_term
+        elif self.mel_proj is not None:
+            y = y + self.mel_proj(mel_up)
         gate, filt = y.chunk(2, dim=1)
         residual, skip = self.out_proj(torch.sigmoid(gate) * torch.tanh(filt)).chunk(2, dim=1)
         return (x + residual) / math.sqrt(2.0), skip
 
 
 class DiffWave(nn.Module):
-    """DiffWave eps-network (Kong et al. 2020): net(x_t (B,1,L), t (B,), mel (B,n_mels,L/hop) | None) -> eps.
-
-    With source_harmonics H > 0 (PeriodGrad, Hono et al. 2023) the condition carries one more row, the F0 contour
-    in Hz per hop (0 where unvoiced), from which a sine excitation of H harmonics at sample_rate is fed to every layer.
-    """
+    """DiffWave eps-network (Kong et al. 2020): net(x_t (B,1,L), t (B,), mel (B,n_mels,L/hop) | None) -> eps."""
 
     def __init__(self, residual_layers: int = 30, residual_channels: int = 64, dilation_cycle: int = 10,
                  n_mels: Optional[int] = 80, hop_length: int = 256, T: int = 50, step_embedding: str = "sinusoid",
-                 upsampler_init: str = "interp", source_harmonics: int = 0, sample_rate: int = 22050):
+                 upsampler_init: str = "interp"):
         super().__init__()
-        if source_harmonics and not n_mels:
-            raise ValueError("DiffWave: model.source_harmonics needs a mel-conditioned model (the F0 row rides with the mel)")
         C = residual_channels
         self.n_mels, self.hop_length, self.T = n_mels, hop_length, T
-        self.source_harmonics, self.sample_rate = source_harmonics, sample_rate
         self.dilations = [2 ** (i % dilation_cycle) for i in range(residual_layers)]
         self.input_proj = conv1d(1, C, 1)
         self.step_embed = StepEmbedding(T, step_embedding)
         self.mel_upsampler = MelUpsampler(hop_length, upsampler_init) if n_mels else None
-        self.layers = nn.ModuleList([ResidualLayer(C, d, n_mels, source_harmonics) for d in self.dilations])
+        self.layers = nn.ModuleList([ResidualLayer(C, d, n_mels) for d in self.dilations])
         self.skip_proj = conv1d(C, C, 1)
         self.output_proj = conv1d(C, 1, 1)
         nn.init.zeros_(self.output_proj.weight)
@@ -187,39 +161,31 @@ class DiffWave(nn.Module):
 
     @contextmanager
     def condition_cache(self, max_mb: float = 512.0):
-        """Reuse the condition's terms across sampling steps: they depend on neither x_t nor t.
+        """Reuse the mel terms across sampling steps: they depend on neither x_t nor t.
 
-        Inside this block the upsampled mel (and source), and every layer's cond_term while they fit in `max_mb`,
+        Inside this block the upsampled mel, and every layer's 1x1 mel projection while they fit in `max_mb`,
         are computed once per conditioning tensor (matched by identity: do not modify it in place inside the
         block) and reused at every step; the results are bit-identical to recomputing them. For inference only.
         """
-        self._cache = {"max_mb": max_mb, "cond": None, "feats": None, "terms": None}
+        self._cache = {"max_mb": max_mb, "cond": None, "mel_up": None, "terms": None}
         try:
             yield self
         finally:
             self._cache = None
 
-    def _features(self, cond):
-        """(upsampled mel, periodic source or None) from the condition's mel rows and F0 row."""
-        mel_up = self.mel_upsampler(cond[:, : self.n_mels])
-        if not self.source_harmonics:
-            return mel_up, None
-        return mel_up, periodic_source(cond[:, self.n_mels], self.hop_length, self.sample_rate,
-                                       self.source_harmonics).to(mel_up.dtype)
-
-    def _cond_terms(self, cond):
-        """(features, per-layer cond_terms or None) for cond, from the cache when one is active."""
+    def _mel_terms(self, cond):
+        """(mel_up, per-layer projections or None) for cond, from the cache when one is active."""
         if self.mel_upsampler is None:
             return None, None
         c = self._cache
         if c is None or torch.is_grad_enabled():
-            return self._features(cond), None
+            return self.mel_upsampler(cond), None
         if c["cond"] is not cond:
-            feats = self._features(cond)
-            size_mb = len(self.layers) * self.layers[0].out_proj.out_channels * feats[0][:, :1].numel() * 4 / 2**20
-            terms = [layer.cond_term(*feats) for layer in self.layers] if size_mb <= c["max_mb"] else None
-            c.update(cond=cond, feats=feats, terms=terms)
-        return c["feats"], c["terms"]
+            mel_up = self.mel_upsampler(cond)
+            size_mb = len(self.layers) * self.layers[0].out_proj.out_channels * mel_up[:, :1].numel() * 4 / 2**20
+            terms = [layer.mel_proj(mel_up) for layer in self.layers] if size_mb <= c["max_mb"] else None
+            c.update(cond=cond, mel_up=mel_up, terms=terms)
+        return c["mel_up"], c["terms"]
 
     @property
     def receptive_field(self) -> int:
@@ -233,11 +199,9 @@ class DiffWave(nn.Module):
             if cond is not None:
                 raise ValueError("DiffWave: this is an unconditional model (n_mels=None) but a condition was given")
             return
-        rows = self.n_mels + (1 if self.source_harmonics else 0)
-        if cond is None or cond.ndim != 3 or cond.shape[1] != rows:
+        if cond is None or cond.ndim != 3 or cond.shape[1] != self.n_mels:
             got = None if cond is None else tuple(cond.shape)
-            what = f"n_mels={self.n_mels} + 1 F0 row" if self.source_harmonics else f"n_mels={self.n_mels}"
-            raise ValueError(f"DiffWave: cond must be a mel of shape (B, {what}, frames), got {got}")
+            raise ValueError(f"DiffWave: cond must be a mel of shape (B, n_mels={self.n_mels}, frames), got {got}")
         if cond.shape[2] * self.hop_length != x.shape[2]:
             raise ValueError(f"DiffWave: mel has {cond.shape[2]} frames x hop {self.hop_length} = "
                              f"{cond.shape[2] * self.hop_length} samples, but x_t has {x.shape[2]} samples")
@@ -246,10 +210,10 @@ class DiffWave(nn.Module):
         self._check(x, cond)
         h = F.relu(self.input_proj(x))
         emb = self.step_embed(t)
-        feats, terms = self._cond_terms(cond)
+        mel_up, terms = self._mel_terms(cond)
         skips = 0
         for i, layer in enumerate(self.layers):
-            h, skip = layer(h, emb, feats, None if terms is None else terms[i])
+            h, skip = layer(h, emb, mel_up, None if terms is None else terms[i])
             skips = skips + skip
         h = F.relu(self.skip_proj(skips / math.sqrt(len(self.layers))))
         return self.output_proj(h)
@@ -258,13 +222,12 @@ class DiffWave(nn.Module):
 def build_diffwave(preset_name: str = "base", residual_layers: Optional[int] = None,
                    residual_channels: Optional[int] = None, dilation_cycle: Optional[int] = None,
                    n_mels: Optional[int] = 80, hop_length: int = 256, T: Optional[int] = None,
-                   step_embedding: str = "sinusoid", upsampler_init: str = "interp", source_harmonics: int = 0,
-                   sample_rate: int = 22050) -> DiffWave:
+                   step_embedding: str = "sinusoid", upsampler_init: str = "interp") -> DiffWave:
     """A DiffWave from a preset, with any field overridden."""
     p = preset(preset_name)
     return DiffWave(residual_layers or p["residual_layers"], residual_channels or p["residual_channels"],
                     dilation_cycle or p["dilation_cycle"], n_mels, hop_length, T or p["T"], step_embedding,
-                    upsampler_init, source_harmonics, sample_rate)
+                    upsampler_init)
 
 
 def count_parameters(net: nn.Module) -> int:

@@ -42,10 +42,9 @@ def linear_mel(mel: torch.Tensor, c: MelConvention) -> torch.Tensor:
 
 
 def prior_std(mel: torch.Tensor, c: MelConvention, n_samples: int, level: Optional[float] = None) -> torch.Tensor:
-    """sigma_c of shape (B, 1, n_samples) for mels (B, n_mels, frames): clamp(E / level, STD_MIN, 1) per hop.
-    Rows past n_mels (a source model's F0 row) are not part of the mel and are ignored."""
+    """sigma_c of shape (B, 1, n_samples) for mels (B, n_mels, frames): clamp(E / level, STD_MIN, 1) per hop."""
     level = LEVEL[c.name] if level is None else level
-    energy = linear_mel(mel[..., : c.n_mels, :], c).pow(2).mean(dim=-2).sqrt()
+    energy = linear_mel(mel, c).pow(2).mean(dim=-2).sqrt()
     std = (energy / level).clamp(STD_MIN, 1.0).repeat_interleave(c.hop, dim=-1)
     if std.shape[-1] < n_samples:
         raise ValueError(f"prior_std: {mel.shape[-1]} mel frames cover {std.shape[-1]} samples, fewer than {n_samples}")

@@ -36,7 +36,6 @@ class ModelConfig:
     upsampler_init: str = "interp"  # mel upsampler starts as linear interpolation | default (PyTorch's, the reference's)
     prior: str = "standard"  # standard N(0, I) | priorgrad (std from the mel's frame energy; priorgrad.py)
     prior_level: Optional[float] = None  # priorgrad: frame energy given the unit prior (None: priorgrad.LEVEL)
-    source_harmonics: int = 0  # > 0: PeriodGrad's sine excitation of this many F0 harmonics (needs data.f0=true)
 
 
 @dataclass
@@ -58,7 +57,6 @@ class DataConfig:
     conditional: bool = True  # items carry a mel ({"x0", "cond"}) or are bare waveforms
     prior: str = "standard"  # priorgrad: items carry x0 / sigma_c (the model's prior; must match model.prior)
     prior_level: Optional[float] = None
-    f0: bool = False  # items' condition carries the F0 contour as one more row (for model.source_harmonics > 0)
 
 
 def mel_convention(model: ModelConfig) -> MelConvention:
@@ -71,9 +69,6 @@ def check_formats(model: ModelConfig, data: DataConfig) -> None:
         if getattr(model, k) != getattr(data, k):
             raise ValueError(f"audio recipe: model.{k}={getattr(model, k)!r} but data.{k}={getattr(data, k)!r}; "
                              "they must agree")
-    if (model.source_harmonics > 0) != data.f0:
-        raise ValueError(f"audio recipe: model.source_harmonics={model.source_harmonics} needs data.f0="
-                         f"{model.source_harmonics > 0} (the F0 row of the condition), but data.f0={data.f0}")
 
 
 def fast_schedule(train_betas: Sequence[float], infer_betas: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,65 +166,25 @@ def _synthesize(denoiser, n_samples, cond, sampler, steps, generator, fast_betas
 
 
 def vocode_mel(denoiser, model: ModelConfig, mel: torch.Tensor, sampler: str = "fast", steps=None, seed: int = 0,
-               progress: bool = False, spacing: Optional[str] = None, f0: Optional[torch.Tensor] = None
-               ) -> torch.Tensor:
-    """Mel (n_mels, frames) or (B, n_mels, frames) in the model's convention -> waveform (B, frames * hop).
-    A source model (model.source_harmonics > 0) also needs the F0 contour in Hz, (frames,) or (B, frames)."""
+               progress: bool = False, spacing: Optional[str] = None) -> torch.Tensor:
+    """Mel (n_mels, frames) or (B, n_mels, frames) in the model's convention -> waveform (B, frames * hop)."""
     c = mel_convention(model)
     check_mel(mel, c, "vocode mel")
     mel = mel[None] if mel.ndim == 2 else mel
-    cond = mel.float()
-    if model.source_harmonics:
-        cond = torch.cat([cond, f0_row(f0, mel)], dim=1)
-    elif f0 is not None:
-        raise ValueError("vocode: an F0 contour was given, but this vocoder has no periodic source "
-                         "(model.source_harmonics=0)")
     device = next(denoiser.parameters()).device
     g = torch.Generator().manual_seed(seed)
     fb = preset(model.preset)["fast_betas"]
-    x = synthesize(denoiser, mel.shape[-1] * c.hop, cond.to(device), sampler, steps, g, fb,
+    x = synthesize(denoiser, mel.shape[-1] * c.hop, mel.float().to(device), sampler, steps, g, fb,
                    progress=progress, spacing=spacing)
     return x[:, 0].clamp(-1, 1)
-
-
-def f0_row(f0, mel: torch.Tensor) -> torch.Tensor:
-    """The F0 contour as the condition's extra row (B, 1, frames), checked against the mel (B, n_mels, frames)."""
-    if f0 is None:
-        raise ValueError("vocode: this vocoder has a periodic source (model.source_harmonics > 0) and needs the F0 "
-                         "contour in Hz per mel frame (--f0 F0.npy, or --wav to estimate it)")
-    f0 = torch.as_tensor(f0, dtype=torch.float32)
-    f0 = f0.expand(mel.shape[0], -1) if f0.ndim == 1 else f0
-    if f0.shape != (mel.shape[0], mel.shape[-1]) or not torch.isfinite(f0).all() or (f0 < 0).any():
-        raise ValueError(f"vocode F0: expected finite Hz >= 0 (0 = unvoiced) of shape ({mel.shape[-1]},) to match "
-                         f"the mel's frames, got shape {tuple(f0.shape)}")
-    return f0[:, None]
-
-
-def _whole_hops(y: np.ndarray, hop: int) -> tuple[np.ndarray, int]:
-    """y padded to a multiple of the hop, and its number of hops."""
-    n = -(-len(y) // hop) * hop
-    return np.pad(y, (0, n - len(y))), n // hop
 
 
 def wav_to_mel(y: np.ndarray, model: ModelConfig) -> torch.Tensor:
     """Mel of a waveform padded to a multiple of the hop, trimmed to whole hops' worth of frames."""
     c = mel_convention(model)
-    y, frames = _whole_hops(y, c.hop)
-    return mel_spectrogram(torch.from_numpy(y).float(), c)[:, :frames]
-
-
-def wav_to_f0(y: np.ndarray, model: ModelConfig) -> torch.Tensor:
-    """F0 contour (Hz per hop, 0 unvoiced) of a waveform, frame for frame with wav_to_mel."""
-    from .data import f0_contour
-    c = mel_convention(model)
-    y, frames = _whole_hops(y, c.hop)
-    return torch.from_numpy(f0_contour(y, c, frames))
-
-
-def wav_to_cond(y: np.ndarray, model: ModelConfig) -> torch.Tensor:
-    """The condition a vocoder takes for a waveform: its mel, plus the F0 row for a source model."""
-    mel = wav_to_mel(y, model)
-    return torch.cat([mel, wav_to_f0(y, model)[None]]) if model.source_harmonics else mel
+    n = -(-len(y) // c.hop) * c.hop
+    mel = mel_spectrogram(torch.from_numpy(np.pad(y, (0, n - len(y)))).float(), c)
+    return mel[:, : n // c.hop]
 
 
 def save_spectrograms(path: Path, panels: list[tuple[str, np.ndarray]], sample_rate: int, hop: int) -> None:
@@ -261,7 +216,7 @@ class AudioTask(Task):
         check_prior(model.prior, model.prior_level, model.conditional, "model")
         net = build_diffwave(model.preset, model.residual_layers, model.residual_channels, model.dilation_cycle,
                              model.n_mels if model.conditional else None, model.hop_length, diffusion.T,
-                             model.step_embedding, model.upsampler_init, model.source_harmonics, model.sample_rate)
+                             model.step_embedding, model.upsampler_init)
         return PriorGradNet(net, mel_convention(model), model.prior_level) if model.prior == "priorgrad" else net
 
     def _files(self, data: DataConfig, split: str):
@@ -280,7 +235,7 @@ class AudioTask(Task):
         check_prior(data.prior, data.prior_level, data.conditional, "data")
         c = convention(data.mel, data.sample_rate, data.n_mels, data.hop_length)
         clips = AudioClips(self._files(data, split), c, data.crop_samples, conditional=data.conditional,
-                           short=data.short, f0=data.f0)
+                           short=data.short)
         return Whitened(clips, c, data.prior_level) if data.prior == "priorgrad" else clips
 
     def sample_shape(self, model: ModelConfig, data: DataConfig) -> tuple:
@@ -299,7 +254,7 @@ class AudioTask(Task):
             raise ValueError("sample_cond: the data has no validation or training clips to take mels from")
         files = [files[i % len(files)] for i in range(n)]
         ys = [np.pad(y[:L], (0, max(0, L - len(y)))) for y in (load_audio(f, cfg.data.sample_rate) for f in files)]
-        return torch.stack([wav_to_cond(y, cfg.model) for y in ys])
+        return torch.stack([wav_to_mel(y, cfg.model) for y in ys])
 
     def save_samples(self, x: torch.Tensor, cond, out_dir: Path, cfg: Any) -> dict:
         """One WAV per sample and a PNG of (conditioning mel, generated mel) spectrograms; x as sampled (a
@@ -317,7 +272,7 @@ class AudioTask(Task):
             paths[f"wav_{i}"] = str(p)
             if i < 4:
                 if cond is not None:
-                    panels.append((f"sample {i}: conditioning mel", cond[i, : m.n_mels].detach().cpu().numpy()))
+                    panels.append((f"sample {i}: conditioning mel", cond[i].detach().cpu().numpy()))
                 panels.append((f"sample {i}: mel of generated audio", wav_to_mel(y, m).numpy()))
         png = out_dir / "spectrograms.png"
         save_spectrograms(png, panels, m.sample_rate, m.hop_length)
