@@ -130,8 +130,13 @@ def test_shorter_horizon_plan_holds_start_and_goal():
     np.testing.assert_allclose(p.states[0], [0.2, 0.1, 0.3, 0.0], atol=1e-5)
     np.testing.assert_allclose(p.states[-1], [1.0, -0.5, 0.0, 0.0], atol=1e-5)
     assert [shrunk_horizon(r, 4, 128, 32) for r in (1, 30, 33, 200)] == [32, 32, 36, 128]
-    with pytest.raises(ValueError, match="value function is built for horizon 16"):
-        _planner(PlannerConfig(sampler="ddim", steps=5), lambda x, t, c: x.sum((1, 2))).plan(np.zeros(4), goal, g, horizon=8)
+    vnet = ValueNet(6, 16, 8, (1, 2))
+    with pytest.raises(ValueError, match="ValueNet: horizon 8 != the horizon 16"):
+        _planner(PlannerConfig(sampler="ddim", steps=5), lambda x, t, c: vnet(x, t)).plan(np.zeros(4), goal, g, horizon=8)
+    # a value of any horizon (the maze's wall_value) ranks shorter plans too
+    p = _planner(PlannerConfig(sampler="ddim", steps=5, n_candidates=3), lambda x, t, c: -x.abs().sum((1, 2))).plan(
+        np.zeros(4), goal, g, horizon=8)
+    assert p.states.shape == (8, 4) and p.value is not None
 
 
 def test_track_pd_and_actions():
