@@ -91,12 +91,11 @@ def _planner(args, loaded, grid=None) -> Planner:
             raise ConfigError("--avoid-walls ranks --candidates (> 1) plans by wall penetration; it does not combine "
                              f"with --value (got --candidates {args.candidates}, --value {args.value})")
         value_fn = wall_value(grid, seq.normalizer, seq.action_dim)
-        args.guidance = args.guidance or "none"
     if args.value:
         from .value import load_value
         vnet = load_value(args.value).to(args.device)
         value_fn = lambda x, t, c: vnet(x, t)  # noqa: E731
-    guidance = args.guidance or ("value" if value_fn is not None else "none")
+    guidance = args.guidance or ("value" if args.value else "none")  # the wall value only ranks
     sampler = args.sampler or r.sample.sampler
     cfg = PlannerConfig(sampler=sampler, steps=args.steps or r.sample.steps,
                         n_candidates=args.candidates, guidance=guidance, guide_scale=args.guide_scale,

@@ -151,14 +151,11 @@ class Planner:
                     all_states=joint[:, :, self.A:], normalized=x.detach())
 
 
-def wall_value(grid, normalizer, action_dim: int, margin: Optional[float] = None) -> Callable:
+def wall_value(grid, normalizer, action_dim: int) -> Callable:
     """A value J(x, t, cond) = -(wall penetration of the plan's positions) for normalised plans x (B, H, A + S),
     for ranking candidate plans (Planner value_fn); MazeGrid.wall_penetration."""
-    kw = {} if margin is None else {"margin": margin}
-
     def J(x, t=None, cond=None):
-        xy = normalizer.unnormalize(x)[..., action_dim: action_dim + 2]
-        return -grid.wall_penetration(xy, **kw)
+        return -grid.wall_penetration(normalizer.unnormalize(x)[..., action_dim: action_dim + 2])
     return J
 
 
