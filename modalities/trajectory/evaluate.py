@@ -179,7 +179,8 @@ def plan_episode(env, planner: Planner, multi_task: bool, seed: int, replan_ever
 
 def in_wall_fraction(grid: MazeGrid, xy: np.ndarray) -> float:
     """Fraction of planned positions (rows of xy) that lie inside a wall cell: a plan the maze makes impossible."""
-    return float(np.mean([grid.walls[grid.xy_cell(p)] for p in xy]))
+    inside = grid.point_penetration(torch.as_tensor(np.asarray(xy), dtype=torch.float64), margin=0.0) > 0
+    return float(inside.double().mean())
 
 
 def summarize(episodes: list[dict], ref: Optional[dict], ref_d4rl: Optional[dict] = None) -> dict:

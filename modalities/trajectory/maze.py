@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -98,15 +99,24 @@ class MazeGrid:
         j = int(np.floor((xy[0] + W / 2 * self.scale) / self.scale))
         return min(max(i, 0), H - 1), min(max(j, 0), W - 1)
 
-    def wall_penetration(self, xy, margin: float = AGENT_RADIUS):
-        """How far plans run into walls: per plan (xy a (..., H, 2) tensor), the sum over its points and the wall
-        cells of the product of the two per-axis depths by which the point's disc (its bounding box of half-width
-        `margin`) enters the cell. 0 for a plan clear of every wall; differentiable in xy."""
+    @cached_property
+    def wall_centres(self) -> np.ndarray:
+        """(N, 2) centres of the wall cells."""
+        return np.stack([self.cell_xy(c) for c in np.argwhere(self.walls)])
+
+    def point_penetration(self, xy, margin: float = AGENT_RADIUS):
+        """Per point of xy (a (..., 2) tensor): the sum over wall cells of the product of the two per-axis depths by
+        which the point's disc (its bounding box of half-width `margin`) enters the cell. With margin 0 it is > 0
+        exactly when the point lies inside a wall cell; differentiable in xy."""
         import torch
-        centres = np.stack([self.cell_xy(c) for c in np.argwhere(self.walls)])
-        centres = torch.as_tensor(centres, dtype=xy.dtype, device=xy.device)
+        centres = torch.as_tensor(self.wall_centres, dtype=xy.dtype, device=xy.device)
         depth = (self.scale / 2 + margin - (xy[..., None, :] - centres).abs()).clamp(min=0)
-        return (depth[..., 0] * depth[..., 1]).sum(dim=(-1, -2))
+        return (depth[..., 0] * depth[..., 1]).sum(dim=-1)
+
+    def wall_penetration(self, xy, margin: float = AGENT_RADIUS):
+        """How far plans run into walls: per plan (xy a (..., H, 2) tensor), point_penetration summed over its
+        points. 0 for a plan clear of every wall."""
+        return self.point_penetration(xy, margin).sum(dim=-1)
 
     def neighbours(self, cell):
         i, j = cell
