@@ -9,6 +9,9 @@ x_T, the reference sample and the projections: does any spacing reach the 1.5x t
     # the same on two mixtures that no choice was made on
     python benchmarks/dpm_spacing.py --repeats 10 --settings 16-D 256-D --solvers dpmpp_2m \
         --spacings time-power time-quadratic log-SNR "linspace (diffusers default)" --out benchmarks/results/dpm_spacing_unseen.json
+    # and on 30 fresh draws of those two mixtures (about 25 minutes)
+    python benchmarks/dpm_spacing.py --repeats 30 --seed 3000 --settings 16-D 256-D --solvers dpmpp_2m \
+        --spacings time-power time-quadratic log-SNR "linspace (diffusers default)" --out benchmarks/results/dpm_spacing_unseen_30draws.json
 """
 from __future__ import annotations
 
