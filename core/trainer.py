@@ -14,6 +14,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -159,6 +160,9 @@ class Trainer:
         self.config = config or {"train": to_dict(cfg)}
         self.cond_drop_prob, self.null_cond, self.sample_fn = cond_drop_prob, null_cond, sample_fn
         self.acc = accelerator or make_accelerator(cfg)
+        if self.acc.mixed_precision == "fp16" and not self.acc.native_amp:
+            warnings.warn(f"train.mixed_precision=fp16 has no effect on {self.acc.device.type}: Accelerate runs it in "
+                          "fp32 there (no autocast, no loss scaling); use bf16 for mixed precision on a CPU")
         if cfg.batch_size % self.acc.num_processes:
             raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by the {self.acc.num_processes} processes")
         if len(dataset) == 0:
@@ -202,6 +206,8 @@ class Trainer:
         state = {"step": self.step, "ema_updates": self.ema.num_updates, "optimizer": opt_meta,
                  "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
                  "numpy_rng": _np_state(), "python_rng": _py_state(), "history_tail": self.history[-5:]}
+        if self.acc.scaler is not None:  # fp16: the loss scale and its growth tracker, so a resume scales alike
+            state["grad_scaler"] = self.acc.scaler.state_dict()
         net_sd = {k: v for k, v in self.net.state_dict().items()}
         path = save_checkpoint(self.ckpt_dir / f"step_{self.step:08d}",
                                {"model": net_sd, "ema": self.ema.state_dict(), "optimizer": opt_t, "rng": rng},
@@ -222,7 +228,7 @@ class Trainer:
         return self.ckpt_dir / read_json(f)["path"] if f.is_file() else None
 
     def resume(self, path) -> None:
-        """Restore weights, EMA, optimizer, LR scheduler, step and RNG states from a checkpoint folder."""
+        """Restore weights, EMA, optimizer, LR scheduler, fp16 loss scale, step and RNG states from a checkpoint."""
         tensors, state, _ = load_checkpoint(path)
         self.net.load_state_dict(tensors["model"])
         self.ema.load_state_dict(tensors["ema"], state["ema_updates"])
@@ -230,6 +236,8 @@ class Trainer:
         sched = self.scheduler.state_dict()
         sched.update(state["scheduler"])
         self.scheduler.load_state_dict(sched)
+        if self.acc.scaler is not None and "grad_scaler" in state:
+            self.acc.scaler.load_state_dict(state["grad_scaler"])
         torch.set_rng_state(tensors["rng"]["torch"])
         if "cuda" in tensors["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["rng"]["cuda"])

@@ -34,7 +34,7 @@ class NoisyPoints(torch.utils.data.Dataset):
         return {"x0": self.x[i] + 0.05 * torch.randn(2)}
 
 
-def make_trainer(out, steps, dataset=None, **cfg):
+def make_trainer(out, steps, dataset=None, accelerator=None, loss_fn=None, **cfg):
     torch.default_generator.manual_seed(0)
     diff = DiffusionConfig(schedule="cosine", T=100, prediction="eps")
     den = build_denoiser(MLPDenoiser(2, 32, 2, 16), diff)
@@ -42,7 +42,7 @@ def make_trainer(out, steps, dataset=None, **cfg):
                 log_every=1, ckpt_every=0, progress=False, tensorboard=False, seed=3)
     base.update(cfg)
     ds = dataset if dataset is not None else torch.utils.data.TensorDataset(make_points("moons", 512, 0.05, 0))
-    return Trainer(den, ds, TrainerConfig(**base), out, build_loss(diff))
+    return Trainer(den, ds, TrainerConfig(**base), out, loss_fn or build_loss(diff), accelerator=accelerator)
 
 
 def weights(tr):
@@ -279,6 +279,71 @@ def test_bf16_autocast_trains_with_fp32_master_weights(tmp_path):
     hist = tr.train()
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in hist)
     assert all(p.dtype == torch.float32 for p in tr.net.parameters())
+
+
+def fp16_accelerator():
+    """Accelerate's fp16 mixed precision as it runs on a GPU (float16 autocast and a GradScaler), here on the CPU:
+    torch supports both there, but Accelerate turns them on only for accelerators."""
+    from diffsuite.core.trainer import make_accelerator
+    acc = make_accelerator(TrainerConfig(mixed_precision="fp16"))
+    acc.native_amp, acc.scaler = True, torch.amp.GradScaler("cpu")
+    return acc
+
+
+def overflow_at(call: int):
+    """The toy loss, made infinite at the given call (1-based), as an fp16 overflow would make it."""
+    base, calls = build_loss(DiffusionConfig(schedule="cosine", T=100, prediction="eps")), [0]
+
+    def loss_fn(model, x0, cond, g):
+        losses, aux = base(model, x0, cond, g)
+        calls[0] += 1
+        return (losses * float("inf") if calls[0] == call else losses), aux
+    return loss_fn
+
+
+def test_fp16_on_cpu_warns_that_it_runs_fp32(tmp_path):
+    with pytest.warns(UserWarning, match="fp16 has no effect on cpu"):
+        make_trainer(tmp_path, 2, mixed_precision="fp16")
+
+
+def test_fp16_loss_scaling_clips_unscaled_gradients(tmp_path, monkeypatch):
+    """The loss is scaled (by 2^16), yet clipping sees the true gradient norm: the trainer unscales first."""
+    seen, clip = [], torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: seen.append(float(clip(*a, **k))))
+    make_trainer(tmp_path / "fp32", 1).train()
+    acc = fp16_accelerator()
+    scaled, scale = [], acc.scaler.scale
+    acc.scaler.scale = lambda out: scaled.append(1) or scale(out)
+    tr = make_trainer(tmp_path / "fp16", 1, accelerator=acc)
+    tr.train()
+    assert scaled and acc.scaler.get_scale() == 2.0 ** 16
+    norm32, norm16 = seen
+    assert norm16 == pytest.approx(norm32, rel=2e-2), (norm16, norm32)  # not 65536x
+    assert all(p.dtype == torch.float32 for p in tr.net.parameters())
+
+
+def test_fp16_overflow_skips_the_step_and_halves_the_scale(tmp_path):
+    acc = fp16_accelerator()
+    tr = make_trainer(tmp_path, 5, accelerator=acc, loss_fn=overflow_at(3), sample_every=1)
+    snaps = []
+    tr.sample_fn = lambda den, step, out: snaps.append(weights(tr))
+    hist = tr.train()
+    assert [r["loss"] == float("inf") for r in hist] == [False, False, True, False, False]
+    assert all(torch.equal(snaps[1][k], snaps[2][k]) for k in snaps[1])  # step 3 left the weights alone
+    assert not all(torch.equal(snaps[2][k], snaps[3][k]) for k in snaps[2])  # step 4 trained again
+    assert acc.scaler.get_scale() == 2.0 ** 15
+
+
+def test_fp16_resume_restores_the_loss_scale(tmp_path):
+    full = make_trainer(tmp_path / "full", 8, accelerator=fp16_accelerator(), loss_fn=overflow_at(3))
+    full.train()
+    make_trainer(tmp_path / "part", 8, accelerator=fp16_accelerator(), loss_fn=overflow_at(3)).train(stop_at=5)
+    resumed = make_trainer(tmp_path / "part", 8, accelerator=fp16_accelerator())
+    resumed.resume(resumed.latest_checkpoint())
+    assert resumed.acc.scaler.get_scale() == 2.0 ** 15  # a fresh scaler would start at 2^16
+    resumed.train(resume="auto")
+    wf, wr = weights(full), weights(resumed)
+    assert resumed.step == 8 and all(torch.equal(wf[k], wr[k]) for k in wf)
 
 
 def test_sample_callback_tensorboard_and_progress(tmp_path, capsys):
