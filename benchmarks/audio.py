@@ -8,7 +8,8 @@ STFT distance (Yamamoto et al. 2020, eq. 1-3: spectral convergence + log-magnitu
 mel-cepstral distortion (12 cepstra c1..c12 from a DCT of the log mel amplitude, speech frames, no DTW),
 wide-band PESQ and STOI at 16 kHz (pesq / pystoi, when installed), and the real-time factor. `griffinlim[:iters]`
 is a classical baseline from the same mel (librosa's mel inversion and Griffin-Lim phase, 64 iterations), not a model;
-`glinit:K` is a diagnostic: the Griffin-Lim waveform noised to step K and denoised by the model (DDPM K..0).
+`glinit:K` is a diagnostic: the Griffin-Lim waveform noised to step K and denoised by the model (DDPM K..0);
+`glnoise:K` is that noised waveform itself, before the model's K steps.
 Prints a table and writes JSON under benchmarks/results/.
 """
 from __future__ import annotations
@@ -186,9 +187,10 @@ def griffin_lim(mel: torch.Tensor, model, n_iter: int = 64) -> np.ndarray:
     return np.concatenate([np.zeros(shift, np.float32), y.astype(np.float32)])
 
 
-def glinit(denoiser, model, mel: torch.Tensor, k: int, seed: int) -> np.ndarray:
+def glinit(denoiser, model, mel: torch.Tensor, k: int, seed: int, denoise: bool = True) -> np.ndarray:
     """Diagnostic: shallow diffusion from Griffin-Lim (DiffSinger's shallow mechanism): noise the GL waveform to step k
-    by q(x_k | x_GL) and run ancestral DDPM k..0, so only the model's low-noise denoising is exercised."""
+    by q(x_k | x_GL) and run ancestral DDPM k..0, so only the model's low-noise denoising is exercised.
+    denoise=False returns x_k itself (`glnoise:K`): what the model's k steps start from."""
     from diffsuite.core.samplers import sample
     from diffsuite.modalities.audio.task import unwhiten, whiten
     n = mel.shape[-1] * model.hop_length
@@ -198,7 +200,7 @@ def glinit(denoiser, model, mel: torch.Tensor, k: int, seed: int) -> np.ndarray:
     gen = torch.Generator().manual_seed(seed)
     ab = float(denoiser.schedule.alpha_bar[k])
     y_k = ab ** 0.5 * y + (1 - ab) ** 0.5 * torch.randn(y.shape, generator=gen)
-    out = sample(denoiser, y_k.shape, "ddpm", None, generator=gen, cond=cond, x_T=y_k,
+    out = y_k if not denoise else sample(denoiser, y_k.shape, "ddpm", None, generator=gen, cond=cond, x_T=y_k,
                  timesteps=torch.arange(k, -1, -1), variance="beta_tilde")
     return unwhiten(out, net, cond)[0, 0].clamp(-1, 1).numpy()
 
@@ -224,8 +226,8 @@ def quality(args) -> dict:
             with torch.inference_mode():
                 if name == "griffinlim":
                     g = griffin_lim(mel, r.model, steps or 64)
-                elif name == "glinit":
-                    g = glinit(loaded.denoiser, r.model, mel, steps or 2, seed=i)
+                elif name in ("glinit", "glnoise"):
+                    g = glinit(loaded.denoiser, r.model, mel, steps or 2, seed=i, denoise=name == "glinit")
                 else:
                     g = vocode_mel(loaded.denoiser, r.model, mel, name, steps, seed=i, spacing=spacing)[0].numpy()
                 g = fit(g, len(y))
