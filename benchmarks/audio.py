@@ -200,8 +200,10 @@ def glinit(denoiser, model, mel: torch.Tensor, k: int, seed: int, denoise: bool 
     gen = torch.Generator().manual_seed(seed)
     ab = float(denoiser.schedule.alpha_bar[k])
     y_k = ab ** 0.5 * y + (1 - ab) ** 0.5 * torch.randn(y.shape, generator=gen)
-    out = y_k if not denoise else sample(denoiser, y_k.shape, "ddpm", None, generator=gen, cond=cond, x_T=y_k,
-                 timesteps=torch.arange(k, -1, -1), variance="beta_tilde")
+    out = y_k
+    if denoise:
+        out = sample(denoiser, y_k.shape, "ddpm", None, generator=gen, cond=cond, x_T=y_k,
+                     timesteps=torch.arange(k, -1, -1), variance="beta_tilde")
     return unwhiten(out, net, cond)[0, 0].clamp(-1, 1).numpy()
 
 

@@ -236,7 +236,7 @@ class Trainer:
         sched = self.scheduler.state_dict()
         sched.update(state["scheduler"])
         self.scheduler.load_state_dict(sched)
-        if self.acc.scaler is not None and "grad_scaler" in state:
+        if self.acc.scaler is not None and state.get("grad_scaler"):
             self.acc.scaler.load_state_dict(state["grad_scaler"])
         torch.set_rng_state(tensors["rng"]["torch"])
         if "cuda" in tensors["rng"] and torch.cuda.is_available():
