@@ -34,15 +34,17 @@ class NoisyPoints(torch.utils.data.Dataset):
         return {"x0": self.x[i] + 0.05 * torch.randn(2)}
 
 
+TOY_DIFFUSION = DiffusionConfig(schedule="cosine", T=100, prediction="eps")
+
+
 def make_trainer(out, steps, dataset=None, accelerator=None, loss_fn=None, **cfg):
     torch.default_generator.manual_seed(0)
-    diff = DiffusionConfig(schedule="cosine", T=100, prediction="eps")
-    den = build_denoiser(MLPDenoiser(2, 32, 2, 16), diff)
+    den = build_denoiser(MLPDenoiser(2, 32, 2, 16), TOY_DIFFUSION)
     base = dict(steps=steps, batch_size=16, lr=1e-2, warmup_steps=3, lr_schedule="cosine", ema_decay=0.9,
                 log_every=1, ckpt_every=0, progress=False, tensorboard=False, seed=3)
     base.update(cfg)
     ds = dataset if dataset is not None else torch.utils.data.TensorDataset(make_points("moons", 512, 0.05, 0))
-    return Trainer(den, ds, TrainerConfig(**base), out, loss_fn or build_loss(diff), accelerator=accelerator)
+    return Trainer(den, ds, TrainerConfig(**base), out, loss_fn or build_loss(TOY_DIFFUSION), accelerator=accelerator)
 
 
 def weights(tr):
@@ -292,7 +294,7 @@ def fp16_accelerator():
 
 def overflow_at(call: int):
     """The toy loss, made infinite at the given call (1-based), as an fp16 overflow would make it."""
-    base, calls = build_loss(DiffusionConfig(schedule="cosine", T=100, prediction="eps")), [0]
+    base, calls = build_loss(TOY_DIFFUSION), [0]
 
     def loss_fn(model, x0, cond, g):
         losses, aux = base(model, x0, cond, g)
@@ -339,9 +341,9 @@ def test_fp16_resume_restores_the_loss_scale(tmp_path):
     full.train()
     make_trainer(tmp_path / "part", 8, accelerator=fp16_accelerator(), loss_fn=overflow_at(3)).train(stop_at=5)
     resumed = make_trainer(tmp_path / "part", 8, accelerator=fp16_accelerator())
-    resumed.resume(resumed.latest_checkpoint())
-    assert resumed.acc.scaler.get_scale() == 2.0 ** 15  # a fresh scaler would start at 2^16
     resumed.train(resume="auto")
+    # no overflow after step 5, so a fresh scaler would still be at 2^16
+    assert resumed.acc.scaler.get_scale() == full.acc.scaler.get_scale() == 2.0 ** 15
     wf, wr = weights(full), weights(resumed)
     assert resumed.step == 8 and all(torch.equal(wf[k], wr[k]) for k in wf)
 
