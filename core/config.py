@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -149,6 +150,20 @@ def to_dict(obj) -> dict:
                      else getattr(obj, f.name)) for f in dataclasses.fields(obj)}
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2's booleans: only true / false, so `mixed_precision: no` stays the string "no" (YAML 1.1 made it False)."""
+
+
+_Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+                                   for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _first in "tTfF":
+    _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), [_first])
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_overrides(overrides: list[str]) -> dict:
     """['train.steps=10', 'model.channels=[64,128]'] -> nested dict; values parsed as YAML scalars."""
     out: dict = {}
@@ -162,7 +177,7 @@ def parse_overrides(overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        node[parts[-1]] = _yaml(raw) if raw != "" else ""
     return out
 
 
@@ -180,7 +195,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _yaml(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from e
     if not isinstance(data, dict):

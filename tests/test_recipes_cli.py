@@ -29,6 +29,17 @@ def test_overrides_are_typed():
     assert isinstance(run.load_recipe("toy2d", ["train.lr=1"]).train.lr, float)  # int accepted for float
 
 
+def test_no_is_a_string_not_false(tmp_path):
+    """YAML 1.1 reads `no` / `off` as False; the documented `mixed_precision=no` must stay a string, in files too."""
+    assert run.load_recipe("toy2d", ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    f = tmp_path / "mine.yaml"
+    f.write_text("task: toy2d\ntrain: {mixed_precision: no, progress: false, tensorboard: False}\n")
+    r = run.load_recipe(str(f))
+    assert r.train.mixed_precision == "no" and r.train.progress is False and r.train.tensorboard is False
+    with pytest.raises(ConfigError, match=r"train.progress: expected bool, got str 'off'"):
+        run.load_recipe("toy2d", ["train.progress=off"])
+
+
 @pytest.mark.parametrize("override, pattern", [
     ("train.stepz=5", r"train: unknown key\(s\) \['stepz'\]; valid keys: \[.*'steps'"),
     ("model.hiden=3", r"model: unknown key\(s\) \['hiden'\]; valid keys: \['hidden'"),
