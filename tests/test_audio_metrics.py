@@ -35,3 +35,22 @@ def test_pesq_stoi_order():
     noisy = A.pesq_stoi(y, y + 0.05 * np.random.default_rng(2).standard_normal(len(y)).astype(np.float32), 22050)
     assert clean["pesq_wb"] > 4 and clean["stoi"] > 0.99
     assert noisy["pesq_wb"] < clean["pesq_wb"] and noisy["stoi"] < clean["stoi"]
+
+
+def test_noise_vocoder_keeps_envelope_and_replaces_fine_structure():
+    pytest.importorskip("scipy")
+    sr, n = 22050, 22050
+    t = np.arange(n) / sr
+    gate = (t > 0.25) & (t < 0.75)
+    y = (0.5 * np.sin(2 * np.pi * 1000 * t) * gate).astype(np.float32)  # a gated 1 kHz tone
+    g = A.noise_vocoder(y, sr, 8, seed=0)
+    assert g.shape == y.shape and g.dtype == np.float32
+    assert np.sqrt(np.mean(g.astype(np.float64) ** 2)) == pytest.approx(np.sqrt(np.mean(y.astype(np.float64) ** 2)), rel=1e-4)
+    assert np.array_equal(g, A.noise_vocoder(y, sr, 8, seed=0)) and not np.array_equal(g, A.noise_vocoder(y, sr, 8, seed=1))
+    inside, outside = np.abs(g[(t > 0.35) & (t < 0.65)]).mean(), np.abs(g[(t < 0.15) | (t > 0.85)]).mean()
+    assert outside < 0.02 * inside  # the envelope (the gate) is kept
+    def line_fraction(x):  # energy within 20 Hz of the tone
+        P = np.abs(np.fft.rfft(x)) ** 2
+        f = np.fft.rfftfreq(len(x), 1 / sr)
+        return P[np.abs(f - 1000) < 20].sum() / P.sum()
+    assert line_fraction(y) > 0.9 and line_fraction(g) < 0.2  # the harmonic line is replaced by band noise
