@@ -101,7 +101,7 @@ def _timed(fn, repeats: int = 1) -> float:
     return best
 
 
-def reference_synthesis(model, mel, train_betas, infer_betas, generator):
+def reference_synthesis(model, mel, train_betas, infer_betas, generator, device="cpu"):
     """The reference package's sampling loop (diffwave/inference.py `predict`), on its own model."""
     ab_train = np.cumprod(1 - np.asarray(train_betas))
     beta = np.asarray(infer_betas)
@@ -112,19 +112,37 @@ def reference_synthesis(model, mel, train_betas, infer_betas, generator):
             if ab_train[t + 1] <= ab[s] <= ab_train[t]:
                 T.append(t + (ab_train[t] ** .5 - ab[s] ** .5) / (ab_train[t] ** .5 - ab_train[t + 1] ** .5))
                 break
-    audio = torch.randn(mel.shape[0], 256 * mel.shape[-1], generator=generator)
+    audio = torch.randn(mel.shape[0], 256 * mel.shape[-1], generator=generator).to(device)
     for n in range(len(alpha) - 1, -1, -1):
-        step = torch.tensor([T[n]], dtype=torch.float32) if len(beta) != len(train_betas) else torch.tensor([n])
+        step = torch.tensor([T[n]] if len(beta) != len(train_betas) else [n], device=device,
+                            dtype=torch.float32 if len(beta) != len(train_betas) else torch.long)
         eps = model(audio, mel, step).squeeze(1)
         audio = (audio - beta[n] / (1 - ab[n]) ** .5 * eps) / alpha[n] ** .5
         if n > 0:
-            audio += ((1 - ab[n - 1]) / (1 - ab[n]) * beta[n]) ** .5 * torch.randn(audio.shape, generator=generator)
+            audio += ((1 - ab[n - 1]) / (1 - ab[n]) * beta[n]) ** .5 * torch.randn(audio.shape, generator=generator).to(device)
         audio = audio.clamp(-1, 1)
     return audio
 
 
+def _configs(args) -> list[tuple[str, str, bool]]:
+    """(device, dtype, compile) to measure: the CPU always, CUDA when present (or asked for)."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.device == "auto" else [args.device]
+    return [(d, dt, c == "on") for d in devices for dt in args.dtypes for c in args.compile]
+
+
+def _synced(fn, device):
+    def run():
+        out = fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return out
+    return run
+
+
 def speed(args) -> dict:
-    """RTF of base DiffWave (random weights) at 50 steps and the 6-step schedule, ours vs. the reference."""
+    """RTF of base DiffWave (random weights) at 50 steps and the 6-step schedule, ours vs. the reference, per device,
+    dtype (fp32, or bf16 autocast) and torch.compile on / off. A warm-up call precedes the timing where compile or
+    CUDA is on; times are the best of --repeats."""
     from diffsuite.core.denoiser import Denoiser
     from diffsuite.core.schedules import make_schedule
     from diffsuite.modalities.audio.diffwave import PRESETS, build_diffwave
@@ -132,34 +150,61 @@ def speed(args) -> dict:
     torch.set_num_threads(args.threads)
     p = PRESETS["base"]
     frames = int(args.seconds * 22050) // 256
-    torch.manual_seed(0)
-    mel = torch.rand(1, 80, frames)
-    ours = build_diffwave("base").eval()
-    for q in ours.parameters():
-        q.data.normal_(0, 0.02)
-    den = Denoiser(ours, make_schedule("linear", p["T"], beta_start=p["beta_start"], beta_end=p["beta_end"]))
-    train_betas = den.schedule.betas.tolist()
     audio_s = frames * 256 / 22050
+    train_betas = np.linspace(p["beta_start"], p["beta_end"], p["T"]).tolist()
+    try:
+        from diffwave.model import DiffWave as Ref
+        from diffwave.params import AttrDict, params
+    except ImportError as e:
+        Ref = None
+        print(f"reference diffwave not importable ({e}); skipping its rows", file=sys.stderr)
     rows = []
-    with torch.inference_mode():
-        for label, sampler, fb in (("50 steps", "ddpm", None), ("6-step fast", "fast", p["fast_betas"])):
-            t = _timed(lambda: synthesize(den, frames * 256, mel, sampler, None, torch.Generator().manual_seed(0),
-                                          fb), args.repeats)
-            rows.append({"impl": "diffsuite", "schedule": label, "seconds": t, "rtf": t / audio_s})
-        try:
-            from diffwave.model import DiffWave as Ref
-            from diffwave.params import AttrDict, params
-            from diffsuite.modalities.audio.convert import load_reference_into
-            ref = Ref(AttrDict(dict(params))).eval()
+    for device, dtype, comp in _configs(args):
+        torch.manual_seed(0)
+        mel = torch.rand(1, 80, frames, device=device)
+        ours = build_diffwave("base").eval().to(device)
+        for q in ours.parameters():
+            q.data.normal_(0, 0.02)
+        den = Denoiser(ours, make_schedule("linear", p["T"], beta_start=p["beta_start"], beta_end=p["beta_end"])).to(device)
+        runs = [("diffsuite", label, lambda sampler=sampler, fb=fb: synthesize(
+                    den, frames * 256, mel, sampler, None, torch.Generator().manual_seed(0), fb, device=device))
+                for label, sampler, fb in (("50 steps", "ddpm", None), ("6-step fast", "fast", p["fast_betas"]))]
+        nets = [ours]
+        if Ref is not None:
+            ref = Ref(AttrDict(dict(params))).eval().to(device)
             for q in ref.parameters():
                 q.data.normal_(0, 0.02)
-            for label, ib in (("50 steps", train_betas), ("6-step fast", p["fast_betas"])):
-                t = _timed(lambda: reference_synthesis(ref, mel, train_betas, ib, torch.Generator().manual_seed(0)),
-                           args.repeats)
-                rows.append({"impl": "reference diffwave", "schedule": label, "seconds": t, "rtf": t / audio_s})
-        except ImportError as e:
-            print(f"reference diffwave not importable ({e}); skipping its rows", file=sys.stderr)
-    return {"audio_seconds": audio_s, "threads": args.threads, "device": "cpu", "rows": rows}
+            nets.append(ref)
+            runs += [("reference diffwave", label, lambda ib=ib: reference_synthesis(
+                         ref, mel, train_betas, ib, torch.Generator().manual_seed(0), device))
+                     for label, ib in (("50 steps", train_betas), ("6-step fast", p["fast_betas"]))]
+        if comp:
+            for net in nets:
+                net.compile()
+        amp = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16")
+        for impl, label, fn in runs:
+            fn = _synced(fn, device)
+            with torch.inference_mode(), amp:
+                warm = None
+                if comp or device != "cpu":
+                    warm = _timed(fn)
+                t = _timed(fn, args.repeats)
+            rows.append({"impl": impl, "schedule": label, "device": device, "dtype": dtype, "compile": comp,
+                         "seconds": t, "rtf": t / audio_s, "x_real_time": audio_s / t, "warmup_seconds": warm})
+    return {"audio_seconds": audio_s, "threads": args.threads, "rows": rows, "ours_over_reference": _speedups(rows)}
+
+
+def _speedups(rows) -> dict:
+    """Per (device, dtype, compile, schedule): the reference's time over ours (> 1: we are faster)."""
+    out = {}
+    for r in rows:
+        if r["impl"] != "diffsuite":
+            continue
+        key = (r["device"], r["dtype"], r["compile"], r["schedule"])
+        ref = [q for q in rows if q["impl"] != "diffsuite" and (q["device"], q["dtype"], q["compile"], q["schedule"]) == key]
+        if ref:
+            out[f"{r['device']} {r['dtype']} compile={r['compile']} {r['schedule']}"] = ref[0]["seconds"] / r["seconds"]
+    return out
 
 
 # --- quality --------------------------------------------------------------------------------------------
@@ -279,6 +324,10 @@ def main(argv=None) -> int:
     s.add_argument("--seconds", type=float, default=0.5)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--repeats", type=int, default=1)
+    s.add_argument("--device", default="auto", help="cpu, cuda, or auto (the CPU, and CUDA when present)")
+    s.add_argument("--dtypes", nargs="+", default=["fp32"], choices=("fp32", "bf16"))
+    s.add_argument("--compile", nargs="+", default=["off"], choices=("off", "on"),
+                   help="torch.compile: off, on, or both (--compile off on)")
     q = sub.add_parser("quality")
     q.add_argument("checkpoint")
     q.add_argument("--split", default="test")

@@ -54,3 +54,15 @@ def test_noise_vocoder_keeps_envelope_and_replaces_fine_structure():
         f = np.fft.rfftfreq(len(x), 1 / sr)
         return P[np.abs(f - 1000) < 20].sum() / P.sum()
     assert line_fraction(y) > 0.9 and line_fraction(g) < 0.2  # the harmonic line is replaced by band noise
+
+
+def test_speed_benchmark_rows_per_dtype():
+    """`benchmarks/audio.py speed` times ours (and the reference where installed) per device, dtype and compile."""
+    res = A.speed(A.argparse.Namespace(seconds=0.03, threads=1, repeats=1, device="cpu", dtypes=["fp32", "bf16"],
+                                       compile=["off"]))
+    ours = [r for r in res["rows"] if r["impl"] == "diffsuite"]
+    assert {(r["dtype"], r["schedule"]) for r in ours} == {(d, s) for d in ("fp32", "bf16")
+                                                           for s in ("50 steps", "6-step fast")}
+    assert all(r["device"] == "cpu" and r["compile"] is False and r["seconds"] > 0 for r in res["rows"])
+    if any(r["impl"] != "diffsuite" for r in res["rows"]):
+        assert len(res["ours_over_reference"]) == 4
