@@ -106,6 +106,7 @@ def reference_synthesis(model, mel, train_betas, infer_betas, generator, device=
     ab_train = np.cumprod(1 - np.asarray(train_betas))
     beta = np.asarray(infer_betas)
     alpha, ab = 1 - beta, np.cumprod(1 - beta)
+    fractional = len(beta) != len(train_betas)
     T = []
     for s in range(len(beta)):
         for t in range(len(train_betas) - 1):
@@ -114,19 +115,23 @@ def reference_synthesis(model, mel, train_betas, infer_betas, generator, device=
                 break
     audio = torch.randn(mel.shape[0], 256 * mel.shape[-1], generator=generator).to(device)
     for n in range(len(alpha) - 1, -1, -1):
-        step = torch.tensor([T[n]] if len(beta) != len(train_betas) else [n], device=device,
-                            dtype=torch.float32 if len(beta) != len(train_betas) else torch.long)
+        step = torch.tensor([T[n]] if fractional else [n], device=device,
+                            dtype=torch.float32 if fractional else torch.long)
         eps = model(audio, mel, step).squeeze(1)
         audio = (audio - beta[n] / (1 - ab[n]) ** .5 * eps) / alpha[n] ** .5
         if n > 0:
-            audio += ((1 - ab[n - 1]) / (1 - ab[n]) * beta[n]) ** .5 * torch.randn(audio.shape, generator=generator).to(device)
+            z = torch.randn(audio.shape, generator=generator).to(device)
+            audio += ((1 - ab[n - 1]) / (1 - ab[n]) * beta[n]) ** .5 * z
         audio = audio.clamp(-1, 1)
     return audio
 
 
 def _configs(args) -> list[tuple[str, str, bool]]:
     """(device, dtype, compile) to measure: the CPU always, CUDA when present (or asked for)."""
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.device == "auto" else [args.device]
+    if args.device == "auto":
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    else:
+        devices = [args.device]
     return [(d, dt, c == "on") for d in devices for dt in args.dtypes for c in args.compile]
 
 
@@ -165,7 +170,8 @@ def speed(args) -> dict:
         ours = build_diffwave("base").eval().to(device)
         for q in ours.parameters():
             q.data.normal_(0, 0.02)
-        den = Denoiser(ours, make_schedule("linear", p["T"], beta_start=p["beta_start"], beta_end=p["beta_end"])).to(device)
+        schedule = make_schedule("linear", p["T"], beta_start=p["beta_start"], beta_end=p["beta_end"])
+        den = Denoiser(ours, schedule).to(device)
         runs = [("diffsuite", label, lambda sampler=sampler, fb=fb: synthesize(
                     den, frames * 256, mel, sampler, None, torch.Generator().manual_seed(0), fb, device=device))
                 for label, sampler, fb in (("50 steps", "ddpm", None), ("6-step fast", "fast", p["fast_betas"]))]
@@ -204,7 +210,8 @@ def _speedups(rows) -> dict:
         if r["impl"] != "diffsuite":
             continue
         key = (r["device"], r["dtype"], r["compile"], r["schedule"])
-        ref = [q for q in rows if q["impl"] != "diffsuite" and (q["device"], q["dtype"], q["compile"], q["schedule"]) == key]
+        ref = [q for q in rows
+               if q["impl"] != "diffsuite" and (q["device"], q["dtype"], q["compile"], q["schedule"]) == key]
         if ref:
             out[f"{r['device']} {r['dtype']} compile={r['compile']} {r['schedule']}"] = ref[0]["seconds"] / r["seconds"]
     return out
