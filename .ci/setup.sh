@@ -14,6 +14,8 @@ $PIP install -q -c constraints.txt -e ".[all]"
 $PIP install -q -c constraints.txt --no-deps diffwave==0.1.7 || echo "warning: diffwave reference not installed"
 $PIP install -q -c constraints.txt diffusers || echo "warning: diffusers reference not installed"
 $PIP install -q -c constraints.txt pesq pystoi || echo "warning: pesq/pystoi not installed"
+# The machine listener of benchmarks/audio.py (offline recogniser; its US-English model ships in the wheel).
+$PIP install -q -c constraints.txt pocketsphinx || echo "warning: pocketsphinx not installed"
 # Guard: exactly the pinned CPU torch, and no CUDA wheels.
 "$VENV/bin/python" - <<'PYEOF'
 import importlib.metadata as md, sys

@@ -2,6 +2,9 @@
 
     python benchmarks/audio.py speed [--seconds 0.5 --threads 1]
     python benchmarks/audio.py quality RUN_OR_CHECKPOINT [--clips 8 --samplers fast ddpm ddim:6 dpmpp_2m:6 griffinlim]
+    python benchmarks/audio.py quality RUN --split test --clips 15 --max-seconds 0 --listener --samplers reference ddpm
+    python benchmarks/audio.py listen RUN DIR [--conditions reference ddpm ddim:6 noisevoc:4 --seed 0]
+    python benchmarks/audio.py listen-score DIR
 
 Quality metrics (reference audio vs. analysis-synthesis of its mel): log-mel L1 (hifigan mel), multi-resolution
 STFT distance (Yamamoto et al. 2020, eq. 1-3: spectral convergence + log-magnitude L1, three resolutions),
@@ -13,6 +16,12 @@ is a classical baseline from the same mel (librosa's mel inversion and Griffin-L
 vocoder: the reference audio through an N-band noise vocoder (Shannon et al. 1995), which keeps each band's temporal
 envelope and replaces all fine structure (harmonics included) by noise; listeners recognise most words of sentences
 from as few as 3-4 such bands, so it shows what an intelligibility metric gives to speech known to be followable.
+`reference` is the clip itself.
+
+Intelligibility. `--listener` adds words_correct: the % of each sentence's words that an offline recogniser hears
+(pocketsphinx's US-English model, trained on human speech; a trigram language model from the training transcripts).
+`listen` writes a blinded test for a person (each held-out sentence once, in one condition, numbered clips at one
+level, answers.txt to fill in, key.json apart); `listen-score` gives the words correct per condition.
 Prints a table and writes JSON under benchmarks/results/.
 """
 from __future__ import annotations
@@ -22,6 +31,7 @@ import json
 import math
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -271,42 +281,271 @@ def noise_vocoder(y: np.ndarray, sr: int, n_bands: int, seed: int, lo: float = 1
     return (out * np.sqrt(np.mean(y.astype(np.float64) ** 2) / max(np.mean(out ** 2), 1e-20))).astype(np.float32)
 
 
+def transcripts(files: list[Path]) -> dict[Path, str]:
+    """Each clip's sentence from the LJSpeech layout's metadata.csv (id|text|normalised text) beside its wavs/ folder."""
+    tables, out = {}, {}
+    for f in files:
+        meta = Path(f).parent.parent / "metadata.csv"
+        if meta not in tables:
+            if not meta.is_file():
+                raise FileNotFoundError(f"listening test: {meta} not found; the test needs the sentences, so the data "
+                                        "must be in the LJSpeech layout (metadata.csv with id|text lines, wavs/)")
+            rows = [line.split("|") for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
+            tables[meta] = {r[0].strip(): r[-1].strip() for r in rows if len(r) >= 2}
+        if Path(f).stem not in tables[meta]:
+            raise ValueError(f"listening test: {meta} has no line for {Path(f).stem!r} ({f})")
+        out[Path(f)] = tables[meta][Path(f).stem]
+    return out
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words, punctuation dropped."""
+    return "".join(ch if ch.isalnum() or ch in "' " else " " for ch in text.lower()).split()
+
+
+def words_correct(ref: str, heard: str) -> int:
+    """Reference words the listener reported in order: the longest common subsequence of the two word lists."""
+    a, b = words(ref), words(heard)
+    row = [0] * (len(b) + 1)
+    for wa in a:
+        prev_diag, row[0] = 0, 0
+        for j, wb in enumerate(b, 1):
+            prev_diag, row[j] = row[j], prev_diag + 1 if wa == wb else max(row[j], row[j - 1])
+    return row[-1]
+
+
+def percent_heard(sentences: list[str], heard: list[str]) -> float:
+    """% of the sentences' words heard, pooled over sentences. Scored against the next clip's sentence instead
+    (`words_chance`), it measures what words common to many sentences give for free."""
+    return 100.0 * sum(map(words_correct, sentences, heard)) / sum(len(words(s)) for s in sentences)
+
+
+def arpa_trigram(sentences: list[str], discount: float = 0.5) -> str:
+    """Trigram language model in ARPA format from sentences' words: absolute discounting with Katz-style backoff (Ney,
+    Essen and Kneser 1994): a seen word keeps (count - D) / count(history); the freed mass goes to the lower order,
+    scaled by the history's backoff weight so that every conditional distribution sums to one."""
+    counts = [{}, {}, {}]
+    for sentence in sentences:
+        w = ["<s>", *words(sentence), "</s>"]
+        for n in range(3):
+            for i in range(len(w) - n):
+                counts[n][tuple(w[i:i + n + 1])] = counts[n].get(tuple(w[i:i + n + 1]), 0) + 1
+    total = sum(c for k, c in counts[0].items() if k != ("<s>",))
+    prob = [{k: c / total for k, c in counts[0].items() if k != ("<s>",)}, {}, {}]
+    for n in (1, 2):
+        history = {}
+        for k, c in counts[n].items():
+            history[k[:-1]] = history.get(k[:-1], 0) + c
+        prob[n] = {k: (c - discount) / history[k[:-1]] for k, c in counts[n].items()}
+
+    def p(k):
+        """P(k[-1] | k[:-1]) with backoff."""
+        return prob[len(k) - 1].get(k) or (backoff[len(k) - 2].get(k[:-1], 1.0) * p(k[1:]) if len(k) > 1 else 0.0)
+
+    backoff = [{}, {}]
+    for n in (1, 2):
+        seen = {}
+        for k in prob[n]:
+            seen.setdefault(k[:-1], []).append(k)
+        for h, ks in seen.items():
+            free, lower = 1 - sum(prob[n][k] for k in ks), 1 - sum(p(k[1:]) for k in ks)
+            backoff[n - 1][h] = free / lower if lower > 1e-12 else 1.0
+    log = lambda x: math.log10(x) if x > 0 else -99.0
+    lines = ["\\data\\", *(f"ngram {n + 1}={len(counts[n])}" for n in range(3))]
+    for n in range(3):
+        lines += ["", f"\\{n + 1}-grams:"]
+        for k in sorted(counts[n]):
+            bo = f" {log(backoff[n][k]):.6f}" if n < 2 and k in backoff[n] else ""
+            lines.append(f"{-99.0 if k == ('<s>',) else log(prob[n][k]):.6f} {' '.join(k)}{bo}")
+    return "\n".join(lines + ["", "\\end\\", ""])
+
+
+def pronunciations(vocabulary: list[str], cmudict: Path) -> str:
+    """CMUdict lines for each word (alternatives included); British -our spellings fall back to the US -or entry."""
+    entries = {}
+    for line in cmudict.read_text(encoding="utf-8").splitlines():
+        head, _, phones = line.partition(" ")
+        entries.setdefault(head.split("(")[0], []).append(phones.strip())
+    out, missing = [], []
+    for w in vocabulary:
+        phones = entries.get(w) or entries.get(w.replace("our", "or"))
+        if phones is None:
+            missing.append(w)
+            continue
+        out += [f"{w}{'' if i == 0 else f'({i + 1})'} {ph}" for i, ph in enumerate(phones)]
+    if missing:
+        raise ValueError(f"machine listener: no pronunciation in {cmudict} for {missing}")
+    return "\n".join(out) + "\n"
+
+
+class MachineListener:
+    """A stand-in listener: pocketsphinx's US-English acoustic model (trained on human speech, nothing from this
+    project), CMUdict pronunciations, and a trigram language model from the training transcripts only."""
+
+    def __init__(self, train_sentences: list[str], workdir: Path):
+        from pocketsphinx import Decoder, get_model_path
+        model = Path(get_model_path()) / "en-us"
+        vocabulary = sorted({w for s in train_sentences for w in words(s)})
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "train.lm").write_text(arpa_trigram(train_sentences))
+        (workdir / "train.dict").write_text(pronunciations(vocabulary, model / "cmudict-en-us.dict"))
+        self.decoder = Decoder(samprate=16000, lm=str(workdir / "train.lm"), dict=str(workdir / "train.dict"),
+                               beam=1e-60, wbeam=1e-40, pbeam=1e-60, loglevel="FATAL")
+
+    @classmethod
+    def for_run(cls, loaded) -> "MachineListener":
+        """A listener whose language model comes from a loaded run's training transcripts."""
+        train = transcripts(loaded.task._files(loaded.recipe.data, "train"))
+        return cls(list(train.values()), Path(tempfile.mkdtemp(prefix="listener-")))
+
+    def __call__(self, y: np.ndarray, sr: int) -> str:
+        """The words heard in y (resampled to 16 kHz, peak-normalised to 0.5)."""
+        import librosa
+        y = librosa.resample(np.asarray(y, np.float64), orig_sr=sr, target_sr=16000)
+        pcm = (y / max(float(np.abs(y).max()), 1e-9) * 0.5 * 32767).astype(np.int16).tobytes()
+        self.decoder.start_utt()
+        self.decoder.process_raw(pcm, full_utt=True)
+        self.decoder.end_utt()
+        hyp = self.decoder.hyp()
+        return hyp.hypstr if hyp is not None else ""
+
+
+def render(spec: str, loaded, y: np.ndarray, mel: torch.Tensor, seed: int) -> np.ndarray:
+    """One condition's waveform for the reference clip y and its mel, cut or padded to len(y): `reference` (y itself),
+    `griffinlim[:iters]`, `noisevoc[:bands]`, `glinit:K` / `glnoise:K`, or a sampler `name[:steps[:spacing]]`."""
+    from diffsuite.modalities.audio.task import vocode_mel
+    name, steps, spacing = _parse_sampler(spec)
+    model = loaded.recipe.model
+    with torch.inference_mode():
+        if name == "reference":
+            g = y
+        elif name == "griffinlim":
+            g = griffin_lim(mel, model, steps or 64)
+        elif name == "noisevoc":
+            g = noise_vocoder(y, model.sample_rate, steps or 4, seed=seed)
+        elif name in ("glinit", "glnoise"):
+            g = glinit(loaded.denoiser, model, mel, steps or 2, seed=seed, denoise=name == "glinit")
+        else:
+            g = vocode_mel(loaded.denoiser, model, mel, name, steps, seed=seed, spacing=spacing)[0].numpy()
+    return fit(np.asarray(g, np.float32), len(y))
+
+
 def quality(args) -> dict:
     """Analysis-synthesis of held-out clips with a trained vocoder, per sampler."""
     from diffsuite.recipes.run import load
     from diffsuite.modalities.audio.data import load_audio
-    from diffsuite.modalities.audio.task import vocode_mel, wav_to_mel
+    from diffsuite.modalities.audio.task import wav_to_mel
     torch.set_num_threads(args.threads)
     loaded = load(args.checkpoint, ema=args.weights == "ema")
     r, task = loaded.recipe, loaded.task
     files = task._files(r.data, args.split)[: args.clips]
     sr = r.model.sample_rate
+    if args.listener and args.max_seconds:
+        raise ValueError("quality --listener scores whole sentences: pass --max-seconds 0 (clips uncut)")
+    listener = MachineListener.for_run(loaded) if args.listener else None
+    text = transcripts(files) if listener else {}
     rows = []
     for spec in args.samplers:
-        name, steps, spacing = _parse_sampler(spec)
-        per, synth_s, audio_s = [], 0.0, 0.0
+        per, synth_s, audio_s, heard = [], 0.0, 0.0, []
         for i, f in enumerate(files):
-            y = load_audio(f, sr)[: int(args.max_seconds * sr)]
+            y = load_audio(f, sr)[: int(args.max_seconds * sr) or None]
             mel = wav_to_mel(y, r.model)
             t0 = time.perf_counter()
-            with torch.inference_mode():
-                if name == "griffinlim":
-                    g = griffin_lim(mel, r.model, steps or 64)
-                elif name == "noisevoc":
-                    g = noise_vocoder(y, sr, steps or 4, seed=i)
-                elif name in ("glinit", "glnoise"):
-                    g = glinit(loaded.denoiser, r.model, mel, steps or 2, seed=i, denoise=name == "glinit")
-                else:
-                    g = vocode_mel(loaded.denoiser, r.model, mel, name, steps, seed=i, spacing=spacing)[0].numpy()
-                g = fit(g, len(y))
+            g = render(spec, loaded, y, mel, seed=i)
             synth_s += time.perf_counter() - t0
             audio_s += len(y) / sr
             per.append({"log_mel_l1": log_mel_l1(y, g, sr), "mrstft": mrstft(y, g), "mcd": mcd(y, g, sr),
                         **pesq_stoi(y, g, sr)})
+            if listener:
+                heard.append(listener(g, sr))
         mean = {k: (float(np.mean([p[k] for p in per])) if per[0][k] is not None else None) for k in per[0]}
+        if listener:
+            mean["words_correct"] = percent_heard([text[f] for f in files], heard)
+            mean["words_chance"] = percent_heard([text[f] for f in files[1:] + files[:1]], heard)
         rows.append({"sampler": spec, **mean, "rtf": synth_s / audio_s, "clips": len(files)})
     return {"checkpoint": str(loaded.checkpoint), "step": loaded.step, "weights": args.weights, "split": args.split,
-            "threads": args.threads, "rows": rows}
+            "threads": args.threads, "max_seconds": args.max_seconds, "rows": rows}
+
+
+def listening_pack(args) -> dict:
+    """A blinded word-recognition test for a person, after matrix sentence tests (Hagerman 1982; Wagener et al. 1999):
+    every held-out sentence is heard once, in one condition (rotated by --seed), under a shuffled number, at one RMS
+    level; key.json holds the answers. Fill in answers.txt, then run `listen-score`."""
+    import soundfile as sf
+    from diffsuite.recipes.run import load
+    from diffsuite.modalities.audio.data import load_audio
+    from diffsuite.modalities.audio.task import wav_to_mel
+    torch.set_num_threads(args.threads)
+    loaded = load(args.checkpoint, ema=True)
+    r, task = loaded.recipe, loaded.task
+    files = [f for split in args.splits for f in task._files(r.data, split)]
+    if not files:
+        raise ValueError(f"listening test: no clips in the {' + '.join(args.splits)} split(s) of {r.data.source}")
+    text, sr, out = transcripts(files), r.model.sample_rate, Path(args.dir)
+    if (out / "key.json").exists():
+        raise FileExistsError(f"listening test: {out} already holds one (key.json); choose another folder")
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+    order = np.random.default_rng(args.seed).permutation(len(files))
+    key = []
+    for n, k in enumerate(order.tolist(), 1):
+        condition = args.conditions[(k + args.seed) % len(args.conditions)]
+        y = load_audio(files[k], sr)
+        g = render(condition, loaded, y, wav_to_mel(y, r.model), seed=k)
+        g = g * (0.05 / max(float(np.sqrt(np.mean(g.astype(np.float64) ** 2))), 1e-6))
+        sf.write(out / "clips" / f"{n:02d}.flac", np.clip(g, -1, 1), sr)
+        key.append({"clip": f"{n:02d}", "condition": condition, "id": files[k].stem, "sentence": text[files[k]]})
+        print(f"{n:02d}/{len(files)}", flush=True)
+    vocabulary = sorted({w for sentence in transcripts(task._files(r.data, None)).values() for w in words(sentence)})
+    (out / "key.json").write_text(json.dumps({"checkpoint": str(loaded.checkpoint), "step": loaded.step,
+                                              "conditions": args.conditions, "seed": args.seed, "clips": key}, indent=1))
+    (out / "answers.txt").write_text("".join(f"{c['clip']}: \n" for c in key))
+    (out / "INSTRUCTIONS.txt").write_text(
+        f"Listening test: {len(key)} short sentences in clips/ (FLAC, {sr} Hz), numbered 01-{len(key):02d}. "
+        "Do not open key.json.\n"
+        "Play each clip once or twice, in order, and after its number in answers.txt type the words you heard\n"
+        "(guess when unsure; leave the line blank if you heard nothing). Then run:\n"
+        f"    python benchmarks/audio.py listen-score {out}\n"
+        f"Every sentence uses only these {len(vocabulary)} words:\n" + " ".join(vocabulary) + "\n")
+    return {"dir": str(out), "clips": len(key), "conditions": args.conditions}
+
+
+def machine_answers(pack: Path, checkpoint: str) -> Path:
+    """The pack's answers as the machine listener hears them (its language model from the checkpoint's training
+    transcripts), written to answers_machine.txt."""
+    import soundfile as sf
+    from diffsuite.recipes.run import load
+    listener = MachineListener.for_run(load(checkpoint, ema=True))
+    lines = [f"{c.stem}: {listener(*sf.read(c))}" for c in sorted((pack / "clips").glob("*.flac"))]
+    (pack / "answers_machine.txt").write_text("\n".join(lines) + "\n")
+    return pack / "answers_machine.txt"
+
+
+def listening_score(args) -> dict:
+    """Words correct per condition (reference words reported in order) from a filled-in listening pack."""
+    out = Path(args.dir)
+    key = {c["clip"]: c for c in json.loads((out / "key.json").read_text())["clips"]}
+    answers = machine_answers(out, args.machine) if args.machine else out / "answers.txt"
+    heard = {}
+    for i, line in enumerate(answers.read_text(encoding="utf-8").splitlines(), 1):
+        number, sep, answer = line.partition(":")
+        if not line.strip():
+            continue
+        if not sep or number.strip() not in key:
+            raise ValueError(f"{answers} line {i}: expected 'NN: words heard' with NN one of the clip "
+                             f"numbers 01-{len(key):02d}, got {line!r}")
+        heard[number.strip()] = answer
+    missing = sorted(set(key) - set(heard))
+    if missing:
+        raise ValueError(f"{answers}: no line for clip(s) {', '.join(missing)} (a blank answer is 'NN: ')")
+    rows = {}
+    for clip, c in key.items():
+        row = rows.setdefault(c["condition"], {"condition": c["condition"], "sentences": 0, "words": 0, "correct": 0})
+        row["sentences"] += 1
+        row["words"] += len(words(c["sentence"]))
+        row["correct"] += words_correct(c["sentence"], heard[clip])
+    for row in rows.values():
+        row["percent_correct"] = 100.0 * row["correct"] / row["words"]
+    return {"dir": str(out), "answers": answers.name, "rows": list(rows.values())}
 
 
 def _print_table(rows: list[dict]) -> None:
@@ -331,17 +570,39 @@ def main(argv=None) -> int:
     q.add_argument("checkpoint")
     q.add_argument("--split", default="test")
     q.add_argument("--clips", type=int, default=8)
-    q.add_argument("--max-seconds", type=float, default=3.0)
+    q.add_argument("--max-seconds", type=float, default=3.0, help="cut clips to this length (0: whole clips)")
+    q.add_argument("--listener", action="store_true",
+                   help="add words_correct: %% of the sentences' words a speech recogniser (pocketsphinx, with a "
+                        "language model from the training transcripts) hears, and words_chance: the same words "
+                        "scored against the next clip's sentence; needs --max-seconds 0")
     q.add_argument("--threads", type=int, default=1)
     q.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA weights or the raw trained ones")
     q.add_argument("--samplers", nargs="+", default=["fast", "ddpm", "ddim:6", "dpmpp_2m:6"])
     for sp in (s, q):
         sp.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/audio_<command>.json)")
+    lp = sub.add_parser("listen", help="write a blinded listening test (clips, answers.txt, key.json) to DIR")
+    lp.add_argument("checkpoint")
+    lp.add_argument("dir")
+    lp.add_argument("--splits", nargs="+", default=["val", "test"])
+    lp.add_argument("--conditions", nargs="+", default=["reference", "ddpm", "ddim:6", "noisevoc:4"])
+    lp.add_argument("--seed", type=int, default=0, help="shuffles the order and rotates the conditions (one per listener)")
+    lp.add_argument("--threads", type=int, default=1)
+    ls = sub.add_parser("listen-score", help="words correct per condition from DIR's filled-in answers.txt")
+    ls.add_argument("dir")
+    ls.add_argument("--machine", metavar="RUN", default=None,
+                    help="score the machine listener instead (its language model from RUN's training transcripts)")
     args = p.parse_args(argv)
-    result = speed(args) if args.cmd == "speed" else quality(args)
+    if args.cmd == "listen":
+        print(json.dumps(listening_pack(args)))
+        return 0
+    commands = {"speed": speed, "quality": quality, "listen-score": listening_score}
+    result = commands[args.cmd](args)
     result.update(torch=torch.__version__, machine=platform.processor() or platform.machine())
     _print_table(result["rows"])
-    out = Path(args.out) if args.out else RESULTS / f"audio_{args.cmd}.json"
+    if args.cmd == "listen-score":
+        out = Path(args.dir) / ("score_machine.json" if args.machine else "score.json")
+    else:
+        out = Path(args.out) if args.out else RESULTS / f"audio_{args.cmd}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
