@@ -4,7 +4,8 @@
     python benchmarks/audio.py quality RUN_OR_CHECKPOINT [--clips 8 --samplers fast ddpm ddim:6 dpmpp_2m:6 griffinlim]
     python benchmarks/audio.py quality RUN --split test --clips 15 --max-seconds 0 --listener --samplers reference ddpm
     python benchmarks/audio.py listen RUN DIR [--conditions reference ddpm ddim:6 noisevoc:4 --seed 0]
-    python benchmarks/audio.py listen-score DIR
+    python benchmarks/audio.py listen-score DIR [--machine RUN]
+    python benchmarks/audio.py embedding RUN [--split val]
 
 Quality metrics (reference audio vs. analysis-synthesis of its mel): log-mel L1 (hifigan mel), multi-resolution
 STFT distance (Yamamoto et al. 2020, eq. 1-3: spectral convergence + log-magnitude L1, three resolutions),
@@ -467,6 +468,53 @@ def quality(args) -> dict:
             "threads": args.threads, "max_seconds": args.max_seconds, "rows": rows}
 
 
+def step_embeddings(args) -> dict:
+    """Diagnostic of the step embedding at the fast schedule's fractional steps, on one checkpoint's weights: the
+    eps-MSE at integer and fractional t (t and the alpha_bar the fast schedule aligns to it), and the fast schedule's
+    MR-STFT with each embedding (`lerp`, `sinusoid`) and with its steps rounded to integers (`rounded`)."""
+    from diffsuite.core.samplers import sample
+    from diffsuite.recipes.run import load
+    from diffsuite.modalities.audio.data import load_audio
+    from diffsuite.modalities.audio.diffwave import StepEmbedding, preset
+    from diffsuite.modalities.audio.task import ExplicitAlphaBars, fast_schedule, unwhiten, wav_to_mel, whiten
+    torch.set_num_threads(args.threads)
+    loaded = load(args.checkpoint, ema=True)
+    r, den = loaded.recipe, loaded.denoiser
+    ts, abs_ = fast_schedule(den.schedule.betas.tolist(), preset(r.model.preset)["fast_betas"])
+    probe = sorted({t for t in ts.tolist() if t > 0} | {math.floor(t) for t in ts.tolist() if t > 0})
+    root_ab = den.schedule.alpha_bar.double().sqrt()
+    ab_probe = [float(((1 - t % 1) * root_ab[int(t)] + t % 1 * root_ab[min(int(t) + 1, len(root_ab) - 1)]) ** 2)
+                for t in probe]  # the alignment fast_schedule inverts: sqrt(alpha_bar) linear between steps
+    embeds = [m for m in den.modules() if isinstance(m, StepEmbedding)]
+    loss = {mode: {t: [] for t in probe} for mode in ("lerp", "sinusoid")}
+    mrs = {"lerp": [], "sinusoid": [], "rounded": []}
+    for i, f in enumerate(loaded.task._files(r.data, args.split)[: args.clips]):
+        y = load_audio(f, r.model.sample_rate)[: int(args.max_seconds * r.model.sample_rate)]
+        mel = wav_to_mel(y, r.model)
+        n = mel.shape[-1] * r.model.hop_length
+        y, cond = fit(y, n), mel[None]
+        x0 = whiten(torch.from_numpy(y)[None, None], den.net, cond)
+        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(i))
+        for mode in ("lerp", "sinusoid"):
+            for m in embeds:
+                m.mode = mode
+            with torch.inference_mode():
+                for t, ab in zip(probe, ab_probe):
+                    net = ExplicitAlphaBars(den, torch.tensor([t], dtype=torch.float64), torch.tensor([ab]))
+                    pred = net(ab ** 0.5 * x0 + (1 - ab) ** 0.5 * eps, torch.tensor([t]), cond)
+                    loss[mode][t].append(float(((pred.eps - eps) ** 2).mean()))
+                x = sample(ExplicitAlphaBars(den, ts, abs_), (1, 1, n), "ddpm", None, cond=cond, timesteps=ts,
+                           alpha_bars=abs_, variance="beta_tilde", generator=torch.Generator().manual_seed(i))
+                mrs[mode].append(mrstft(y, unwhiten(x, den.net, cond)[0, 0].clamp(-1, 1).numpy()))
+                if mode == "lerp":
+                    x = sample(den, (1, 1, n), "ddpm", None, cond=cond, timesteps=ts.round(), variance="beta_tilde",
+                               generator=torch.Generator().manual_seed(i))
+                    mrs["rounded"].append(mrstft(y, unwhiten(x, den.net, cond)[0, 0].clamp(-1, 1).numpy()))
+    rows = [{"sampler": f"fast ({k})", "mrstft": float(np.mean(v))} for k, v in mrs.items()]
+    return {"checkpoint": str(loaded.checkpoint), "split": args.split, "fast_timesteps": ts.tolist(), "rows": rows,
+            "eps_mse": {mode: {f"{t:g}": float(np.mean(v)) for t, v in d.items()} for mode, d in loss.items()}}
+
+
 def listening_pack(args) -> dict:
     """A blinded word-recognition test for a person, after matrix sentence tests (Hagerman 1982; Wagener et al. 1999):
     every held-out sentence is heard once, in one condition (rotated by --seed), under a shuffled number, at one RMS
@@ -587,6 +635,13 @@ def main(argv=None) -> int:
     lp.add_argument("--conditions", nargs="+", default=["reference", "ddpm", "ddim:6", "noisevoc:4"])
     lp.add_argument("--seed", type=int, default=0, help="shuffles the order and rotates the conditions (one per listener)")
     lp.add_argument("--threads", type=int, default=1)
+    e = sub.add_parser("embedding", help="diagnose the step embedding at the fast schedule's fractional steps")
+    e.add_argument("checkpoint")
+    e.add_argument("--split", default="val")
+    e.add_argument("--clips", type=int, default=8)
+    e.add_argument("--max-seconds", type=float, default=3.0)
+    e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--out", default=None)
     ls = sub.add_parser("listen-score", help="words correct per condition from DIR's filled-in answers.txt")
     ls.add_argument("dir")
     ls.add_argument("--machine", metavar="RUN", default=None,
@@ -595,7 +650,7 @@ def main(argv=None) -> int:
     if args.cmd == "listen":
         print(json.dumps(listening_pack(args)))
         return 0
-    commands = {"speed": speed, "quality": quality, "listen-score": listening_score}
+    commands = {"speed": speed, "quality": quality, "embedding": step_embeddings, "listen-score": listening_score}
     result = commands[args.cmd](args)
     result.update(torch=torch.__version__, machine=platform.processor() or platform.machine())
     _print_table(result["rows"])

@@ -141,3 +141,13 @@ def test_quality_listener_scores_whole_sentences(run, tmp_path):
                    "--samplers", "noisevoc:16", "--out", str(tmp_path / "q.json")]) == 0
     row = json.loads((tmp_path / "q.json").read_text())["rows"][0]
     assert row["clips"] == 4 and row["words_correct"] > row["words_chance"]
+
+
+def test_step_embedding_diagnostic_reports_both_embeddings(run, tmp_path):
+    assert A.main(["embedding", str(run), "--split", "test", "--clips", "1", "--out", str(tmp_path / "e.json")]) == 0
+    d = json.loads((tmp_path / "e.json").read_text())
+    assert [r["sampler"] for r in d["rows"]] == ["fast (lerp)", "fast (sinusoid)", "fast (rounded)"]
+    lerp, direct = d["eps_mse"]["lerp"], d["eps_mse"]["sinusoid"]
+    integer = [k for k in lerp if float(k).is_integer()]
+    assert integer and all(lerp[k] == direct[k] for k in integer)  # the embeddings agree at integer steps
+    assert any(lerp[k] != direct[k] for k in lerp if k not in integer)

@@ -126,7 +126,7 @@ def test_converter_identical_outputs():
         a = ref(x[:1, 0], mel[:1], torch.tensor([12.37]))  # the reference's lerp embedding (batch of one)
         b = ours(x[:1], torch.tensor([12.37]), mel[:1])
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), (a - b).abs().max()
-    direct = build_diffwave("base").eval()
+    direct = build_diffwave("base", step_embedding="sinusoid").eval()
     direct.load_state_dict(ours.state_dict())
     with torch.no_grad():  # the direct sinusoid equals the table exactly at integer steps
         assert torch.allclose(direct(x, torch.tensor([3.0, 49.0]), mel), ref(x[:, 0], mel, torch.tensor([3, 49])),
@@ -230,3 +230,37 @@ def test_synthesize_passes_spacing_to_core_sampler():
     with pytest.raises(ValueError, match="spacing"):
         synthesize(den, 96, mel, "fast", generator=torch.Generator().manual_seed(3),
                    fast_betas=PRESETS["base"]["fast_betas"], spacing="trailing")
+
+
+def test_default_step_embedding_interpolates_fractional_steps():
+    """The default embeds a fractional step between its integer neighbours (the reference's lerp), and equals the
+    direct sinusoid bit for bit at integer steps, so training (integer t only) is the same in both modes."""
+    lerp = build_diffwave("tiny", hop_length=16).eval()
+    assert lerp.step_embed.mode == "lerp"
+    direct = build_diffwave("tiny", hop_length=16, step_embedding="sinusoid").eval()
+    direct.load_state_dict(lerp.state_dict())
+    table = step_sinusoid(torch.arange(50, dtype=torch.float32))
+    from diffsuite.modalities.audio.diffwave import step_sinusoid_lerp
+    e = step_sinusoid_lerp(torch.tensor([12.37, 43.0]), 50)
+    assert torch.allclose(e[0], 0.63 * table[12] + 0.37 * table[13], atol=1e-6) and torch.equal(e[1], table[43])
+    # the direct sinusoid at 12.37 is nowhere near its neighbours: its fastest components turn over ~10^4 per step
+    assert (step_sinusoid(torch.tensor([12.37]))[0] - e[0]).abs().max() > 0.5
+    x, mel, t = torch.randn(2, 1, 64), torch.rand(2, 80, 4), torch.tensor([3.0, 49.0])
+    with torch.no_grad():
+        assert torch.equal(lerp(x, t, mel), direct(x, t, mel))
+
+
+def test_fast_synthesis_warns_on_direct_sinusoid():
+    from diffsuite.core.denoiser import Denoiser
+    from diffsuite.core.schedules import make_schedule
+    from diffsuite.modalities.audio.task import synthesize
+    sched = make_schedule("linear", 50, beta_start=1e-4, beta_end=0.05)
+    fb, mel = PRESETS["base"]["fast_betas"], torch.rand(1, 80, 2)
+    old = Denoiser(build_diffwave("tiny", hop_length=16, step_embedding="sinusoid").eval(), sched)
+    with pytest.warns(UserWarning, match="direct sinusoid"):
+        synthesize(old, 32, mel, "fast", generator=torch.Generator().manual_seed(0), fast_betas=fb)
+    new = Denoiser(build_diffwave("tiny", hop_length=16).eval(), sched)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        synthesize(new, 32, mel, "fast", generator=torch.Generator().manual_seed(0), fast_betas=fb)

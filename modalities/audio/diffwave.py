@@ -56,7 +56,7 @@ def step_sinusoid_lerp(t: torch.Tensor, T: int) -> torch.Tensor:
 class StepEmbedding(nn.Module):
     """Diffusion-step embedding: sinusoid -> FC 512 -> Swish -> FC 512 -> Swish (Kong et al. 2020, Fig. 2)."""
 
-    def __init__(self, T: int, mode: str = "sinusoid"):
+    def __init__(self, T: int, mode: str = "lerp"):
         super().__init__()
         if mode not in ("sinusoid", "lerp"):
             raise ValueError(f"model.step_embedding: unknown {mode!r}; valid: sinusoid, lerp")
@@ -144,7 +144,7 @@ class DiffWave(nn.Module):
     """DiffWave eps-network (Kong et al. 2020): net(x_t (B,1,L), t (B,), mel (B,n_mels,L/hop) | None) -> eps."""
 
     def __init__(self, residual_layers: int = 30, residual_channels: int = 64, dilation_cycle: int = 10,
-                 n_mels: Optional[int] = 80, hop_length: int = 256, T: int = 50, step_embedding: str = "sinusoid",
+                 n_mels: Optional[int] = 80, hop_length: int = 256, T: int = 50, step_embedding: str = "lerp",
                  upsampler_init: str = "interp"):
         super().__init__()
         C = residual_channels
@@ -222,7 +222,7 @@ class DiffWave(nn.Module):
 def build_diffwave(preset_name: str = "base", residual_layers: Optional[int] = None,
                    residual_channels: Optional[int] = None, dilation_cycle: Optional[int] = None,
                    n_mels: Optional[int] = 80, hop_length: int = 256, T: Optional[int] = None,
-                   step_embedding: str = "sinusoid", upsampler_init: str = "interp") -> DiffWave:
+                   step_embedding: str = "lerp", upsampler_init: str = "interp") -> DiffWave:
     """A DiffWave from a preset, with any field overridden."""
     p = preset(preset_name)
     return DiffWave(residual_layers or p["residual_layers"], residual_channels or p["residual_channels"],

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -13,7 +13,7 @@ import torch
 from diffsuite.core.samplers import sample
 from diffsuite.core.task import Task
 
-from .diffwave import build_diffwave, preset
+from .diffwave import StepEmbedding, build_diffwave, preset
 from .mel import MelConvention, check_mel, convention, mel_spectrogram
 from . import priorgrad
 from .priorgrad import PriorGradNet, Whitened, check_prior
@@ -32,7 +32,10 @@ class ModelConfig:
     sample_rate: int = 22050
     n_mels: int = 80
     hop_length: int = 256
-    step_embedding: str = "sinusoid"  # sinusoid (exact at float t) | lerp (the reference's interpolation)
+    # lerp: the sinusoid table at integer steps, interpolated at fractional t (the reference's; the fast schedule's
+    # steps are fractional, and a model trained at integer steps has never seen the direct sinusoid between them,
+    # whose fastest components turn over ~10^4 times per step). sinusoid: the direct sinusoid, for continuous t.
+    step_embedding: str = "lerp"
     upsampler_init: str = "interp"  # mel upsampler starts as linear interpolation | default (PyTorch's, the reference's)
     prior: str = "standard"  # standard N(0, I) | priorgrad (std from the mel's frame energy; priorgrad.py)
     prior_level: Optional[float] = None  # priorgrad: frame energy given the unit prior (None: priorgrad.LEVEL)
@@ -154,6 +157,7 @@ def _synthesize(denoiser, n_samples, cond, sampler, steps, generator, fast_betas
         if fast_betas is None:
             raise ValueError("synthesize(sampler='fast'): this preset has no fast schedule; pass fast_betas")
         ts, abs_ = fast_schedule(denoiser.schedule.betas.tolist(), fast_betas)
+        warn_direct_sinusoid(denoiser)
         return sample(ExplicitAlphaBars(denoiser, ts, abs_), shape, "ddpm", None, generator=generator, cond=cond,
                       device=device, timesteps=ts, alpha_bars=abs_, variance="beta_tilde", progress=progress)
     opts = {"variance": "beta_tilde"} if sampler == "ddpm" else {}
@@ -163,6 +167,16 @@ def _synthesize(denoiser, n_samples, cond, sampler, steps, generator, fast_betas
     steps = steps or denoiser.schedule.T
     return sample(denoiser, shape, sampler, steps, generator=generator, cond=cond, device=device,
                   progress=progress, **opts)
+
+
+def warn_direct_sinusoid(denoiser) -> None:
+    """The fast schedule's steps are fractional: warn if the network embeds them with the direct sinusoid (a
+    checkpoint made before lerp became the default), which a model trained at integer steps has never seen."""
+    if any(isinstance(m, StepEmbedding) and m.mode == "sinusoid" for m in denoiser.modules()):
+        warnings.warn("fast synthesis: this model embeds the schedule's fractional steps with the direct sinusoid "
+                      "(model.step_embedding: sinusoid), unseen in training at integer steps; its output is much worse "
+                      "than with 'lerp' (the reference's interpolation: same weights, identical at integer steps). "
+                      "Set step_embedding to lerp in the checkpoint's config.json to use it.", stacklevel=3)
 
 
 def vocode_mel(denoiser, model: ModelConfig, mel: torch.Tensor, sampler: str = "fast", steps=None, seed: int = 0,
