@@ -3,7 +3,7 @@
     python benchmarks/audio.py speed [--seconds 0.5 --threads 1]
     python benchmarks/audio.py quality RUN_OR_CHECKPOINT [--clips 8 --samplers fast ddpm ddim:6 dpmpp_2m:6 griffinlim]
     python benchmarks/audio.py quality RUN --split test --clips 15 --max-seconds 0 --listener --samplers reference ddpm
-    python benchmarks/audio.py listen RUN DIR [--conditions reference ddpm ddim:6 noisevoc:4 --seed 0]
+    python benchmarks/audio.py listen RUN DIR [--conditions reference ddpm fast noisevoc:4 --seed 0]
     python benchmarks/audio.py listen-score DIR [--machine RUN]
     python benchmarks/audio.py embedding RUN [--split val]
 
@@ -632,7 +632,7 @@ def main(argv=None) -> int:
     lp.add_argument("checkpoint")
     lp.add_argument("dir")
     lp.add_argument("--splits", nargs="+", default=["val", "test"])
-    lp.add_argument("--conditions", nargs="+", default=["reference", "ddpm", "ddim:6", "noisevoc:4"])
+    lp.add_argument("--conditions", nargs="+", default=["reference", "ddpm", "fast", "noisevoc:4"])
     lp.add_argument("--seed", type=int, default=0, help="shuffles the order and rotates the conditions (one per listener)")
     lp.add_argument("--threads", type=int, default=1)
     e = sub.add_parser("embedding", help="diagnose the step embedding at the fast schedule's fractional steps")
