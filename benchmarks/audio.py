@@ -383,21 +383,21 @@ class MachineListener:
     """A stand-in listener: pocketsphinx's US-English acoustic model (trained on human speech, nothing from this
     project), CMUdict pronunciations, and a trigram language model from the training transcripts only."""
 
-    def __init__(self, train_sentences: list[str], workdir: Path):
+    def __init__(self, train_sentences: list[str]):
         from pocketsphinx import Decoder, get_model_path
         model = Path(get_model_path()) / "en-us"
         vocabulary = sorted({w for s in train_sentences for w in words(s)})
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "train.lm").write_text(arpa_trigram(train_sentences))
-        (workdir / "train.dict").write_text(pronunciations(vocabulary, model / "cmudict-en-us.dict"))
-        self.decoder = Decoder(samprate=16000, lm=str(workdir / "train.lm"), dict=str(workdir / "train.dict"),
-                               beam=1e-60, wbeam=1e-40, pbeam=1e-60, loglevel="FATAL")
+        with tempfile.TemporaryDirectory(prefix="listener-") as tmp:  # read once, when the decoder is built
+            lm, lexicon = Path(tmp) / "train.lm", Path(tmp) / "train.dict"
+            lm.write_text(arpa_trigram(train_sentences))
+            lexicon.write_text(pronunciations(vocabulary, model / "cmudict-en-us.dict"))
+            self.decoder = Decoder(samprate=16000, lm=str(lm), dict=str(lexicon), beam=1e-60, wbeam=1e-40,
+                                   pbeam=1e-60, loglevel="FATAL")
 
     @classmethod
     def for_run(cls, loaded) -> "MachineListener":
         """A listener whose language model comes from a loaded run's training transcripts."""
-        train = transcripts(loaded.task._files(loaded.recipe.data, "train"))
-        return cls(list(train.values()), Path(tempfile.mkdtemp(prefix="listener-")))
+        return cls(list(transcripts(loaded.task._files(loaded.recipe.data, "train")).values()))
 
     def __call__(self, y: np.ndarray, sr: int) -> str:
         """The words heard in y (resampled to 16 kHz, peak-normalised to 0.5)."""
