@@ -82,10 +82,15 @@ def mcd(ref: np.ndarray, gen: np.ndarray, sr: int = 22050, n_cep: int = 13, spee
     return float(dist[speech].mean())
 
 
+def to_16k(y: np.ndarray, sr: int) -> np.ndarray:
+    """y resampled to 16 kHz (float64), the rate of PESQ-WB, STOI and the speech recogniser."""
+    import librosa
+    return librosa.resample(np.asarray(y, np.float64), orig_sr=sr, target_sr=16000)
+
+
 def pesq_stoi(ref: np.ndarray, gen: np.ndarray, sr: int) -> dict:
     """Wide-band PESQ and STOI after resampling both signals to 16 kHz (None where the package is missing)."""
-    import librosa
-    a, b = (librosa.resample(v.astype(np.float64), orig_sr=sr, target_sr=16000) for v in (ref, gen))
+    a, b = to_16k(ref, sr), to_16k(gen, sr)
     out = {"pesq_wb": None, "stoi": None}
     try:
         from pesq import pesq
@@ -283,19 +288,17 @@ def noise_vocoder(y: np.ndarray, sr: int, n_bands: int, seed: int, lo: float = 1
 
 
 def transcripts(files: list[Path]) -> dict[Path, str]:
-    """Each clip's sentence from the LJSpeech layout's metadata.csv (id|text|normalised text) beside its wavs/ folder."""
+    """Each clip's sentence from the LJSpeech layout's metadata.csv beside its wavs/ folder (the listening tests need
+    the sentences, so they take data in that layout)."""
+    from diffsuite.modalities.audio.data import ljspeech_metadata
     tables, out = {}, {}
-    for f in files:
-        meta = Path(f).parent.parent / "metadata.csv"
-        if meta not in tables:
-            if not meta.is_file():
-                raise FileNotFoundError(f"listening test: {meta} not found; the test needs the sentences, so the data "
-                                        "must be in the LJSpeech layout (metadata.csv with id|text lines, wavs/)")
-            rows = [line.split("|") for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
-            tables[meta] = {r[0].strip(): r[-1].strip() for r in rows if len(r) >= 2}
-        if Path(f).stem not in tables[meta]:
-            raise ValueError(f"listening test: {meta} has no line for {Path(f).stem!r} ({f})")
-        out[Path(f)] = tables[meta][Path(f).stem]
+    for f in map(Path, files):
+        root = f.parent.parent
+        if root not in tables:
+            tables[root] = dict(ljspeech_metadata(root))
+        if not tables[root].get(f.stem):
+            raise ValueError(f"listening test: {root / 'metadata.csv'} has no sentence for {f.stem!r} ({f})")
+        out[f] = tables[root][f.stem]
     return out
 
 
@@ -401,8 +404,7 @@ class MachineListener:
 
     def __call__(self, y: np.ndarray, sr: int) -> str:
         """The words heard in y (resampled to 16 kHz, peak-normalised to 0.5)."""
-        import librosa
-        y = librosa.resample(np.asarray(y, np.float64), orig_sr=sr, target_sr=16000)
+        y = to_16k(y, sr)
         pcm = (y / max(float(np.abs(y).max()), 1e-9) * 0.5 * 32767).astype(np.int16).tobytes()
         self.decoder.start_utt()
         self.decoder.process_raw(pcm, full_utt=True)
@@ -470,8 +472,9 @@ def quality(args) -> dict:
 
 def step_embeddings(args) -> dict:
     """Diagnostic of the step embedding at the fast schedule's fractional steps, on one checkpoint's weights: the
-    eps-MSE at integer and fractional t (t and the alpha_bar the fast schedule aligns to it), and the fast schedule's
-    MR-STFT with each embedding (`lerp`, `sinusoid`) and with its steps rounded to integers (`rounded`)."""
+    eps-MSE at each fractional step (with the alpha_bar the schedule aligns it to) and at the integer step below it,
+    and the fast schedule's MR-STFT with each embedding (`lerp`, `sinusoid`) and with its steps rounded (`rounded`)."""
+    import warnings
     from diffsuite.core.samplers import sample
     from diffsuite.recipes.run import load
     from diffsuite.modalities.audio.data import load_audio
@@ -481,12 +484,10 @@ def step_embeddings(args) -> dict:
     loaded = load(args.checkpoint, ema=True)
     r, den = loaded.recipe, loaded.denoiser
     ts, abs_ = fast_schedule(den.schedule.betas.tolist(), preset(r.model.preset)["fast_betas"])
-    probe = sorted({t for t in ts.tolist() if t > 0} | {math.floor(t) for t in ts.tolist() if t > 0})
-    root_ab = den.schedule.alpha_bar.double().sqrt()
-    ab_probe = [float(((1 - t % 1) * root_ab[int(t)] + t % 1 * root_ab[min(int(t) + 1, len(root_ab) - 1)]) ** 2)
-                for t in probe]  # the alignment fast_schedule inverts: sqrt(alpha_bar) linear between steps
+    probe = sorted({(t, ab) for t, ab in zip(ts.tolist(), abs_.tolist()) if t > 0}
+                   | {(math.floor(t), float(den.schedule.alpha_bar[math.floor(t)])) for t in ts.tolist() if t > 0})
     embeds = [m for m in den.modules() if isinstance(m, StepEmbedding)]
-    loss = {mode: {t: [] for t in probe} for mode in ("lerp", "sinusoid")}
+    loss = {mode: {t: [] for t, _ in probe} for mode in ("lerp", "sinusoid")}
     mrs = {"lerp": [], "sinusoid": [], "rounded": []}
     for i, f in enumerate(loaded.task._files(r.data, args.split)[: args.clips]):
         y = load_audio(f, r.model.sample_rate)[: int(args.max_seconds * r.model.sample_rate)]
@@ -499,17 +500,17 @@ def step_embeddings(args) -> dict:
             for m in embeds:
                 m.mode = mode
             with torch.inference_mode():
-                for t, ab in zip(probe, ab_probe):
+                for t, ab in probe:
                     net = ExplicitAlphaBars(den, torch.tensor([t], dtype=torch.float64), torch.tensor([ab]))
                     pred = net(ab ** 0.5 * x0 + (1 - ab) ** 0.5 * eps, torch.tensor([t]), cond)
                     loss[mode][t].append(float(((pred.eps - eps) ** 2).mean()))
-                x = sample(ExplicitAlphaBars(den, ts, abs_), (1, 1, n), "ddpm", None, cond=cond, timesteps=ts,
-                           alpha_bars=abs_, variance="beta_tilde", generator=torch.Generator().manual_seed(i))
-                mrs[mode].append(mrstft(y, unwhiten(x, den.net, cond)[0, 0].clamp(-1, 1).numpy()))
-                if mode == "lerp":
-                    x = sample(den, (1, 1, n), "ddpm", None, cond=cond, timesteps=ts.round(), variance="beta_tilde",
-                               generator=torch.Generator().manual_seed(i))
-                    mrs["rounded"].append(mrstft(y, unwhiten(x, den.net, cond)[0, 0].clamp(-1, 1).numpy()))
+            with warnings.catch_warnings():  # the direct sinusoid's warning: that is what is measured here
+                warnings.simplefilter("ignore")
+                mrs[mode].append(mrstft(y, render("fast", loaded, y, mel, seed=i)))
+        with torch.inference_mode():  # the schedule's steps rounded to training steps, where both embeddings agree
+            x = sample(den, (1, 1, n), "ddpm", None, cond=cond, timesteps=ts.round(), variance="beta_tilde",
+                       generator=torch.Generator().manual_seed(i))
+        mrs["rounded"].append(mrstft(y, unwhiten(x, den.net, cond)[0, 0].clamp(-1, 1).numpy()))
     rows = [{"sampler": f"fast ({k})", "mrstft": float(np.mean(v))} for k, v in mrs.items()]
     return {"checkpoint": str(loaded.checkpoint), "split": args.split, "fast_timesteps": ts.tolist(), "rows": rows,
             "eps_mse": {mode: {f"{t:g}": float(np.mean(v)) for t, v in d.items()} for mode, d in loss.items()}}

@@ -55,15 +55,22 @@ def ljspeech_split(utt_id: str) -> str:
     return "test" if utt_id.startswith("LJ001-") else "val" if utt_id.startswith("LJ002-") else "train"
 
 
+def ljspeech_metadata(root: Path) -> list[tuple[str, str]]:
+    """(id, text) per line of an LJSpeech layout's metadata.csv (id|text|normalised text, no header): the last field,
+    the normalised text where there is one; "" for a line with an id only."""
+    meta = Path(root) / "metadata.csv"
+    if not meta.is_file():
+        raise FileNotFoundError(f"LJSpeech layout: {meta} not found (expected id|text lines and a wavs/ folder)")
+    rows = [line.split("|") for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [(r[0].strip(), r[-1].strip() if len(r) > 1 else "") for r in rows]
+
+
 def list_ljspeech(root: Path, split: Optional[str]) -> list[Path]:
     """LJSpeech layout: metadata.csv (id|text|normalised text, no header) and wavs/<id>.wav.
 
     If root/splits/<split>.txt exists (one id per line, as the built-in corpus writes), it defines the split.
     """
-    meta = root / "metadata.csv"
-    if not meta.is_file():
-        raise FileNotFoundError(f"LJSpeech layout: {meta} not found (expected id|text lines and a wavs/ folder)")
-    ids = [line.split("|", 1)[0].strip() for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ids = [i for i, _ in ljspeech_metadata(root)]
     split_file = root / "splits" / f"{split}.txt"
     if split is not None and split_file.is_file():
         keep = set(split_file.read_text().split())
