@@ -1,6 +1,11 @@
 """Trajectory benchmark: normalised score / success rate of a checkpoint in PointMaze, and plan latency per sampler.
 
     python benchmarks/trajectory.py --checkpoint RUN_DIR --episodes 20 [--replan-every K] [--latency-only] [--device cuda]
+    python benchmarks/trajectory.py --untrained trajectory_umaze_demo [--set data.size=d4rl ...] --episodes 100
+
+Every score comes with its floor: the same planner, episodes and normalisation with an untrained network of the same
+recipe (initialised as `diffsuite train` initialises it, train.seed), so a reader sees what planning by start / goal
+inpainting and PD tracking gives before any learning (`--no-floor` skips it; `--untrained RECIPE` scores only that).
 
 Scores use reference returns measured here (uniform-random policy and noiseless waypoint expert, 100 episodes
 each, same env, mode and episode length; `score` with a fresh replanning expert per episode, `D4RL-ref` with
@@ -46,6 +51,24 @@ def _loaded(path, device):
     from diffsuite.recipes.run import load
     ld = load(path, device=device)
     return ld, full_dataset(ld.recipe.data)
+
+
+def untrained(recipe, device):
+    """A Loaded-like record holding an untrained network of `recipe`, seeded as `diffsuite train` seeds it."""
+    from types import SimpleNamespace
+    from diffsuite.core.build import build_denoiser
+    from diffsuite.modalities.trajectory.task import TrajectoryTask, full_dataset
+    task = TrajectoryTask()
+    torch.manual_seed(recipe.train.seed)
+    den = build_denoiser(task.build_net(recipe.model, recipe.diffusion), recipe.diffusion, for_sampling=True)
+    return SimpleNamespace(task=task, recipe=recipe, denoiser=den.to(device).eval(), step=0), full_dataset(recipe.data)
+
+
+def with_floor(rows: list[dict], floor: list[dict]) -> list[dict]:
+    """Each score row with the untrained network's success and scores of the same mode beside it."""
+    keys = ("success_rate", "normalized_score", "normalized_score_d4rl", "plan_in_wall")
+    by_mode = {f["mode"]: f for f in floor}
+    return [{**r, "floor_untrained": {k: by_mode[r["mode"]][k] for k in keys}} for r in rows]
 
 
 def latency(den, norm, H, device, repeats: int) -> list[dict]:
@@ -94,6 +117,10 @@ def scores(ld, seq, episodes: int, replan_every: int, sampler, steps, control: s
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None)
+    p.add_argument("--untrained", metavar="RECIPE", default=None,
+                   help="score only an untrained network of this recipe (the floor), with --set overrides")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides for --untrained")
+    p.add_argument("--no-floor", action="store_true", help="skip the untrained-network floor beside a checkpoint")
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--replan-every", type=int, default=0, help="0: plan once (Diffuser)")
     p.add_argument("--control", default="pd", choices=("pd", "actions", "pursuit"),
@@ -111,7 +138,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     result = {"device": a.device if a.device == "cpu" else torch.cuda.get_device_name(), "threads": a.threads,
               "cpu": platform.processor() or platform.machine(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if a.checkpoint:
+    if a.untrained:
+        from diffsuite.recipes.run import load_recipe
+        ld, seq = untrained(load_recipe(a.untrained, a.set), a.device)
+        den, norm, H, what = ld.denoiser, seq.normalizer, ld.recipe.data.horizon, f"untrained {a.untrained} {a.set}"
+    elif a.checkpoint:
         ld, seq = _loaded(a.checkpoint, a.device)
         den, norm, H, what = ld.denoiser, seq.normalizer, ld.recipe.data.horizon, f"checkpoint {a.checkpoint} (step {ld.step})"
     else:
@@ -122,16 +153,21 @@ def main(argv=None) -> int:
     print(f"{'sampler':<10}{'steps':>6}{'mean ms':>10}{'p95 ms':>10}")
     for r in result["latency"]:
         print(f"{r['sampler']:<10}{r['steps']:>6}{r['ms_mean']:>10.1f}{r['ms_p95']:>10.1f}")
-    if a.checkpoint and not a.latency_only:
+    if (a.checkpoint or a.untrained) and not a.latency_only:
+        args = (a.episodes, a.replan_every, a.sampler, a.steps, a.control, a.candidates, a.avoid_walls)
         with torch.no_grad():
-            result["scores"] = scores(ld, seq, a.episodes, a.replan_every, a.sampler, a.steps, a.control,
-                                      a.candidates, a.avoid_walls)
+            result["scores"] = scores(ld, seq, *args)
+            if a.checkpoint and not a.no_floor:
+                result["scores"] = with_floor(result["scores"], scores(*untrained(ld.recipe, a.device), *args))
         print(f"\n{'env':<22}{'mode':<8}{'success':>8}{'return':>9}{'score':>8}{'D4RL-ref':>9}{'plan ms':>9}"
-              f"{'in wall':>9}")
+              f"{'in wall':>9}   floor (untrained): success / score / D4RL-ref")
         for s in result["scores"]:
+            f = s.get("floor_untrained")
+            floor = (f"   {f['success_rate']:.2f} / {f['normalized_score']:.1f} / {f['normalized_score_d4rl']:.1f}"
+                     if f else "")
             print(f"{s['env_id']:<22}{s['mode']:<8}{s['success_rate']:>8.2f}{s['return_mean']:>9.1f}"
                   f"{s['normalized_score']:>8.1f}{s['normalized_score_d4rl']:>9.1f}{1e3 * s['plan_seconds_mean']:>9.1f}"
-                  f"{100 * s['plan_in_wall']:>8.1f}%")
+                  f"{100 * s['plan_in_wall']:>8.1f}%{floor}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(a.out, result)
     print(f"-> {a.out}")

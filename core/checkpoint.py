@@ -6,9 +6,12 @@ is renamed into place only when complete, so a crash never leaves a partial chec
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -18,28 +21,78 @@ except ImportError:  # older safetensors
     SafetensorsError = Exception
 from safetensors.torch import load_file, save_file
 
-from .utils import atomic_write_json, sha256_file
+from .utils import atomic_write_json, sha256_file, user_umask
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupted or does not match what is expected."""
 
 
+STEP_PREFIX = "step_"
+_TEMPORARY = re.compile(r"^\.(.+)\.(tmp|old)-(\d+)$")
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step of a checkpoint folder named step_XXXXXXXX (-1 for other names)."""
+    try:
+        return int(Path(path).name[len(STEP_PREFIX):])
+    except ValueError:
+        return -1
+
+
+def checkpoint_folders(ckpt_dir: Path) -> list[Path]:
+    """The checkpoint folders (step_*) under ckpt_dir, oldest step first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted((p for p in ckpt_dir.glob(f"{STEP_PREFIX}*") if p.is_dir()), key=checkpoint_step)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(ckpt_dir: Path) -> list[Path]:
+    """Remove the partial checkpoint folders (.NAME.tmp-PID, .NAME.old-PID) of processes that no longer run, or of
+    this one (a save that failed); returns what was removed."""
+    removed = []
+    for p in Path(ckpt_dir).glob(".*") if Path(ckpt_dir).is_dir() else []:
+        m = _TEMPORARY.match(p.name)
+        if m and p.is_dir() and (int(m.group(3)) == os.getpid() or not _pid_alive(int(m.group(3)))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    if removed:
+        warnings.warn(f"removed {len(removed)} partial checkpoint folder(s) left by a stopped run: "
+                      f"{', '.join(p.name for p in removed)}")
+    return removed
+
+
+def _bytes_needed(tensors: dict[str, dict[str, torch.Tensor]]) -> int:
+    return sum(v.numel() * v.element_size() for sd in tensors.values() for v in sd.values())
+
+
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, dict[str, torch.Tensor]], state: dict, config: dict) -> Path:
-    """Write {group: state_dict} tensors, state and config into folder `path` atomically."""
+    """Write {group: state_dict} tensors, state and config into folder `path` atomically; when the disk fills up,
+    the partial folder is removed and CheckpointError says how much space the checkpoint needs."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    manifest = {}
-    for group, sd in tensors.items():
-        f = tmp / f"{group}.safetensors"
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}, str(f))
-        manifest[f.name] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
-    atomic_write_json(tmp / "config.json", config)
-    atomic_write_json(tmp / "state.json", {**state, "manifest": manifest})
-    _fsync_dir(tmp)
+    try:
+        _write_folder(tmp, tensors, state, config)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        need, free = _bytes_needed(tensors), shutil.disk_usage(path.parent).free
+        raise CheckpointError(f"no space left on the device while writing checkpoint {path} ({e.strerror}): it needs "
+                              f"about {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free in {path.parent}; the "
+                              "partial folder was removed and earlier checkpoints are intact: free some space, then "
+                              "continue with --resume auto") from e
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         os.replace(path, old)
@@ -49,6 +102,21 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, dict[str, torch.
         os.replace(tmp, path)
     _fsync_dir(path.parent)
     return path
+
+
+def _write_folder(tmp: Path, tensors, state: dict, config: dict) -> None:
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    manifest = {}
+    for group, sd in tensors.items():
+        f = tmp / f"{group}.safetensors"
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}, str(f))
+        os.chmod(f, 0o666 & ~user_umask())  # safetensors writes 0600: give the file the user's usual mode
+        manifest[f.name] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+    atomic_write_json(tmp / "config.json", config)
+    atomic_write_json(tmp / "state.json", {**state, "manifest": manifest})
+    _fsync_dir(tmp)
 
 
 def _fsync_dir(d: Path) -> None:

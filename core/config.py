@@ -16,48 +16,129 @@ class ConfigError(ValueError):
     """A recipe or override names an unknown key, has a value of the wrong type, or a file is missing."""
 
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+DDPM_VARIANCES = ("beta", "beta_tilde", "learned")
+CLIP_X0 = ("none", "clip", "dynamic")
+
+
+def valid(default, *, min=None, max=None, above=None, choices=None, **kw):
+    """A dataclass field whose value is checked when a config is loaded: min / max (inclusive), above (exclusive),
+    choices (a tuple, or a function returning one, for lists owned by other modules). None always passes."""
+    rules = {k: v for k, v in (("min", min), ("max", max), ("above", above), ("choices", choices)) if v is not None}
+    return field(default=default, metadata={"valid": rules}, **kw)
+
+
+def check_value(name: str, value, rules: dict) -> None:
+    """Raise ConfigError naming `name`, the value and what is valid when `value` breaks a field's rules."""
+    if value is None or isinstance(value, bool):
+        return
+    choices = rules.get("choices")
+    if choices is not None:
+        choices = tuple(choices() if callable(choices) else choices)
+        if value not in choices:
+            raise ConfigError(f"{name}: unknown value {value!r}; valid: {list(choices)}")
+    if isinstance(value, (int, float)):
+        if "min" in rules and value < rules["min"]:
+            raise ConfigError(f"{name}: {value!r} is too small; expected >= {rules['min']}")
+        if "max" in rules and value > rules["max"]:
+            raise ConfigError(f"{name}: {value!r} is too large; expected <= {rules['max']}")
+        if "above" in rules and not value > rules["above"]:
+            raise ConfigError(f"{name}: {value!r} is not valid; expected > {rules['above']}")
+
+
+def positive_int(text: str) -> int:
+    """A command-line type: an integer >= 1 (0 and negatives are errors, never 'the default')."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """A command-line type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, lo: int) -> int:
+    import argparse
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}") from None
+    if v < lo:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
+    return v
+
+
+def _samplers():
+    from .samplers import SAMPLERS
+    return sorted(SAMPLERS)
+
+
+def _spacings():
+    from .samplers import SPACINGS
+    return SPACINGS
+
+
+def _schedules():
+    from .schedules import BETA_BUILDERS
+    return (*sorted(BETA_BUILDERS), "custom")
+
+
+def _predictions():
+    from .parameterization import PREDICTIONS
+    return PREDICTIONS
+
+
+def _weightings():
+    from .losses import WEIGHTINGS
+    return WEIGHTINGS
+
+
+def _precisions():
+    from .precision import PRECISIONS
+    return PRECISIONS
+
+
 @dataclass
 class DiffusionConfig:
     """Schedule, parameterization and loss settings (maps to make_schedule, Denoiser and DiffusionLoss)."""
 
-    schedule: str = "linear"
-    T: int = 1000
+    schedule: str = valid("linear", choices=_schedules)
+    T: int = valid(1000, min=1)
     beta_start: Optional[float] = None
     beta_end: Optional[float] = None
     betas: Optional[list] = None
     zero_terminal_snr: bool = False
-    prediction: str = "eps"
+    prediction: str = valid("eps", choices=_predictions)
     learned_variance: bool = False
-    weighting: str = "uniform"
-    min_snr_gamma: float = 5.0
-    vlb_weight: float = 0.001
+    weighting: str = valid("uniform", choices=_weightings)
+    min_snr_gamma: float = valid(5.0, above=0)
+    vlb_weight: float = valid(0.001, min=0)
     importance_sampling: bool = False
-    cond_drop_prob: float = 0.0
-    clip_x0: str = "none"  # none | clip | dynamic
+    cond_drop_prob: float = valid(0.0, min=0, max=1)
+    clip_x0: str = valid("none", choices=CLIP_X0)
 
 
 @dataclass
 class TrainerConfig:
     """Trainer settings (maps to Trainer)."""
 
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 2e-4
-    weight_decay: float = 0.0
+    steps: int = valid(1000, min=1)
+    batch_size: int = valid(64, min=1)
+    lr: float = valid(2e-4, above=0)
+    weight_decay: float = valid(0.0, min=0)
     adam_betas: tuple = (0.9, 0.999)
-    warmup_steps: int = 0
-    lr_schedule: str = "constant"  # constant | cosine | linear
-    grad_accum: int = 1
-    clip_grad: Optional[float] = 1.0
-    ema_decay: float = 0.999
+    warmup_steps: int = valid(0, min=0)
+    lr_schedule: str = valid("constant", choices=LR_SCHEDULES)
+    grad_accum: int = valid(1, min=1)
+    clip_grad: Optional[float] = valid(1.0, above=0)
+    ema_decay: float = valid(0.999, min=0, max=1)
     ema_warmup: bool = True
-    mixed_precision: str = "no"  # no | fp16 | bf16
-    log_every: int = 50
-    sample_every: int = 0
-    ckpt_every: int = 0  # 0: only at the end
-    keep_checkpoints: int = 3
-    seed: int = 0
-    num_workers: int = 0
+    mixed_precision: str = valid("auto", choices=_precisions)  # auto: bf16 where native, else fp32 (core.precision)
+    log_every: int = valid(50, min=0)
+    sample_every: int = valid(0, min=0)
+    ckpt_every: int = valid(0, min=0)  # 0: only at the end
+    keep_checkpoints: int = valid(3, min=0)  # 0: keep all
+    seed: int = valid(0, min=0)
+    num_workers: int = valid(0, min=0)
     tensorboard: bool = True
     progress: bool = True
 
@@ -66,14 +147,14 @@ class TrainerConfig:
 class SampleConfig:
     """Default sampling settings for `diffsuite sample` and the periodic sampling callback."""
 
-    sampler: str = "ddim"
-    steps: int = 50
-    n: int = 16
-    eta: float = 0.0
-    spacing: Optional[str] = None
-    variance: str = "beta_tilde"
+    sampler: str = valid("ddim", choices=_samplers)
+    steps: int = valid(50, min=1)
+    n: int = valid(16, min=1)
+    eta: float = valid(0.0, min=0, max=1)
+    spacing: Optional[str] = valid(None, choices=_spacings)
+    variance: str = valid("beta_tilde", choices=DDPM_VARIANCES)
     guidance: float = 0.0
-    seed: int = 0
+    seed: int = valid(0, min=0)
     lambda_min: Optional[float] = None  # DPM-Solver++ only: start where log(alpha/sigma) >= lambda_min
 
 
@@ -128,6 +209,7 @@ def from_dict(cls, data: dict | None, where: str = ""):
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    field_rules = {f.name: f.metadata.get("valid", {}) for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; valid keys: {names}")
@@ -137,9 +219,11 @@ def from_dict(cls, data: dict | None, where: str = ""):
         if dataclasses.is_dataclass(tp) and isinstance(v, dict):
             kwargs[k] = from_dict(tp, v, f"{where}.{k}" if where else k)
             continue
+        name = f"{where + '.' if where else ''}{k}"
         if not _type_ok(v, tp):
-            raise ConfigError(f"{where + '.' if where else ''}{k}: expected {_type_name(tp)}, got {type(v).__name__} {v!r}")
+            raise ConfigError(f"{name}: expected {_type_name(tp)}, got {type(v).__name__} {v!r}")
         kwargs[k] = _coerce(v, tp)
+        check_value(name, kwargs[k], field_rules[k])
     return cls(**kwargs)
 
 
@@ -151,7 +235,19 @@ def to_dict(obj) -> dict:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.2's booleans: only true / false, so `mixed_precision: no` stays the string "no" (YAML 1.1 made it False)."""
+    """YAML 1.2's booleans: only true / false, so `mixed_precision: no` stays the string "no" (YAML 1.1 made it False);
+    a key written twice in one mapping is an error (PyYAML would silently keep the second)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1}, again at line "
+                    f"{key_node.start_mark.line + 1}): write each key once", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
@@ -189,6 +285,15 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+def _one_line(e: yaml.YAMLError) -> str:
+    """A YAML error as one line: what is wrong and where."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{context + ': ' if context else ''}{problem}{where}"
+
+
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping; a missing file or a non-mapping is a clear error."""
     path = Path(path)
@@ -197,7 +302,7 @@ def load_yaml(path: str | Path) -> dict:
     try:
         data = _yaml(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+        raise ConfigError(f"{path}: invalid YAML: {_one_line(e)}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
     return data

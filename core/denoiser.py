@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from .precision import autocast
 from .parameterization import PREDICTIONS, output_to_x0_eps, x0_to_eps
 from .schedules import Schedule
 from .utils import append_dims
@@ -56,12 +57,15 @@ class Denoiser(nn.Module):
         self.prediction = prediction
         self.learned_variance = learned_variance
         self.x0_transform = x0_transform
+        #: autocast dtype for the network's forward at sampling time (None: fp32); see core.precision
+        self.autocast_dtype: Optional[torch.dtype] = None
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> Prediction:
         t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
-        raw = self.net(x_t, t, cond)
+        with autocast(x_t.device.type, self.autocast_dtype):
+            raw = self.net(x_t, t, cond)
         v_var = None
         if self.learned_variance:
             if not (isinstance(raw, (tuple, list)) and len(raw) == 2):
@@ -71,6 +75,8 @@ class Denoiser(nn.Module):
             raise ValueError("Denoiser: the network returned a tuple but learned_variance=False")
         if raw.shape != x_t.shape:
             raise ValueError(f"Denoiser: network output shape {tuple(raw.shape)} != input shape {tuple(x_t.shape)}")
+        if self.autocast_dtype is not None:  # sampling in bf16: the sampler's arithmetic stays in x_t's dtype
+            raw, v_var = raw.to(x_t.dtype), None if v_var is None else v_var.to(x_t.dtype)
         ab = self._alpha_bar(t, x_t)
         x0, eps = output_to_x0_eps(self.prediction, x_t, raw, ab)
         if self.x0_transform is not None:

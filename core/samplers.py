@@ -16,6 +16,10 @@ from tqdm.auto import tqdm
 
 from .utils import append_dims, randn
 
+
+class SamplerOptionError(ValueError):
+    """A sampler option chosen by the caller (name, steps, spacing, eta, variance) is not valid for this model."""
+
 POWER_P = 2.5  # spacing="power": t uniform in t^(1/2.5); chosen on benchmarks/dpm_spacing.py, see README
 POWER_SPACINGS = {"quadratic": 2.0, "power": POWER_P}  # t uniform in t^(1/p)
 SPACINGS = ("leading", "trailing", "linspace", "logsnr", *POWER_SPACINGS)
@@ -50,7 +54,7 @@ def timesteps_for(T: int, steps: int, spacing: str = "leading") -> torch.Tensor:
     (Lin et al. 2024, Table 2); linspace: rounded linspace(0, T-1, steps).
     """
     if not 1 <= steps <= T:
-        raise ValueError(f"timesteps_for: steps must be in [1, T={T}], got {steps}")
+        raise SamplerOptionError(f"steps must be in [1, {T}] for this model (its schedule has T={T} steps), got {steps}")
     if spacing == "leading":
         ts = np.arange(steps) * (T // steps)
     elif spacing == "trailing":
@@ -58,7 +62,7 @@ def timesteps_for(T: int, steps: int, spacing: str = "leading") -> torch.Tensor:
     elif spacing == "linspace":
         ts = np.linspace(0, T - 1, steps).round().astype(np.int64)
     else:
-        raise ValueError(f"timesteps_for: unknown spacing {spacing!r}; valid: {SPACINGS}")
+        raise SamplerOptionError(f"timesteps_for: unknown spacing {spacing!r}; valid: {SPACINGS}")
     return torch.as_tensor(np.ascontiguousarray(ts[::-1]), dtype=torch.float64)
 
 
@@ -133,11 +137,11 @@ def ddpm_step(pred, x, ab_t, ab_prev, variance, generator, last):
         return mean + std * randn(x.shape, generator, x.device, x.dtype)
     if variance == "learned":
         if pred.v_var is None:
-            raise ValueError("ddpm(variance='learned') needs a denoiser with learned_variance=True")
+            raise SamplerOptionError("ddpm(variance='learned') needs a denoiser with learned_variance=True")
         frac = (pred.v_var + 1) / 2  # IDDPM eq. 15
         log_var = frac * math.log(beta) + (1 - frac) * math.log(beta_tilde)
     else:
-        raise ValueError(f"ddpm: unknown variance {variance!r}; valid: beta, beta_tilde, learned")
+        raise SamplerOptionError(f"ddpm: unknown variance {variance!r}; valid: beta, beta_tilde, learned")
     return mean + (0.5 * log_var).exp() * randn(x.shape, generator, x.device, x.dtype)
 
 
@@ -172,7 +176,7 @@ def ddim(denoiser, x, steps: int = 50, *, cond=None, generator=None, hooks: Sequ
          spacing: str = "leading", timesteps=None, alpha_bars=None, progress: bool = False):
     """DDIM sampling with eta in [0, 1] on any subset of steps (Song et al. 2021, Sec. 4.2)."""
     if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"ddim: eta must be in [0, 1], got {eta}")
+        raise SamplerOptionError(f"ddim: eta must be in [0, 1], got {eta}")
     if timesteps is None:
         timesteps = _timesteps(denoiser.schedule, steps, spacing)
     ts, abs_ = _grid(denoiser.schedule, timesteps, alpha_bars)
@@ -332,7 +336,7 @@ def nfe(sampler: str, steps: int) -> int:
 
 def get_sampler(name: str) -> Callable:
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; valid: {sorted(SAMPLERS)}")
+        raise SamplerOptionError(f"unknown sampler {name!r}; valid: {sorted(SAMPLERS)}")
     return SAMPLERS[name]
 
 

@@ -43,6 +43,12 @@ class Task:
         first, so a mismatch fails before any training)."""
         raise NotImplementedError
 
+    def configure(self, model: Any, data: Any) -> Any:
+        """The model config with what the data decides filled in (e.g. the class count of an image folder), checked
+        against the data; `diffsuite train` calls it before building anything and saves the result. A mismatch the
+        user must resolve is a ConfigError. Default: the model config unchanged."""
+        return model
+
     def sample_cond(self, n: int, cfg: Any, generator: Optional[torch.Generator] = None):
         """Conditions for n samples in `diffsuite sample` (None for unconditional)."""
         return None

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import json
 import math
 import random
+import shutil
 import signal
 import threading
 import time
@@ -25,15 +27,14 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
-from .checkpoint import (CheckpointError, flatten_optimizer_state, load_checkpoint, read_json, save_checkpoint,
+from .checkpoint import (CheckpointError, checkpoint_folders, checkpoint_step, flatten_optimizer_state,
+                         load_checkpoint, read_json, remove_stale_temporaries, save_checkpoint,
                          unflatten_optimizer_state)
-from .config import TrainerConfig, to_dict
+from .config import LR_SCHEDULES, TrainerConfig, to_dict
 from .ema import EMA
+from . import precision
 from .guidance import drop_condition
 from .utils import atomic_write_json
-
-LR_SCHEDULES = ("constant", "cosine", "linear")
-
 
 def lr_lambda(cfg: TrainerConfig) -> Callable[[int], float]:
     """Linear warm-up over warmup_steps, then constant, cosine (Loshchilov & Hutter 2017) or linear decay to 0."""
@@ -109,10 +110,13 @@ def split_batch(batch):
     return batch, None
 
 
-def make_accelerator(cfg: TrainerConfig) -> Accelerator:
-    """An Accelerator for cfg; a second run in one process with other precision settings replaces
-    Accelerate's process-wide state (the distributed set-up, PartialState, is kept)."""
-    kw = dict(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+def make_accelerator(cfg: TrainerConfig, mixed_precision: Optional[str] = None) -> Accelerator:
+    """An Accelerator for cfg (`mixed_precision`: Accelerate's value, default cfg's resolved by precision.resolve_precision);
+    a second run in one process with other precision settings replaces Accelerate's process-wide state (the
+    distributed set-up, PartialState, is kept)."""
+    if mixed_precision is None:
+        mixed_precision = precision.resolve_precision(cfg.mixed_precision).accelerate
+    kw = dict(mixed_precision=mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
     try:
         return Accelerator(**kw)
     except ValueError as e:
@@ -121,6 +125,14 @@ def make_accelerator(cfg: TrainerConfig) -> Accelerator:
         from accelerate.state import AcceleratorState
         AcceleratorState._reset_state(reset_partial_state=False)
         return Accelerator(**kw)
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised by Trainer.train when the loss or the weights stop being finite; no checkpoint of that state is written."""
+
+
+class RunFolderError(RuntimeError):
+    """Raised when training would write over an earlier run's checkpoints without being asked to resume."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -159,7 +171,11 @@ class Trainer:
         self.cfg, self.out_dir, self.loss_fn = cfg, Path(out_dir), loss_fn
         self.config = config or {"train": to_dict(cfg)}
         self.cond_drop_prob, self.null_cond, self.sample_fn = cond_drop_prob, null_cond, sample_fn
-        self.acc = accelerator or make_accelerator(cfg)
+        machine = precision.probe_machine()
+        self.precision = precision.resolve_precision(cfg.mixed_precision, machine)
+        self.acc = accelerator or make_accelerator(cfg, self.precision.accelerate)
+        if self.acc.is_main_process:
+            precision.announce(self.precision, machine)
         if self.acc.mixed_precision == "fp16" and not self.acc.native_amp:
             warnings.warn(f"train.mixed_precision=fp16 has no effect on {self.acc.device.type}: Accelerate runs it in "
                           "fp32 there (no autocast, no loss scaling); use bf16 for mixed precision on a CPU")
@@ -184,6 +200,8 @@ class Trainer:
         self.ema = EMA(self.net, cfg.ema_decay, cfg.ema_warmup)
         self.step = 0
         self.history: list[dict] = []
+        self._history_before: list[dict] = []
+        self.resume_changes: dict = {}  # config keys changed on resume ({key: [old, new]}), recorded in run.json
 
     @property
     def net(self):
@@ -195,10 +213,14 @@ class Trainer:
         return self.out_dir / "checkpoints"
 
     def save(self) -> Optional[Path]:
-        """Write a checkpoint for the current step (main process only) and prune old ones."""
+        """Write a checkpoint for the current step (main process only) and prune old ones; a state holding
+        non-finite weights is never written (TrainingDiverged)."""
         self.acc.wait_for_everyone()
         if not self.acc.is_main_process:
             return None
+        bad = self._non_finite_weights()
+        if bad:
+            raise TrainingDiverged(self._diverged_message(self.step, f"{bad} holds non-finite values"))
         opt_t, opt_meta = flatten_optimizer_state(self.optimizer.state_dict())
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -217,15 +239,43 @@ class Trainer:
         return path
 
     def _prune(self):
+        """Keep the newest `keep_checkpoints` checkpoints by step; the one latest.json names is never deleted."""
         keep = self.cfg.keep_checkpoints
-        ckpts = sorted(p for p in self.ckpt_dir.glob("step_*") if p.is_dir())
-        for p in ckpts[:-keep] if keep > 0 else []:
-            import shutil
+        if keep <= 0:
+            return
+        latest = self.latest_checkpoint()
+        others = sorted((p for p in checkpoint_folders(self.ckpt_dir) if p != latest), key=checkpoint_step)
+        for p in others[:max(0, len(others) - (keep - 1))]:
             shutil.rmtree(p, ignore_errors=True)
 
     def latest_checkpoint(self) -> Optional[Path]:
         f = self.ckpt_dir / "latest.json"
         return self.ckpt_dir / read_json(f)["path"] if f.is_file() else None
+
+    def newest_good_checkpoint(self) -> Optional[Path]:
+        """The checkpoint latest.json names (every written checkpoint holds finite weights), if any."""
+        try:
+            p = self.latest_checkpoint()
+        except CheckpointError:
+            return None
+        return p if p is not None and p.is_dir() else None
+
+    def _non_finite_weights(self) -> Optional[str]:
+        """Which weights (raw or EMA) hold a NaN or an infinity, or None when all are finite."""
+        for name, tensors in (("the model", self.net.parameters()), ("the EMA", self.ema.shadow.values())):
+            if not all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()):
+                return name
+        return None
+
+    def _diverged_message(self, step: int, what: str) -> str:
+        last = next((h for h in reversed(self._history_before + self.history)
+                     if h["loss"] is not None and math.isfinite(h["loss"])), None)
+        last_text = "none" if last is None else f"{last['loss']:.6g} at step {last['step']}"
+        good = self.newest_good_checkpoint()
+        advice = (f"the newest good checkpoint is {good} (continue from it with --resume auto and a lower train.lr, "
+                  f"e.g. train.lr={self.cfg.lr / 10:g})" if good else "no checkpoint was written before it")
+        return (f"training diverged at step {step}: {what}; last finite loss {last_text}; {advice}; "
+                "no checkpoint of the diverged state was written")
 
     def resume(self, path) -> None:
         """Restore weights, EMA, optimizer, LR scheduler, fp16 loss scale, step and RNG states from a checkpoint."""
@@ -236,6 +286,7 @@ class Trainer:
         sched = self.scheduler.state_dict()
         sched.update(state["scheduler"])
         self.scheduler.load_state_dict(sched)
+        self._apply_optimizer_settings()
         if self.acc.scaler is not None and state.get("grad_scaler"):
             self.acc.scaler.load_state_dict(state["grad_scaler"])
         torch.set_rng_state(tensors["rng"]["torch"])
@@ -244,6 +295,17 @@ class Trainer:
         np.random.set_state(_np_from(state["numpy_rng"]))
         random.setstate(_py_from(state["python_rng"]))
         self.step = state["step"]
+        self._history_before = list(state.get("history_tail", []))  # for the divergence message only
+
+    def _apply_optimizer_settings(self) -> None:
+        """After a resume, the current config's lr, weight decay and betas apply (the checkpoint's optimizer state
+        carries the old ones); the lr schedule continues at the resumed step with the new base lr."""
+        f = lr_lambda(self.cfg)
+        self.scheduler.base_lrs = [self.cfg.lr for _ in self.optimizer.param_groups]
+        for g in self.optimizer.param_groups:
+            g.update(initial_lr=self.cfg.lr, lr=self.cfg.lr * f(self.scheduler.last_epoch),
+                     weight_decay=self.cfg.weight_decay, betas=tuple(self.cfg.adam_betas))
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     # ----------------------------------------------------------------- training
     def _loader(self, start_micro: int, stop_micro: int):
@@ -313,11 +375,18 @@ class Trainer:
         return history
 
     def _train(self, resume, stop_at, stop_request) -> list[dict]:
+        if self.acc.is_main_process:
+            remove_stale_temporaries(self.ckpt_dir)
         if resume == "auto":
             resume = self.latest_checkpoint()
         if resume:
             self.resume(resume)
-        stop = min(stop_at or self.cfg.steps, self.cfg.steps)
+        elif self.step == 0 and checkpoint_folders(self.ckpt_dir):
+            names = ", ".join(p.name for p in checkpoint_folders(self.ckpt_dir))
+            raise RunFolderError(f"{self.out_dir} already holds checkpoints ({names}): resume them (resume='auto') "
+                                 "or train into another folder")
+        self._record_start()
+        stop = self.cfg.steps if stop_at is None else min(stop_at, self.cfg.steps)
         ga = self.cfg.grad_accum
         log = _Logger(self.out_dir, self.acc.is_main_process, self.cfg.tensorboard)
         bar = tqdm(total=stop, initial=self.step, disable=not (self.cfg.progress and self.acc.is_main_process),
@@ -338,7 +407,7 @@ class Trainer:
             micro_losses = []
             bar.update(1)
             if every(self.cfg.log_every) or self.step == stop or every(self.cfg.ckpt_every) or every(self.cfg.sample_every):
-                rec = self._flush(pending)
+                rec = self._flush(pending, log)
                 pending = []
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
                 if every(self.cfg.log_every) or self.step == stop:
@@ -350,20 +419,42 @@ class Trainer:
                 self.sample_fn(self.ema_denoiser(), self.step, self.out_dir / "samples" / f"step_{self.step:08d}")
             if stop_request["signal"]:
                 if pending:
-                    log.write(self._flush(pending))
+                    log.write(self._flush(pending, log))
                 break
         bar.close()
         log.close()
         self.save()
         return self.history
 
-    def _flush(self, pending) -> dict:
-        """Move the pending per-step losses to the host (averaged over processes) into the history."""
+    def _record_start(self) -> None:
+        """Append this start (step, precision and why, machine, torch) to <run>/run.json: what a bug report needs."""
+        if not self.acc.is_main_process:
+            return
+        f = self.out_dir / "run.json"
+        info = read_json(f) if f.is_file() else {"starts": []}
+        machine = precision.probe_machine(self.acc.device)
+        info["starts"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": self.step,
+                               "precision": self.precision.to_dict(), "machine": dataclasses.asdict(machine),
+                               "torch": torch.__version__, "processes": self.acc.num_processes,
+                               "threads": torch.get_num_threads(), "resume_changes": self.resume_changes})
+        atomic_write_json(f, info)
+
+    def _flush(self, pending, log=None) -> dict:
+        """Move the pending per-step losses to the host (averaged over processes) into the history, and stop with
+        TrainingDiverged at the first non-finite loss (fp16: only non-finite weights, since the GradScaler skips the
+        steps whose gradients overflow) or when the weights are no longer finite."""
         losses = torch.stack([p[2] for p in pending])
         if self.acc.num_processes > 1:
             losses = self.acc.gather(losses[None]).mean(0)
         for (step, lr, _), loss in zip(pending, losses.tolist()):
+            if not math.isfinite(loss) and self.acc.scaler is None:
+                if log is not None:
+                    log.write({"step": step, "loss": loss, "lr": lr})
+                raise TrainingDiverged(self._diverged_message(step, f"the loss is {loss}"))
             self.history.append({"step": step, "loss": loss, "lr": lr})
+        bad = self._non_finite_weights()
+        if bad:
+            raise TrainingDiverged(self._diverged_message(self.step, f"{bad} holds non-finite values"))
         return self.history[-1]
 
     def ema_denoiser(self):
@@ -392,11 +483,12 @@ class _Logger:
     def write(self, rec: dict):
         if not self.main:
             return
-        self.f.write(json.dumps(rec) + "\n")
+        rec = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
+        self.f.write(json.dumps(rec, allow_nan=False) + "\n")  # strict JSON: a NaN loss is written as null
         self.f.flush()
         if self.tb:
             for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)):
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.tb.add_scalar(f"train/{k}", v, rec["step"])
 
     def close(self):

@@ -11,6 +11,19 @@ from typing import Any
 import torch
 
 
+class NonFiniteError(RuntimeError):
+    """A result (samples, a waveform, weights) holds NaN or infinite values."""
+
+
+def check_finite(x: torch.Tensor, what: str, hint: str = "") -> torch.Tensor:
+    """Return x, or raise NonFiniteError saying how many of its items hold NaN / inf values."""
+    ok = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1) if x.ndim else torch.isfinite(x)
+    if not bool(ok.all()):
+        bad = int((~ok).sum())
+        raise NonFiniteError(f"{what}: {bad} of {ok.numel()} hold NaN or infinite values{'; ' + hint if hint else ''}")
+    return x
+
+
 def append_dims(a: torch.Tensor, ndim: int) -> torch.Tensor:
     """Append trailing singleton dims so a per-sample tensor (B,) broadcasts against (B, ...)."""
     if a.ndim > ndim:
@@ -44,12 +57,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~user_umask())  # mkstemp makes 0600: give the file the user's usual mode
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def user_umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

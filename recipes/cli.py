@@ -2,25 +2,41 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import sys
 import time
 from pathlib import Path
 
-from diffsuite.core.config import ConfigError
+from diffsuite.core.config import ConfigError, positive_int
 from diffsuite.core.checkpoint import CheckpointError
-from diffsuite.core.trainer import TrainingInterrupted
-from diffsuite.core.samplers import SAMPLERS, SPACINGS
+from diffsuite.core.precision import SAMPLING_PRECISIONS
+from diffsuite.core.trainer import RunFolderError, TrainingDiverged, TrainingInterrupted
+from diffsuite.core.samplers import SAMPLERS, SPACINGS, SamplerOptionError
 from diffsuite.core.schedules import BETA_BUILDERS
-from diffsuite.core.utils import atomic_write_json
+from diffsuite.core.utils import NonFiniteError, atomic_write_json
 
 from . import run
 from .registry import MODALITY_CLIS, TASKS
 
+#: the commands that only sample: each takes --precision auto|fp32|bf16 (core.precision's rule)
+SAMPLING_COMMANDS = ("sample", "vocode", "compose", "plan", "eval", "image-inpaint", "image-path")
+
+
+#: what a user can cause and fix (exit status 2, one line; --debug shows the traceback); anything else is a bug
+USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, RunFolderError, NonFiniteError, SamplerOptionError)
+
+
+def one_line(e: BaseException) -> str:
+    """An error message on one line (a FileNotFoundError from the OS names its file)."""
+    if isinstance(e, FileNotFoundError) and e.filename and str(e.filename) not in str(e.args[-1]):
+        return f"file not found: {e.filename}"
+    return " ".join(str(e).split("\n")).strip()
+
 
 def cmd_train(args) -> int:
-    path = run.train(args.recipe, args.overrides, out_dir=args.out, resume=args.resume)
+    path = run.train(args.recipe, args.overrides, out_dir=args.out, resume=args.resume, overwrite=args.overwrite)
     print(f"run folder: {path}")
     return 0
 
@@ -28,7 +44,7 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     if args.repaint and not (args.inpaint or args.mask):
         raise ConfigError("sample: --repaint needs --inpaint IMAGE and/or --mask MASK")
-    loaded = run.load(args.checkpoint, ema=not args.no_ema)
+    loaded = args.load(args.checkpoint, ema=not args.no_ema)
     if args.inpaint or args.mask:
         return _sample_inpaint(loaded, args)
     x, cond = run.generate(loaded.denoiser, loaded.task, loaded.recipe, n=args.n, sampler=args.sampler,
@@ -36,7 +52,8 @@ def cmd_sample(args) -> int:
     out = Path(args.out or Path(loaded.checkpoint).parent.parent / "samples" / f"sample-{time.strftime('%Y%m%d-%H%M%S')}")
     files = loaded.task.save_samples(x, cond, out, loaded.recipe)
     info = {"checkpoint": str(loaded.checkpoint), "step": loaded.step, "sampler": args.sampler or loaded.recipe.sample.sampler,
-            "steps": args.steps or loaded.recipe.sample.steps, "seed": args.seed, "files": files}
+            "steps": args.steps or loaded.recipe.sample.steps, "seed": args.seed, "files": files,
+            "precision": loaded.precision.to_dict()}
     atomic_write_json(out / "sample.json", info)
     print(f"samples written under {out}")
     return 0
@@ -50,6 +67,13 @@ def _sample_inpaint(loaded, args) -> int:
                                 sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed,
                                 eta=args.eta)
     print(f"inpainting written under {out}" + (f" ({files['grid']})" if "grid" in files else ""))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .info import collect, render
+    facts = collect()
+    print(json.dumps(facts, indent=2) if args.json else render(facts))
     return 0
 
 
@@ -71,7 +95,7 @@ def cmd_tour(args) -> int:
         t0 = time.time()
         print(f"== tour: {name}", flush=True)
         run_dir = run.train(name, args.overrides, out_dir=out / name)
-        loaded = run.load(run_dir)
+        loaded = run.load(run_dir, precision="auto")
         x, cond = run.generate(loaded.denoiser, loaded.task, loaded.recipe)
         files = loaded.task.save_samples(x, cond, out / name / "samples" / "final", loaded.recipe)
         summary[name] = {"seconds": round(time.time() - t0, 1), "run": str(run_dir), "files": files}
@@ -84,8 +108,16 @@ def cmd_tour(args) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the suite's error form: one line, `diffsuite: error: ...`, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"diffsuite: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="diffsuite", description="diffsuite: one diffusion core, four modalities")
+    p = Parser(prog="diffsuite", description="diffsuite: one diffusion core, four modalities")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a recipe", description="Train RECIPE (a path or a built-in name); "
@@ -93,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("recipe")
     t.add_argument("overrides", nargs="*", help="section.key=value")
     t.add_argument("--out", help="run folder (default runs/<recipe>-<time>)")
-    t.add_argument("--resume", help="'auto' (latest checkpoint in --out) or a checkpoint folder")
+    t.add_argument("--resume", help="'auto' (the newest checkpoint in --out), a run folder or a checkpoint folder")
+    t.add_argument("--overwrite", action="store_true",
+                   help="train into a non-empty --out anyway: the old run is moved to <out>.replaced-<time>")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="sample from a checkpoint (or inpaint with --inpaint/--mask)",
@@ -101,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "fill the masked region instead (tasks that support it, e.g. image).")
     s.add_argument("checkpoint")
     s.add_argument("--sampler", choices=sorted(SAMPLERS))
-    s.add_argument("--steps", type=int)
-    s.add_argument("--n", type=int)
+    s.add_argument("--steps", type=positive_int)
+    s.add_argument("--n", type=positive_int)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--guidance", type=float, help="classifier-free guidance scale w (0: conditional model)")
     s.add_argument("--eta", type=float)
@@ -124,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overrides", nargs="*", default=[], help="section.key=value applied to every recipe")
     tr.set_defaults(func=cmd_tour)
 
+    i = sub.add_parser("info", help="what to paste into a bug report: versions, device, precision, cache, extras")
+    i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    i.set_defaults(func=cmd_info)
+
     for mod in MODALITY_CLIS:
         try:
             m = importlib.import_module(mod)
@@ -132,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         m.add_commands(sub)
+    for name in SAMPLING_COMMANDS:
+        if name in sub.choices:
+            sub.choices[name].add_argument(
+                "--precision", choices=SAMPLING_PRECISIONS, default="auto",
+                help="network precision: auto (bf16 where the device computes it natively, else fp32), fp32 or bf16")
     return p
 
 
@@ -143,12 +186,19 @@ def main(argv=None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(e for e in extra if e not in overrides) or ' '.join(extra)}")
     if overrides:
         args.overrides = list(args.overrides) + overrides
-    args.load = run.load
+    args.load = functools.partial(run.load, precision=getattr(args, "precision", "fp32"))
     try:
         return args.func(args) or 0
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"diffsuite: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"diffsuite: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        if args.debug:
+            raise
+        print(f"diffsuite: error: {one_line(e)}", file=sys.stderr)
+        return 3
     except TrainingInterrupted as e:
         print(f"diffsuite: {e}", file=sys.stderr)
         return 130

@@ -15,10 +15,12 @@ from diffsuite.core.checkpoint import CheckpointError, load_checkpoint, read_jso
 from diffsuite.core.config import (ConfigError, DiffusionConfig, SampleConfig, TrainerConfig, deep_merge, from_dict,
                                    load_yaml, parse_overrides, to_dict)
 from diffsuite.core.guidance import ClassifierFreeGuidance
+from diffsuite.core.precision import SAMPLING_PRECISIONS, Resolved, choose as choose_precision
 from diffsuite.core.samplers import sample
 from diffsuite.core.trainer import Trainer
-from diffsuite.core.utils import atomic_write_bytes, atomic_write_json
+from diffsuite.core.utils import atomic_write_bytes, atomic_write_json, check_finite
 
+from . import safety
 from .registry import get_task
 
 RECIPE_DIR = Path(__file__).resolve().parent
@@ -41,14 +43,17 @@ class Recipe:
 
 
 def find_recipe(name_or_path: str | Path) -> Path:
-    """A recipe path, or the name of a built-in recipe (with or without .yaml)."""
+    """A recipe file, or the bare name of a built-in recipe (with or without .yaml); a path that names no file
+    (it has a folder part) is an error, never a built-in of the same name."""
     p = Path(name_or_path)
     if p.is_file():
         return p
-    for cand in (RECIPE_DIR / p.name, RECIPE_DIR / f"{p.name}.yaml"):
-        if cand.is_file():
-            return cand
-    raise ConfigError(f"recipe not found: {name_or_path} (built-in recipes: {', '.join(list_recipes())})")
+    if len(p.parts) == 1:
+        for cand in (RECIPE_DIR / p.name, RECIPE_DIR / f"{p.name}.yaml"):
+            if cand.is_file():
+                return cand
+    what = "recipe file not found" if len(p.parts) > 1 else "recipe not found"
+    raise ConfigError(f"{what}: {name_or_path} (built-in recipes, by bare name: {', '.join(list_recipes())})")
 
 
 def list_recipes() -> list[str]:
@@ -102,24 +107,48 @@ def make_sample_fn(task, recipe: Recipe):
 
 
 def train(recipe, overrides: Sequence[str] = (), out_dir: Optional[str | Path] = None,
-          resume: Optional[str] = None, stop_at: Optional[int] = None) -> Path:
-    """Train a recipe; returns the run folder (config, logs, checkpoints, samples)."""
+          resume: Optional[str] = None, stop_at: Optional[int] = None, overwrite: bool = False) -> Path:
+    """Train a recipe; returns the run folder (config, logs, checkpoints, samples).
+
+    A run folder that already holds files is refused unless `resume` ('auto', a run folder or a checkpoint) or
+    `overwrite` (the old run is moved aside to <run>.replaced-<time>) is given. On resume, the recipe may change what
+    does not change the model (train.lr, steps, logging, sampling, ...: applied and printed); a change to the model,
+    the diffusion or the data is refused before anything is written (safety.check_resume_config)."""
     r = load_recipe(recipe, overrides)
     task = get_task(r.task)
+    r.model = task.configure(r.model, r.data)
     run = Path(out_dir) if out_dir else Path("runs") / f"{r.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    task.sample_shape(r.model, r.data)  # the task checks that model and data agree before any training
+    cfg = recipe_to_dict(r)
+    ckpt, changes = None, {}
+    if resume:
+        ckpt = safety.resume_checkpoint(run, resume)
+        if ckpt is not None:
+            changes = safety.check_resume_config(load_checkpoint(ckpt, groups=())[2], cfg, ckpt)
+    elif safety.run_folder_in_use(run):
+        if not overwrite:
+            raise ConfigError(safety.in_use_message(run))
+        safety.move_aside(run)
+    try:
+        task.sample_shape(r.model, r.data)  # the task checks that model and data agree before any training
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     torch.manual_seed(r.train.seed)
     net = task.build_net(r.model, r.diffusion)
     denoiser = build_denoiser(net, r.diffusion)
-    dataset = task.build_dataset(r.data, "train")
-    cfg = recipe_to_dict(r)
+    try:
+        dataset = task.build_dataset(r.data, "train")
+    except (ValueError, FileNotFoundError) as e:  # the user's data: missing, empty, unreadable, or too small
+        raise ConfigError(f"data: {e}") from e
+    if len(dataset) == 0:
+        raise ConfigError(f"data: the training split of {r.name}'s data is empty")
     trainer = Trainer(denoiser, dataset, r.train, run, build_loss(r.diffusion), config=cfg,
                       cond_drop_prob=r.diffusion.cond_drop_prob, null_cond=task.null_cond,
                       sample_fn=make_sample_fn(task, r))
+    trainer.resume_changes = changes
     if trainer.acc.is_main_process:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
-    trainer.train(resume=resume, stop_at=stop_at)
+    trainer.train(resume=ckpt, stop_at=stop_at)
     return run
 
 
@@ -130,6 +159,7 @@ class Loaded:
     denoiser: Any
     checkpoint: Path
     step: int
+    precision: Optional[Resolved] = None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -145,11 +175,23 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"no checkpoint at {p}: expected a checkpoint folder (with state.json) or a run folder")
 
 
-def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> Loaded:
-    """Load a checkpoint without its recipe: the config saved beside the weights rebuilds the model."""
+def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu", precision: str = "fp32",
+         task: Optional[str] = None, command: str = "this command") -> Loaded:
+    """Load a checkpoint without its recipe: the config saved beside the weights rebuilds the model.
+
+    precision: auto | fp32 | bf16, the network's autocast at sampling time (core.precision's rule; the sampling
+    commands default to auto and print the choice). task: the task the command needs (another is a ConfigError)."""
+    if precision not in SAMPLING_PRECISIONS:
+        raise ConfigError(f"--precision {precision!r}: valid values are {list(SAMPLING_PRECISIONS)}")
     ckpt = resolve_checkpoint(path)
     group = "ema" if ema else "model"
     tensors, state, config = load_checkpoint(ckpt, groups=(group,))
+    bad = [k for k, v in tensors[group].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{ckpt}/{group}.safetensors: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                              f"(first: {bad[0]}): this checkpoint is from a diverged run; use an earlier one")
+    if task is not None and config.get("task") != task:
+        raise ConfigError(f"{command} needs a {task} checkpoint, but {path} is a {config.get('task')!r} checkpoint")
     r = load_recipe(config)
     task = get_task(r.task)
     net = task.build_net(r.model, r.diffusion)
@@ -159,7 +201,9 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu")
     except RuntimeError as e:
         raise CheckpointError(f"{ckpt}/{group}.safetensors does not match the network its config builds: {e}") from e
     den = build_denoiser(net, r.diffusion, for_sampling=True).to(device).eval()
-    return Loaded(task, r, den, ckpt, state["step"])
+    chosen = choose_precision(precision, device, quiet=precision == "fp32")
+    den.autocast_dtype = chosen.dtype
+    return Loaded(task, r, den, ckpt, state["step"], chosen)
 
 
 def sampler_options(s, sampler: str, eta: Optional[float] = None) -> dict:
@@ -198,6 +242,7 @@ def generate(denoiser, task, recipe: Recipe, n: Optional[int] = None, sampler: O
     shape = (n, *task.sample_shape(recipe.model, recipe.data))
     x = sample(den, shape, sampler, steps, generator=g, cond=cond, hooks=hooks, device=device,
                progress=progress, **opts)
+    check_finite(x, f"{sampler} ({steps} steps) samples", "try another sampler or more steps, or an earlier checkpoint")
     return x, cond
 
 

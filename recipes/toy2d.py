@@ -13,21 +13,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from diffsuite.core.config import valid
 from diffsuite.core.task import Task
 
 
 @dataclass
 class Toy2DModel:
-    hidden: int = 128
-    layers: int = 3
-    t_dim: int = 32
+    hidden: int = valid(128, min=1)
+    layers: int = valid(3, min=1)
+    t_dim: int = valid(32, min=2)
 
 
 @dataclass
 class Toy2DData:
-    kind: str = "moons"  # moons | gmm
-    n: int = 8000
-    noise: float = 0.05
+    kind: str = valid("moons", choices=("moons", "gmm"))
+    n: int = valid(8000, min=1)
+    noise: float = valid(0.05, min=0)
     seed: int = 0
 
 

@@ -116,7 +116,7 @@ def test_compose_cli_writes_files(den, tmp_path):
                   ["--melody", str(src)]]:
         out = tmp_path / ("o" + str(len(extra)) + (extra[0] if extra else ""))
         args = parser.parse_args(["compose", "ckpt", "--n", "2", "--out", str(out), *extra])
-        args.load = lambda path: loaded
+        args.load = lambda path, **kw: loaded
         assert args.func(args) == 0
         mids = sorted(out.glob("piece_*.mid"))
         assert len(mids) == 2 and (out / "pianoroll.png").exists() and (out / "compose.json").exists()
@@ -126,11 +126,11 @@ def test_compose_cli_writes_files(den, tmp_path):
     midis = {}
     for tag, extra in [("recipe", []), ("eta1", ["--eta", "1"]), ("eta0", ["--eta", "0"])]:
         args = parser.parse_args(["compose", "ckpt", "--n", "2", "--seed", "3", "--out", str(tmp_path / tag), *extra])
-        args.load = lambda path: loaded
+        args.load = lambda path, **kw: loaded
         assert args.func(args) == 0
         midis[tag] = [p.read_bytes() for p in sorted((tmp_path / tag).glob("piece_*.mid"))]
     assert midis["recipe"] == midis["eta1"] and midis["eta0"] != midis["eta1"]
     with pytest.raises(ValueError, match="--bars"):
         args = parser.parse_args(["compose", "ckpt", "--out", str(tmp_path), "--infill", str(src), "--bars", "0-1"])
-        args.load = lambda path: loaded
+        args.load = lambda path, **kw: loaded
         args.func(args)

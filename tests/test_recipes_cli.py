@@ -70,7 +70,7 @@ def test_errors_in_a_yaml_file_name_the_file(tmp_path):
 
 
 def test_missing_recipe_file_lists_builtins(tmp_path):
-    with pytest.raises(ConfigError, match=r"recipe not found: .*nope.yaml \(built-in recipes: .*toy2d"):
+    with pytest.raises(ConfigError, match=r"recipe file not found: .*nope.yaml \(built-in recipes, by bare name: .*toy2d"):
         run.load_recipe(str(tmp_path / "nope.yaml"))
 
 

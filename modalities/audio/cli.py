@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from diffsuite.core.config import ConfigError, positive_int
+from diffsuite.core.utils import check_finite
+
 
 def add_commands(subparsers) -> None:
     v = subparsers.add_parser("vocode", help="audio: mel -> waveform with a DiffWave vocoder checkpoint")
@@ -14,56 +17,87 @@ def add_commands(subparsers) -> None:
     src = v.add_mutually_exclusive_group(required=True)
     src.add_argument("--wav", help="analysis-synthesis: audio -> mel -> audio")
     src.add_argument("--mel", help="a .npy mel (n_mels, frames) in the vocoder's convention")
-    v.add_argument("--steps", type=int, default=None, help="sampler steps (default: the fast 6-step schedule)")
+    v.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the fast 6-step schedule)")
     v.add_argument("--sampler", default="fast", help="fast (DiffWave Appendix B) | ddpm | ddim | dpmpp_2m | ... "
                    "(ddim --steps 6 is closest to 50-step quality on our models)")
     v.add_argument("--spacing", default=None,
                    help="timestep spacing of a core sampler: leading | trailing | linspace | logsnr | quadratic | power (default: its own)")
     v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--out", default=None, help="output WAV path (default: next to the input, *.vocoded.wav)")
+    v.add_argument("--out", default=None, help="output WAV file, or a folder (an existing one, or a path ending in /"
+                   " or without a suffix) to write <input>.vocoded.wav into (default: next to the input); never the "
+                   "input itself")
     v.add_argument("--no-ema", action="store_true")
     v.set_defaults(func=cmd_vocode)
 
 
 def _input_mel(args, model):
-    """(mel tensor, input waveform or None, default output path)."""
+    """(mel tensor, input waveform or None, input path)."""
     import torch
     from .data import load_audio
     from .task import wav_to_mel
-    if args.wav:
-        y = load_audio(args.wav, model.sample_rate)
-        return wav_to_mel(y, model), y, Path(args.wav).with_suffix(".vocoded.wav")
-    path = Path(args.mel)
+    path = Path(args.wav or args.mel)
+    flag = "--wav" if args.wav else "--mel"
     if not path.is_file():
-        raise FileNotFoundError(f"--mel: {path} not found")
-    mel = np.load(path, allow_pickle=False)
-    return torch.from_numpy(mel.astype(np.float32)), None, path.with_suffix(".vocoded.wav")
+        raise ConfigError(f"{flag}: file not found: {path}")
+    if args.wav:
+        try:
+            y = load_audio(path, model.sample_rate)
+        except Exception as e:  # soundfile / librosa: any unreadable or empty file
+            raise ConfigError(f"--wav {path}: cannot read it as audio ({type(e).__name__}: {e}); expected a WAV or "
+                              "FLAC file") from e
+        return wav_to_mel(y, model), y, path
+    try:
+        mel = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"--mel {path}: not a .npy array ({e})") from e
+    if not np.issubdtype(mel.dtype, np.number):
+        raise ConfigError(f"--mel {path}: expected a numeric (n_mels, frames) array, got dtype {mel.dtype}")
+    return torch.from_numpy(mel.astype(np.float32)), None, path
+
+
+def output_path(out: str | None, src: Path) -> Path:
+    """Where the WAV goes: --out as a file, or as a folder (existing, ending in a separator, or without a suffix) that
+    receives <input stem>.vocoded.wav; by default next to the input. Writing over the input is refused."""
+    name = src.with_suffix(".vocoded.wav").name
+    if out is None:
+        dest = src.with_name(name)
+    elif Path(out).is_dir() or out.endswith(("/", "\\")) or not Path(out).suffix:
+        dest = Path(out) / name
+    else:
+        dest = Path(out)
+    for p in (dest, dest.with_suffix(".png")):
+        if p.resolve() == src.resolve():
+            raise ConfigError(f"--out {out}: it would write over the input {src}; choose another file or a folder")
+    if dest.suffix.lower() not in (".wav", ".flac"):
+        raise ConfigError(f"--out {out}: expected a .wav or .flac file or a folder")
+    return dest
 
 
 def cmd_vocode(args) -> int:
     """Handler of `diffsuite vocode`; a bad input (wrong mel shape or range) is reported with exit code 2."""
-    import sys
     try:
         return _vocode(args)
-    except ValueError as e:
-        print(f"diffsuite vocode: error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # the mel checks (mel.check_mel) and the model's own input checks
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"vocode: {e}") from e
 
 
 def _vocode(args) -> int:
     import soundfile as sf
     import torch
     from .task import save_spectrograms, vocode_mel, wav_to_mel
-    loaded = args.load(args.checkpoint, ema=not args.no_ema)
+    loaded = args.load(args.checkpoint, ema=not args.no_ema, task="audio", command="diffsuite vocode")
     model = loaded.recipe.model
     if not model.conditional:
         raise ValueError(f"{args.checkpoint}: an unconditional model cannot vocode (model.conditional=false)")
-    mel, y_in, default_out = _input_mel(args, model)
-    out = Path(args.out) if args.out else default_out
+    mel, y_in, src = _input_mel(args, model)
+    out = output_path(args.out, src)
     t0 = time.perf_counter()
     with torch.no_grad():
         y = vocode_mel(loaded.denoiser, model, mel, args.sampler, args.steps, args.seed, progress=True,
-                       spacing=args.spacing)[0].numpy()
+                       spacing=args.spacing)[0]
+    y = check_finite(y[None], "vocoded waveform", "try another --sampler or checkpoint")[0].numpy()
     seconds = time.perf_counter() - t0
     if y_in is not None:
         y = y[: len(y_in)]

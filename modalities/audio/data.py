@@ -1,8 +1,8 @@
 """Audio datasets: a folder of WAV/FLAC files, the LJSpeech layout, or a `path|text` file list.
 
 Every clip is mixed down to mono and resampled to the model rate; its mel spectrogram is computed once and
-cached next to the audio (`<file>.<convention>-<hash>.v<version>.mel.npy`, or under the diffsuite cache when
-the folder is read-only). Items are aligned random crops of audio and mel, drawn with torch's global RNG
+cached in the diffsuite cache (`audio/mels/`, keyed by the file's path, with the convention's settings and a
+version tag), never in the data folder. Items are aligned random crops of audio and mel, drawn with torch's global RNG
 (the trainer seeds it per item, so crops are reproducible). Unreadable files are skipped with a warning.
 """
 from __future__ import annotations
@@ -46,7 +46,11 @@ def folder_split(rel: str) -> str:
 
 
 def list_folder(root: Path, split: Optional[str]) -> list[Path]:
+    if not root.is_dir():
+        raise FileNotFoundError(f"audio folder {root} does not exist or is not a folder")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTS and p.is_file())
+    if not files:
+        raise ValueError(f"audio folder {root}: no audio files ({', '.join(AUDIO_EXTS)}, searched recursively)")
     return [p for p in files if split is None or folder_split(str(p.relative_to(root))) == split]
 
 
@@ -106,13 +110,12 @@ def list_files(source: str, path: str | Path, split: Optional[str]) -> list[Path
 
 
 def mel_cache_path(audio_path: Path, c: MelConvention) -> Path:
-    """Where a clip's mel is cached: next to the audio, with the convention, its settings' hash and a version tag."""
+    """Where a clip's mel is cached: in the diffsuite cache (never in the user's data folder), keyed by the file's
+    absolute path, with the convention, its settings' hash and a version tag."""
     tag = hashlib.sha1(repr(sorted(c.__dict__.items())).encode()).hexdigest()[:8]
     name = f"{audio_path.name}.{c.name}-{tag}.v{MEL_CACHE_VERSION}.mel.npy"
-    if os.access(audio_path.parent, os.W_OK):
-        return audio_path.with_name(name)
     key = hashlib.sha1(str(audio_path.resolve()).encode()).hexdigest()[:16]
-    return cache_dir("audio", "mels") / f"{key}.{name}"
+    return cache_dir("audio", "mels", key[:2]) / f"{key}.{name}"
 
 
 def load_or_compute_mel(audio_path: Path, y: np.ndarray, c: MelConvention) -> np.ndarray:

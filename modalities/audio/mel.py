@@ -117,6 +117,11 @@ def check_mel(mel: torch.Tensor, c: MelConvention, where: str = "mel") -> None:
     if mel.ndim not in (2, 3) or mel.shape[-2] != c.n_mels:
         raise ValueError(f"{where}: expected a mel of shape ({c.n_mels}, frames) or (B, {c.n_mels}, frames) "
                          f"in the {c.name!r} convention, got {tuple(mel.shape)}")
+    if mel.shape[-1] < 1:
+        raise ValueError(f"{where}: the mel has 0 frames (shape {tuple(mel.shape)}); expected at least one")
+    bad = int((~torch.isfinite(mel)).sum())
+    if bad:
+        raise ValueError(f"{where}: {bad} of {mel.numel()} values are NaN or infinite; expected a finite mel")
     lo, hi = float(mel.min()), float(mel.max())
     if c.name == "diffwave" and (lo < -1e-4 or hi > 1 + 1e-4):
         raise ValueError(f"{where}: values in [{lo:.3g}, {hi:.3g}] but the 'diffwave' convention is scaled to "

@@ -10,34 +10,38 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from diffsuite.core.config import valid
 from diffsuite.core.samplers import sample
 from diffsuite.core.task import Task
 
-from .diffwave import StepEmbedding, build_diffwave, preset
-from .mel import MelConvention, check_mel, convention, mel_spectrogram
+from .diffwave import PRESETS, StepEmbedding, build_diffwave, preset
+from .mel import CONVENTIONS, MelConvention, check_mel, convention, mel_spectrogram
 from . import priorgrad
-from .priorgrad import PriorGradNet, Whitened, check_prior
+from .priorgrad import PRIORS, PriorGradNet, Whitened, check_prior
+
+
+MELS = tuple(sorted(CONVENTIONS))
 
 
 @dataclass
 class ModelConfig:
     """DiffWave network settings (a preset, any field overridden) and the audio format it was trained on."""
 
-    preset: str = "base"
-    residual_layers: Optional[int] = None
-    residual_channels: Optional[int] = None
-    dilation_cycle: Optional[int] = None
+    preset: str = valid("base", choices=lambda: sorted(PRESETS))
+    residual_layers: Optional[int] = valid(None, min=1)
+    residual_channels: Optional[int] = valid(None, min=1)
+    dilation_cycle: Optional[int] = valid(None, min=1)
     conditional: bool = True
-    mel: str = "hifigan"  # mel convention the vocoder expects: hifigan | diffwave
-    sample_rate: int = 22050
-    n_mels: int = 80
-    hop_length: int = 256
+    mel: str = valid("hifigan", choices=MELS)  # mel convention the vocoder expects: hifigan | diffwave
+    sample_rate: int = valid(22050, min=1)
+    n_mels: int = valid(80, min=1)
+    hop_length: int = valid(256, min=1)
     # lerp: the sinusoid table at integer steps, interpolated at fractional t (the reference's; the fast schedule's
     # steps are fractional, and a model trained at integer steps has never seen the direct sinusoid between them,
     # whose fastest components turn over ~10^4 times per step). sinusoid: the direct sinusoid, for continuous t.
-    step_embedding: str = "lerp"
-    upsampler_init: str = "interp"  # mel upsampler starts as linear interpolation | default (PyTorch's, the reference's)
-    prior: str = "standard"  # standard N(0, I) | priorgrad (std from the mel's frame energy; priorgrad.py)
+    step_embedding: str = valid("lerp", choices=("lerp", "sinusoid"))
+    upsampler_init: str = valid("interp", choices=("interp", "default"))  # mel upsampler starts as linear interpolation | default (PyTorch's, the reference's)
+    prior: str = valid("standard", choices=PRIORS)  # standard N(0, I) | priorgrad (std from the mel's frame energy; priorgrad.py)
     prior_level: Optional[float] = None  # priorgrad: frame energy given the unit prior (None: priorgrad.LEVEL)
 
 
@@ -45,20 +49,20 @@ class ModelConfig:
 class DataConfig:
     """Where the audio comes from and how it is cut; the audio format must match the model's."""
 
-    source: str = "builtin"  # builtin | folder | ljspeech | filelist
+    source: str = valid("builtin", choices=("builtin", "folder", "ljspeech", "filelist"))
     path: Optional[str] = None
     eval_path: Optional[str] = None  # for source=filelist: the list used for the val/test splits
-    corpus_size: int = 300  # builtin corpus: number of utterances
+    corpus_size: int = valid(300, min=1)  # builtin corpus: number of utterances
     corpus_seed: int = 0
-    crop_samples: int = 16000 // 256 * 256
-    short: str = "pad"  # clips shorter than one crop: pad | skip
-    mel: str = "hifigan"
-    sample_rate: int = 22050
-    n_mels: int = 80
-    hop_length: int = 256
-    sample_seconds: float = 2.0  # length of the clips `diffsuite sample` vocodes
+    crop_samples: int = valid(16000 // 256 * 256, min=1)
+    short: str = valid("pad", choices=("pad", "skip"))  # clips shorter than one crop: pad | skip
+    mel: str = valid("hifigan", choices=MELS)
+    sample_rate: int = valid(22050, min=1)
+    n_mels: int = valid(80, min=1)
+    hop_length: int = valid(256, min=1)
+    sample_seconds: float = valid(2.0, above=0)  # length of the clips `diffsuite sample` vocodes
     conditional: bool = True  # items carry a mel ({"x0", "cond"}) or are bare waveforms
-    prior: str = "standard"  # priorgrad: items carry x0 / sigma_c (the model's prior; must match model.prior)
+    prior: str = valid("standard", choices=PRIORS)  # priorgrad: items carry x0 / sigma_c (the model's prior; must match model.prior)
     prior_level: Optional[float] = None
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from diffsuite.core.config import ConfigError
+from diffsuite.core.config import ConfigError, nonnegative_int, positive_int
 from diffsuite.core.guidance import ClassifierFreeGuidance, repaint as repaint_sample
 from diffsuite.core.losses import variational_bound
 from diffsuite.core.samplers import sample
@@ -41,28 +41,28 @@ def add_commands(subparsers) -> None:
     e = subparsers.add_parser("eval", help="image: digits-FID, conditional accuracy, bits/dim (and FID with "
                               "local Inception weights)")
     e.add_argument("checkpoint")
-    e.add_argument("--n", type=int, default=500, help="generated images for FID / accuracy")
+    e.add_argument("--n", type=positive_int, default=500, help="generated images for FID / accuracy")
     e.add_argument("--sampler", default=None)
-    e.add_argument("--steps", type=int, default=None)
+    e.add_argument("--steps", type=positive_int, default=None)
     e.add_argument("--guidance", type=float, default=None)
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--bpd-n", type=int, default=64, help="test images for bits/dim (0: skip; T network calls each)")
+    e.add_argument("--bpd-n", type=nonnegative_int, default=64, help="test images for bits/dim (0: skip; T network calls each)")
     e.add_argument("--inception", help="local TorchScript Inception-v3 file for standard FID")
-    e.add_argument("--out", help="JSON path (default: <checkpoint>/eval.json)")
+    e.add_argument("--out", help="JSON path (default: <run>/eval/<checkpoint name>.json)")
     e.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("image-inpaint", help="image: fill the masked region of an image")
     p.add_argument("checkpoint")
     p.add_argument("--inpaint", metavar="IMAGE", help="image to fill (default: test-split images of the dataset)")
     p.add_argument("--mask", default="centre-box", help=f"mask image (white = keep) or one of {edit.PRESET_MASKS}")
-    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--n", type=positive_int, default=8)
     p.add_argument("--repaint", action="store_true", help="RePaint resampling (Lugmayr et al. 2022)")
     _common(p)
     p.set_defaults(func=cmd_inpaint)
 
     q = subparsers.add_parser("image-path", help="image: figure of one sample's denoising path x_t")
     q.add_argument("checkpoint")
-    q.add_argument("--frames", type=int, default=8)
+    q.add_argument("--frames", type=positive_int, default=8)
     q.add_argument("--label", type=int, default=None, help="class to draw (conditional models)")
     _common(q)
     q.set_defaults(func=cmd_path)
@@ -70,7 +70,7 @@ def add_commands(subparsers) -> None:
 
 def _common(p) -> None:
     p.add_argument("--sampler", default=None)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
@@ -105,11 +105,12 @@ def evaluate(loaded, n: int = 500, sampler=None, steps=None, guidance=None, seed
 
 
 def cmd_eval(args) -> int:
-    loaded = args.load(args.checkpoint)
+    loaded = args.load(args.checkpoint, task="image", command="diffsuite eval")
     res = evaluate(loaded, args.n, args.sampler, args.steps, args.guidance, args.seed, args.bpd_n, args.inception,
                    progress=True)
     res["checkpoint"] = str(loaded.checkpoint)
-    out = Path(args.out) if args.out else Path(loaded.checkpoint) / "eval.json"
+    ckpt = Path(loaded.checkpoint)  # outside the checkpoint folder, which pruning may delete
+    out = Path(args.out) if args.out else ckpt.parent.parent / "eval" / f"{ckpt.name}.json"
     atomic_write_json(out, res)
     for k, v in res.items():
         print(f"{k:26s} {v}")
@@ -175,7 +176,7 @@ def inpaint(loaded, out: str | Path, image: str | None = None, mask: str | None 
 
 
 def cmd_inpaint(args) -> int:
-    loaded = args.load(args.checkpoint)
+    loaded = args.load(args.checkpoint, task="image", command="diffsuite image-inpaint")
     files = inpaint(loaded, args.out, image=args.inpaint, mask=args.mask, n=args.n, repaint=args.repaint,
                     sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed)
     print(f"written {files['grid']}")
@@ -183,7 +184,7 @@ def cmd_inpaint(args) -> int:
 
 
 def cmd_path(args) -> int:
-    loaded = args.load(args.checkpoint)
+    loaded = args.load(args.checkpoint, task="image", command="diffsuite image-path")
     r = loaded.recipe
     cond = torch.tensor([args.label]) if args.label is not None and r.model.num_classes else None
     rec = edit.RecordPath()

@@ -82,10 +82,21 @@ def scan_folder(root: str | Path) -> tuple[list[Path], list[str | None]]:
     return files, labels
 
 
+def to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image (PIL modes I;16* or I) scaled to 8 bits (x / 257); other images unchanged.
+    PIL's own convert('L') clips such values at 255, which turns a 16-bit image nearly white."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode != "I" or a.max() > 255:
+            a = a / 257.0
+        return Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L")
+    return img
+
+
 def load_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """One file as uint8 (size, size, channels), resized and centre-cropped."""
+    """One file as uint8 (size, size, channels), resized and centre-cropped (16-bit grayscale scaled to 8 bits)."""
     with Image.open(path) as img:
-        img = img.convert("RGB" if channels == 3 else "L")
+        img = to_8bit(img).convert("RGB" if channels == 3 else "L")
         arr = np.asarray(resize_center_crop(img, size), dtype=np.uint8)
     return arr[..., None] if channels == 1 else arr
 

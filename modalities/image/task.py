@@ -1,7 +1,7 @@
 """The image task: a DDPM/ADM U-Net on image folders or the built-in digits, through the core."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -9,31 +9,32 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffsuite.core.config import ConfigError, valid
 from diffsuite.core.task import Task
 from diffsuite.core.utils import atomic_write_json
 
 from . import data as D
-from .unet import UNetSpec, build_unet, preset
+from .unet import PRESETS, UNetSpec, build_unet, preset
 
 
 @dataclass
 class ModelConfig:
     """UNet2D arguments (see unet.UNet2D); a field left at None takes the preset's value."""
 
-    preset: str = "tiny"
-    image_size: Optional[int] = None
-    in_channels: Optional[int] = None
-    model_channels: Optional[int] = None
+    preset: str = valid("tiny", choices=lambda: sorted(PRESETS))
+    image_size: Optional[int] = valid(None, min=1)
+    in_channels: Optional[int] = valid(None, min=1)
+    model_channels: Optional[int] = valid(None, min=1)
     channel_mult: Optional[list] = None
-    num_res_blocks: Optional[int] = None
+    num_res_blocks: Optional[int] = valid(None, min=1)
     attention_resolutions: Optional[list] = None
-    dropout: Optional[float] = None
-    num_heads: Optional[int] = None
+    dropout: Optional[float] = valid(None, min=0, max=1)
+    num_heads: Optional[int] = valid(None, min=1)
     num_head_channels: Optional[int] = None
     use_scale_shift_norm: Optional[bool] = None
     resblock_updown: Optional[bool] = None
     conv_resample: Optional[bool] = None
-    num_classes: Optional[int] = None  # class-conditional with this many classes (+ a null class for CFG)
+    num_classes: Optional[int] = valid(None, min=0)  # class-conditional with this many classes (+ a null class for CFG)
     use_checkpoint: bool = False  # gradient checkpointing
     pad_to_multiple: bool = False  # pad sizes not divisible by the downsampling factor instead of an error
     channels_last: bool = False
@@ -43,14 +44,14 @@ class ModelConfig:
 class DataConfig:
     """Where the images come from and how they are prepared."""
 
-    source: str = "digits"  # digits | folder
+    source: str = valid("digits", choices=("digits", "folder"))
     path: Optional[str] = None  # folder: the image folder (class labels from its sub-folders)
     eval_path: Optional[str] = None  # folder: images for the val/test splits (default: the training folder)
-    image_size: int = 16
-    channels: int = 1  # 1 grayscale | 3 RGB
+    image_size: int = valid(16, min=1)
+    channels: int = valid(1, choices=(1, 3))  # 1 grayscale | 3 RGB
     hflip: bool = False
     class_cond: bool = True  # items carry their class label when the source has labels
-    digits_mode: str = "resize"  # digits 8x8 -> image_size: resize | pad
+    digits_mode: str = valid("resize", choices=("resize", "pad"))  # digits 8x8 -> image_size: resize | pad
 
 
 def unet_spec(model: ModelConfig, learn_sigma: bool = False) -> UNetSpec:
@@ -111,6 +112,33 @@ class ImageTask(Task):
             return D.image_folder(path, data.image_size, data.channels, data.hflip and split == "train",
                                   data.class_cond)
         raise ValueError(f"data.source must be 'digits' or 'folder', got {data.source!r}")
+
+    def configure(self, model: ModelConfig, data: DataConfig) -> ModelConfig:
+        """model.num_classes from the data when unset (10 digits, or an image folder's class sub-folders); a count
+        that differs from the data's, or classes the data will not label, are errors."""
+        if data.source == "folder":
+            if not data.path:
+                raise ConfigError("data.path: source 'folder' needs the image folder's path")
+            try:
+                classes = sorted({lab for lab in D.scan_folder(data.path)[1] if lab is not None})
+            except ValueError as e:
+                raise ConfigError(str(e)) from e
+        else:
+            classes = [str(i) for i in range(10)]
+        k = model.num_classes or None
+        if not data.class_cond or not classes:
+            if k:
+                why = "data.class_cond=false" if not data.class_cond else f"{data.path} has no class sub-folders"
+                raise ConfigError(f"model.num_classes={k} but {why}: the model would never see a label; set "
+                                  "data.class_cond=true (with class sub-folders) or leave model.num_classes unset")
+            return model
+        if k is None:
+            return replace(model, num_classes=len(classes))
+        if k != len(classes):
+            raise ConfigError(f"model.num_classes={k} but the data has {len(classes)} classes "
+                              f"({', '.join(classes[:12])}{', ...' if len(classes) > 12 else ''}): leave "
+                              f"model.num_classes unset to use {len(classes)}, or set it to {len(classes)}")
+        return model
 
     def sample_shape(self, model: ModelConfig, data: DataConfig) -> tuple:
         check_formats(model, data)

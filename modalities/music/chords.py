@@ -100,6 +100,10 @@ def parse_progression(text: str, n_beats: int, beats_per_chord: int | None = Non
     if not syms:
         raise ValueError("empty chord progression: expected symbols like 'C G Am F'")
     per = beats_per_chord or max(n_beats // len(syms), 1)
+    if len(syms) * per > n_beats:
+        raise ValueError(f"{len(syms)} chords of {per} beat(s) each need {len(syms) * per} beats, but the window has "
+                         f"{n_beats}: give at most {n_beats // per} chords" + ("" if beats_per_chord is None else
+                                                                              " or a smaller --beats-per-chord"))
     parsed = [parse_symbol(s) for s in syms]
     rows = [parsed[(b // per) % len(parsed)] for b in range(n_beats)]
     return encode(np.stack([r[1] for r in rows]), np.array([r[2] for r in rows]), np.array([r[0] for r in rows]))

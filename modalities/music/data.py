@@ -36,26 +36,40 @@ def split_of(name: str, val_fraction: float = 0.1, test_fraction: float = 0.1) -
 
 def load_midi_folder(folder, steps_per_beat: int = 4, n_pitch: int = 128, pitch_lo: int = 0) -> list[RollPiece]:
     """Every *.mid / *.midi under folder; corrupt or empty files are skipped with a warning naming each and a count."""
+    pieces, skipped, n = _read_midi_folder(folder, steps_per_beat, n_pitch, pitch_lo)
+    _warn_skipped(folder, skipped, n)
+    return pieces
+
+
+def _read_midi_folder(folder, steps_per_beat, n_pitch, pitch_lo) -> tuple[list[RollPiece], list[list[str]], int]:
+    """(pieces, [[file, why it was skipped]], number of MIDI files); no readable piece at all is an error."""
     paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".mid", ".midi"))
     if not paths:
         raise FileNotFoundError(f"no .mid/.midi files under {folder}")
-    pieces, bad = [], []
+    pieces, skipped = [], []
     for p in tqdm(paths, desc="midi", leave=False):
         try:
             piece = load_midi(p, steps_per_beat, 0.0, n_pitch, pitch_lo)
         except Exception as e:  # pretty_midi / mido raise many types on corrupt files
-            bad.append(p)
-            warnings.warn(f"skipping corrupt MIDI file {p}: {type(e).__name__}: {e}")
+            skipped.append([str(p), f"corrupt: {type(e).__name__}: {e}"])
             continue
         if piece.roll[0].sum() == 0:
-            bad.append(p)
-            warnings.warn(f"skipping empty MIDI file {p}: no notes in pitch range")
+            skipped.append([str(p), "empty: no notes in pitch range"])
             continue
         piece.meta["name"] = str(p.relative_to(folder))
         pieces.append(piece)
-    if bad:
-        warnings.warn(f"skipped {len(bad)} of {len(paths)} MIDI files under {folder}")
-    return pieces
+    if not pieces:
+        _warn_skipped(folder, skipped, len(paths))
+        raise ValueError(f"none of the {len(paths)} MIDI files under {folder} could be used (each is named in a "
+                         "warning above)")
+    return pieces, skipped, len(paths)
+
+
+def _warn_skipped(folder, skipped: list, n: int) -> None:
+    for path, why in skipped:
+        warnings.warn(f"skipping MIDI file {path}: {why}")
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} of {n} MIDI files under {folder}")
 
 
 # ---------------------------------------------------------------- music21 corpus
@@ -157,13 +171,18 @@ def cached_midi_folder(folder, steps_per_beat: int = 4, n_pitch: int = 128, pitc
                     n_pitch=n_pitch, pitch_lo=pitch_lo)
     key = hashlib.sha1(json.dumps([settings, files]).encode()).hexdigest()[:12]
     base = cache_dir("music", f"midi-{key}") / "pieces"
-    if base.with_suffix(".npz").exists() and base.with_suffix(".json").exists():
+    manifest = base.parent / "manifest.json"
+    if base.with_suffix(".npz").exists() and base.with_suffix(".json").exists() and manifest.exists():
+        m = json.loads(manifest.read_text())
+        _warn_skipped(folder, m.get("skipped", []), len(files))  # the warnings of the first read, every time
         return _load_pieces(base)
-    pieces = load_midi_folder(folder, steps_per_beat, n_pitch, pitch_lo)
+    pieces, skipped, n = _read_midi_folder(folder, steps_per_beat, n_pitch, pitch_lo)
+    _warn_skipped(folder, skipped, n)
     _save_pieces(base, pieces)
-    atomic_write_json(base.parent / "manifest.json", {"settings": settings, "n_pieces": len(pieces), "n_files": len(files),
-                                                      "sha256": {f.name: sha256_file(f) for f in
-                                                                 (base.with_suffix(".npz"), base.with_suffix(".json"))}})
+    atomic_write_json(manifest, {"settings": settings, "n_pieces": len(pieces), "n_files": len(files),
+                                 "skipped": skipped,
+                                 "sha256": {f.name: sha256_file(f) for f in (base.with_suffix(".npz"),
+                                                                             base.with_suffix(".json"))}})
     return pieces
 
 
@@ -192,10 +211,8 @@ def allowed_shifts(roll: np.ndarray, max_shift: int) -> list[int]:
 class RollWindows(torch.utils.data.Dataset):
     """Windows of seg_len steps at a one-bar hop over the given pieces; items {"x0": (2, T, P), "cond": (beats, 36)}."""
 
-    def __init__(self, pieces: list[RollPiece], seg_len: int = 64, transpose_max: int = 0, seed: int = 0,
-                 min_notes: int = 1):
+    def __init__(self, pieces: list[RollPiece], seg_len: int = 64, transpose_max: int = 0, min_notes: int = 1):
         self.pieces, self.seg_len, self.transpose_max = pieces, seg_len, transpose_max
-        self.rng = np.random.default_rng(seed)
         self.index = []  # (piece index, start step)
         for i, pc in enumerate(pieces):
             for s, w in segments(pc.roll, seg_len, pc.steps_per_bar):
@@ -213,8 +230,9 @@ class RollWindows(torch.utils.data.Dataset):
 
     def __getitem__(self, j: int):
         w = self.window(j)
-        if self.transpose_max:
-            w = transpose(w, int(self.rng.choice(allowed_shifts(w, self.transpose_max))))
+        if self.transpose_max:  # drawn from torch's global RNG, which the trainer seeds per (seed, step, item)
+            shifts = allowed_shifts(w, self.transpose_max)
+            w = transpose(w, shifts[int(torch.randint(len(shifts), ()))])
         pc = self.pieces[self.index[j][0]]
         c = chords.extract(w, pc.pitch_lo, pc.steps_per_beat)
         return {"x0": to_model(w), "cond": torch.from_numpy(c)}

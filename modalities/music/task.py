@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from diffsuite.core.config import ConfigError, valid
 from diffsuite.core.task import Task
 from diffsuite.core.utils import atomic_write_json
 
@@ -31,14 +32,14 @@ class MusicModelConfig:
     levels, 39.6M parameters) or 'small' (CPU: 4x4 patches, 48 ch, (1,2,4), pitch-aligned chord planes, 7.4M); a field
     left at None takes the preset's value."""
 
-    preset: str = "small"
-    channels: Optional[int] = None
+    preset: str = valid("small", choices=lambda: sorted(PRESETS))
+    channels: Optional[int] = valid(None, min=1)
     channel_mults: Optional[list] = None
-    num_res_blocks: Optional[int] = None
+    num_res_blocks: Optional[int] = valid(None, min=1)
     attention_levels: Optional[list] = None  # level indices (0 = finest) with self-attention
-    heads: int = 4
+    heads: int = valid(4, min=1)
     ff_mult: Optional[int] = None  # GEGLU feed-forward after each attention site (0: none)
-    dropout: float = 0.0
+    dropout: float = valid(0.0, min=0, max=1)
     patch: Optional[int] = None  # fold patch x patch roll cells into channels first (space-to-depth)
     chord_cond: bool = True
     chord_map: Optional[bool] = None  # also feed the chords as pitch-aligned input planes (needs pitch_lo)
@@ -70,16 +71,16 @@ class MusicDataConfig:
     """Source ('corpus:<collection>' of music21, default the Bach chorales, or a MIDI folder path) and roll geometry."""
 
     source: str = "corpus:bach"
-    steps_per_beat: int = 4
-    seg_len: int = 64
-    n_pitch: int = 64
-    pitch_lo: int = 32
-    transpose_max: int = 5
+    steps_per_beat: int = valid(4, min=1)
+    seg_len: int = valid(64, min=1)
+    n_pitch: int = valid(64, min=1, max=128)
+    pitch_lo: int = valid(32, min=0, max=127)
+    transpose_max: int = valid(5, min=0)
     metres: list = field(default_factory=lambda: ["3/4", "4/4"])
-    limit: Optional[int] = None  # first N scores / files only (tests, quick runs)
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    seed: int = 0
+    limit: Optional[int] = valid(None, min=1)  # first N scores / files only (tests, quick runs)
+    val_fraction: float = valid(0.1, min=0, max=1)
+    test_fraction: float = valid(0.1, min=0, max=1)
+    seed: int = 0  # unused: transpositions follow train.seed (the trainer's per-item RNG); kept so old configs load
 
 
 @functools.lru_cache(maxsize=4)
@@ -116,8 +117,10 @@ class MusicTask(Task):
     def build_dataset(self, data: MusicDataConfig, split: str = "train"):
         pieces = pieces_for(data, split)
         if not pieces:
-            raise ValueError(f"music data {data.source!r}: no pieces in split {split!r}")
-        ds = RollWindows(pieces, data.seg_len, data.transpose_max if split == "train" else 0, data.seed)
+            raise ConfigError(f"music data {data.source!r}: no pieces in the {split!r} split (pieces are split by name: "
+                              f"{data.val_fraction:.0%} val, {data.test_fraction:.0%} test); add pieces or change "
+                              "data.val_fraction / data.test_fraction")
+        ds = RollWindows(pieces, data.seg_len, data.transpose_max if split == "train" else 0)
         return ds
 
     def sample_shape(self, model, data: MusicDataConfig) -> tuple:

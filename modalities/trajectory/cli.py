@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffsuite.core.config import ConfigError
+from diffsuite.core.config import ConfigError, nonnegative_int, positive_int
 from diffsuite.core.utils import atomic_write_json
 
 from .evaluate import plan_episode, reference_returns, summarize
@@ -21,19 +21,19 @@ def add_commands(subparsers) -> None:
                               description=__doc__)
     p.add_argument("checkpoint", help="checkpoint folder or run folder")
     p.add_argument("--env", default=None, help="gymnasium id (default: the env the model was trained on)")
-    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--episodes", type=positive_int, default=10)
     p.add_argument("--multi-task", action="store_true", help="random start and goal (default: D4RL's fixed goal cell)")
     p.add_argument("--sampler", default=None, help="ddpm | ddim | dpmpp_2m | ... (default: the recipe's)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the recipe's)")
-    p.add_argument("--candidates", type=int, default=1, help="plans sampled per call, ranked by value when --value")
-    p.add_argument("--replan-every", type=int, default=0,
+    p.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default: the recipe's)")
+    p.add_argument("--candidates", type=positive_int, default=1, help="plans sampled per call, ranked by value when --value")
+    p.add_argument("--replan-every", type=nonnegative_int, default=0,
                    help="replan every k env steps (0: plan once, then head for the goal, as Diffuser; without "
                         "--shrink-horizon replans keep the "
                         "goal at step H-1, which with a goal nearer than H steps gives detour plans)")
     p.add_argument("--shrink-horizon", action="store_true",
                    help="with --replan-every: each replan covers only what is left of the previous plan, so the goal "
                         "stays at the step where the agent was due to arrive")
-    p.add_argument("--shrink-min", type=int, default=32,
+    p.add_argument("--shrink-min", type=positive_int, default=32,
                    help="with --shrink-horizon: a plan due to arrive within this many steps is followed to its end")
     p.add_argument("--warm-start", type=float, default=0.0, help="> 0: warm start replans from the previous plan at this fraction of T")
     p.add_argument("--control", choices=("pd", "actions", "pursuit"), default="pd",
@@ -48,7 +48,7 @@ def add_commands(subparsers) -> None:
                    help="with --candidates > 1: keep the candidate plan that runs least into the maze's walls "
                         "(planner.wall_value); not with --value")
     p.add_argument("--guide-scale", type=float, default=0.1)
-    p.add_argument("--reference-episodes", type=int, default=100)
+    p.add_argument("--reference-episodes", type=positive_int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None)
@@ -56,8 +56,8 @@ def add_commands(subparsers) -> None:
     v = subparsers.add_parser("train-value", help="train a value function J(x_t, t) on a trajectory model's data",
                               description="Diffuser's value function on returns-to-go of the checkpoint's dataset windows")
     v.add_argument("checkpoint")
-    v.add_argument("--steps", type=int, default=2000)
-    v.add_argument("--batch-size", type=int, default=32)
+    v.add_argument("--steps", type=positive_int, default=2000)
+    v.add_argument("--batch-size", type=positive_int, default=32)
     v.add_argument("--lr", type=float, default=2e-4)
     v.add_argument("--discount", type=float, default=0.99)
     v.add_argument("--seed", type=int, default=0)
@@ -70,7 +70,7 @@ def cmd_train_value(args) -> int:
     from .data import ValueDataset
     from .task import full_dataset
     from .value import save_value, train_value
-    loaded = args.load(args.checkpoint)
+    loaded = args.load(args.checkpoint, task="trajectory", command="diffsuite train-value")
     m = loaded.recipe.model
     seq = full_dataset(replace(loaded.recipe.data, discount=args.discount))
     net = train_value(ValueDataset(seq), loaded.denoiser.schedule, args.steps, args.batch_size, args.lr, m.dim,
@@ -106,8 +106,7 @@ def _planner(args, loaded, grid=None) -> Planner:
 
 @torch.no_grad()
 def cmd_plan(args) -> int:
-    loaded = args.load(args.checkpoint)
-    loaded.denoiser.to(args.device)
+    loaded = args.load(args.checkpoint, device=args.device, task="trajectory", command="diffsuite plan")
     env_id = env_id_for(args.env or loaded.recipe.data.env_id)
     if env_id != env_id_for(loaded.recipe.data.env_id):
         warnings.warn(f"planning in {env_id} with a model trained on {loaded.recipe.data.env_id}")

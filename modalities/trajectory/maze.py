@@ -24,6 +24,8 @@ from functools import cached_property
 
 import numpy as np
 
+from diffsuite.core.config import ConfigError
+
 MAZES = {"umaze": "PointMaze_UMaze-v3", "medium": "PointMaze_Medium-v3", "large": "PointMaze_Large-v3"}
 SUCCESS_RADIUS = 0.45
 AGENT_RADIUS = 0.1  # the point mass's collision sphere (gymnasium-robotics assets/point/point.xml)
@@ -37,7 +39,7 @@ def env_id_for(name: str) -> str:
         return name
     if name.lower() in MAZES:
         return MAZES[name.lower()]
-    raise ValueError(f"unknown maze {name!r}; valid: {sorted(MAZES)} or {sorted(MAZES.values())}")
+    raise ConfigError(f"unknown maze {name!r}; valid: {sorted(MAZES)} or {sorted(MAZES.values())}")
 
 
 def make_env(env_id: str, **kwargs):

@@ -17,10 +17,11 @@ from typing import Optional
 import numpy as np
 import torch
 
+from diffsuite.core.config import valid
 from diffsuite.core.task import Task
 from diffsuite.core.utils import atomic_write_json
 
-from .data import SequenceDataset
+from .data import NORMALIZERS, SequenceDataset
 from .generate import GenSettings, dataset_path, load_npz, n_steps_for
 from .maze import env_id_for
 from .temporal_unet import ConditionedTemporalUnet
@@ -32,11 +33,11 @@ VAL_FRACTION = 0.05  # the last 5% of episodes of the stream are the validation 
 class TrajectoryModelConfig:
     """Temporal U-Net settings (Diffuser: dim 32, dim_mults (1, 4, 8) in mazes, (1, 2, 4, 8) in locomotion)."""
 
-    transition_dim: int = 6  # action dim + observation dim (PointMaze: 2 + 4)
-    action_dim: int = 2
-    dim: int = 32
+    transition_dim: int = valid(6, min=1)  # action dim + observation dim (PointMaze: 2 + 4)
+    action_dim: int = valid(2, min=0)
+    dim: int = valid(32, min=1)
     dim_mults: list = field(default_factory=lambda: [1, 4, 8])
-    kernel: int = 5
+    kernel: int = valid(5, min=1)
 
 
 @dataclass
@@ -46,17 +47,17 @@ class TrajectoryDataConfig:
     env_id: str = "PointMaze_UMaze-v3"
     size: str = "cpu"  # d4rl | cpu | tiny | a step count
     seed: int = 0
-    action_noise: float = 0.5
+    action_noise: float = valid(0.5, min=0)
     path: Optional[str] = None  # an explicit .npz with observations, actions, rewards, terminals, timeouts
-    horizon: int = 128
-    normalizer: str = "limits"
+    horizon: int = valid(128, min=1)
+    normalizer: str = valid("limits", choices=lambda: sorted(NORMALIZERS))
     use_padding: bool = False
-    discount: float = 0.99
+    discount: float = valid(0.99, min=0, max=1)
     #: where episodes end: "terminals" (arrival or timeout, D4RL's flags) or "timeouts" (only timeouts; with
     #: arrivals not splitting the stream, windows may pass intermediate goals, like Diffuser's long maze2d episodes)
-    episode_ends: str = "terminals"
+    episode_ends: str = valid("terminals", choices=("terminals", "timeouts"))
     #: what the model sees clean in x_t (Diffuser's conditioning): start_goal (maze2d GoalDataset), start, none
-    condition: str = "start_goal"
+    condition: str = valid("start_goal", choices=lambda: sorted(CONDITIONS))
 
 
 @functools.lru_cache(maxsize=4)
