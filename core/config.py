@@ -21,16 +21,24 @@ DDPM_VARIANCES = ("beta", "beta_tilde", "learned")
 CLIP_X0 = ("none", "clip", "dynamic")
 
 
-def valid(default, *, min=None, max=None, above=None, choices=None, **kw):
+def valid(default, *, min=None, max=None, above=None, choices=None, length=None, **kw):
     """A dataclass field whose value is checked when a config is loaded: min / max (inclusive), above (exclusive),
-    choices (a tuple, or a function returning one, for lists owned by other modules). None always passes."""
-    rules = {k: v for k, v in (("min", min), ("max", max), ("above", above), ("choices", choices)) if v is not None}
+    choices (a tuple, or a function returning one, for lists owned by other modules), length (of a list, whose items
+    the number rules then check). None always passes."""
+    rules = {k: v for k, v in (("min", min), ("max", max), ("above", above), ("choices", choices), ("length", length))
+             if v is not None}
     return field(default=default, metadata={"valid": rules}, **kw)
 
 
 def check_value(name: str, value, rules: dict) -> None:
     """Raise ConfigError naming `name`, the value and what is valid when `value` breaks a field's rules."""
     if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, (list, tuple)):
+        if "length" in rules and len(value) != rules["length"]:
+            raise ConfigError(f"{name}: expected {rules['length']} values, got {len(value)}: {list(value)}")
+        for v in value:
+            check_value(name, v, {k: r for k, r in rules.items() if k != "length"})
         return
     choices = rules.get("choices")
     if choices is not None:
@@ -116,6 +124,13 @@ class DiffusionConfig:
     cond_drop_prob: float = valid(0.0, min=0, max=1)
     clip_x0: str = valid("none", choices=CLIP_X0)
 
+    def __post_init__(self):
+        if self.schedule == "custom" and not self.betas:
+            raise ConfigError("diffusion.schedule=custom needs diffusion.betas (a list of T values in (0, 1))")
+        if self.betas is not None:
+            if not all(isinstance(b, (int, float)) and 0 < b < 1 for b in self.betas):
+                raise ConfigError(f"diffusion.betas: expected values in (0, 1), got {self.betas}")
+
 
 @dataclass
 class TrainerConfig:
@@ -125,7 +140,7 @@ class TrainerConfig:
     batch_size: int = valid(64, min=1)
     lr: float = valid(2e-4, above=0)
     weight_decay: float = valid(0.0, min=0)
-    adam_betas: tuple = (0.9, 0.999)
+    adam_betas: tuple = valid((0.9, 0.999), length=2, min=0, max=1)
     warmup_steps: int = valid(0, min=0)
     lr_schedule: str = valid("constant", choices=LR_SCHEDULES)
     grad_accum: int = valid(1, min=1)

@@ -25,13 +25,14 @@ SAMPLING_COMMANDS = ("sample", "vocode", "compose", "plan", "eval", "image-inpai
 
 
 #: what a user can cause and fix (exit status 2, one line; --debug shows the traceback); anything else is a bug
-USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, RunFolderError, NonFiniteError, SamplerOptionError)
+USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, RunFolderError, NonFiniteError, SamplerOptionError,
+               NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
 
 
 def one_line(e: BaseException) -> str:
     """An error message on one line (a FileNotFoundError from the OS names its file)."""
-    if isinstance(e, FileNotFoundError) and e.filename and str(e.filename) not in str(e.args[-1]):
-        return f"file not found: {e.filename}"
+    if isinstance(e, OSError) and e.filename and e.strerror:  # from the OS: say what, and which file
+        return f"{e.strerror}: {e.filename}"
     return " ".join(str(e).split("\n")).strip()
 
 

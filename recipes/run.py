@@ -133,7 +133,10 @@ def train(recipe, overrides: Sequence[str] = (), out_dir: Optional[str | Path] =
     except ValueError as e:
         raise ConfigError(str(e)) from e
     torch.manual_seed(r.train.seed)
-    net = task.build_net(r.model, r.diffusion)
+    try:
+        net = task.build_net(r.model, r.diffusion)
+    except ValueError as e:  # sizes the network cannot be built with (checked by its constructor)
+        raise ConfigError(f"model: {e}") from e
     denoiser = build_denoiser(net, r.diffusion)
     try:
         dataset = task.build_dataset(r.data, "train")
@@ -141,6 +144,7 @@ def train(recipe, overrides: Sequence[str] = (), out_dir: Optional[str | Path] =
         raise ConfigError(f"data: {e}") from e
     if len(dataset) == 0:
         raise ConfigError(f"data: the training split of {r.name}'s data is empty")
+    dry_run(denoiser, dataset, r.diffusion.T)
     trainer = Trainer(denoiser, dataset, r.train, run, build_loss(r.diffusion), config=cfg,
                       cond_drop_prob=r.diffusion.cond_drop_prob, null_cond=task.null_cond,
                       sample_fn=make_sample_fn(task, r))
@@ -150,6 +154,26 @@ def train(recipe, overrides: Sequence[str] = (), out_dir: Optional[str | Path] =
         atomic_write_bytes(run / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
     trainer.train(resume=ckpt, stop_at=stop_at)
     return run
+
+
+def dry_run(denoiser, dataset, T: int) -> None:
+    """One forward pass on one training item before the first step (and before anything is written), so a network
+    that cannot run on this data (shapes, learned variance, conditioning) is a ConfigError now, not a crash later."""
+    from torch.utils.data import default_collate
+    from diffsuite.core.trainer import split_batch
+    if isinstance(dataset, torch.utils.data.TensorDataset):
+        batch = tuple(t[:1] for t in dataset.tensors)
+    else:
+        batch = default_collate([dataset[0]])
+    x0, cond = split_batch(batch)
+    rng_state = torch.get_rng_state()  # the dry run must not move the global RNG (resumes and seeds stay exact)
+    try:
+        with torch.no_grad():
+            denoiser(x0, torch.full((x0.shape[0],), float(T - 1)), cond)
+    except ValueError as e:
+        raise ConfigError(f"the model cannot run on this data: {e}") from e
+    finally:
+        torch.set_rng_state(rng_state)
 
 
 @dataclass

@@ -487,6 +487,27 @@ def test_user_errors_are_one_line_with_exit_2(toy_run, audio_run, tmp_path, caps
         assert msg in _one_error_line(err), (argv, err)
 
 
+def test_image_commands_name_what_is_wrong(tmp_path, capsys):
+    img = run.train(recipe("image", tmp_path, steps=1), out_dir=tmp_path / "irun")
+    (tmp_path / "not_an_image.png").write_bytes(b"hello")
+    (tmp_path / "a_file").write_text("x")
+    cases = [(["image-path", img, "--label", "99", "--out", tmp_path / "p"], "--label 99: this model's classes are 0-9"),
+             (["image-inpaint", img, "--inpaint", tmp_path / "not_an_image.png", "--out", tmp_path / "q"],
+              "cannot read it as an image"),
+             (["image-inpaint", img, "--mask", "weird", "--out", tmp_path / "q"], "--mask: 'weird' is neither"),
+             (["sample", img, "--out", tmp_path / "a_file" / "inside"], "Not a directory"),
+             (["train", "toy2d", "diffusion.learned_variance=true", "--out", tmp_path / "lv"],
+              "the model cannot run on this data: Denoiser(learned_variance=True)"),
+             (["train", "toy2d", "train.adam_betas=[0.9]", "--out", tmp_path / "b"],
+              "train.adam_betas: expected 2 values, got 1"),
+             (["train", "toy2d", "diffusion.schedule=custom", "--out", tmp_path / "c"],
+              "diffusion.schedule=custom needs diffusion.betas")]
+    for argv, msg in cases:
+        rc, err = _main(argv, capsys)
+        assert rc == 2 and msg in _one_error_line(err), (argv, err)
+    assert not (tmp_path / "lv").exists()
+
+
 def test_debug_shows_the_traceback(tmp_path, capsys):
     with pytest.raises(ConfigError):
         cli.main(["--debug", "train", "toy2d", "train.steps=0", "--out", str(tmp_path / "r")])
@@ -495,7 +516,11 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
 def test_plan_refuses_zero_episodes_and_unknown_mazes(tmp_path, capsys):
     traj = run.train(recipe("trajectory", tmp_path), out_dir=tmp_path / "trun")
     for extra, msg in ((["--episodes", "0"], "argument --episodes: expected an integer >= 1, got 0"),
-                       (["--env", "mars"], "unknown maze 'mars'")):
+                       (["--env", "mars"], "unknown maze 'mars'"),
+                       (["--guidance", "gradient"], "--guidance gradient needs a value function"),
+                       (["--warm-start", "5", "--replan-every", "10"], "--warm-start 5.0: expected a fraction"),
+                       (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--value", tmp_path / "none"],
+                        "CUDA is not available here" if not torch.cuda.is_available() else "none")):
         rc, err = _main(["plan", traj, *extra], capsys)
         assert rc == 2 and msg in _one_error_line(err)
 

@@ -186,7 +186,11 @@ def cmd_inpaint(args) -> int:
 def cmd_path(args) -> int:
     loaded = args.load(args.checkpoint, task="image", command="diffsuite image-path")
     r = loaded.recipe
-    cond = torch.tensor([args.label]) if args.label is not None and r.model.num_classes else None
+    k = r.model.num_classes
+    if args.label is not None and not (k and 0 <= args.label < k):
+        raise ConfigError(f"--label {args.label}: " + (f"this model's classes are 0-{k - 1}" if k else
+                                                       "this model is unconditional (no classes)"))
+    cond = torch.tensor([args.label]) if args.label is not None else None
     rec = edit.RecordPath()
     sample_images(loaded.denoiser, loaded.task, r, 1, args.sampler, args.steps, args.guidance, args.seed,
                   cond=cond, hooks=[rec])

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffsuite.core.config import ConfigError
 from diffsuite.core.guidance import Inpaint
 from diffsuite.core.samplers import SamplerHook
 
@@ -28,15 +29,24 @@ def preset_mask(name: str, size: int) -> torch.Tensor:
     return m
 
 
+def _read(path: str | Path, size: int, channels: int, what: str) -> np.ndarray:
+    """load_image, with an unreadable file reported as a ConfigError naming it."""
+    try:
+        return load_image(Path(path), size, channels)
+    except (OSError, ValueError) as e:  # PIL: UnidentifiedImageError is an OSError
+        raise ConfigError(f"{what} {path}: cannot read it as an image ({type(e).__name__}); expected a PNG or "
+                          "JPEG file") from e
+
+
 def load_mask(path: str | Path, size: int) -> torch.Tensor:
     """A mask image (white = known, black = to fill), resized and centre-cropped to size: (1, 1, S, S) in {0, 1}."""
-    arr = load_image(Path(path), size, 1)
+    arr = _read(path, size, 1, "--mask")
     return torch.from_numpy((arr[..., 0] >= 128).astype(np.float32))[None, None]
 
 
 def load_known(path: str | Path, size: int, channels: int) -> torch.Tensor:
     """The image to inpaint, as (1, C, S, S) in [-1, 1]."""
-    return to_model(load_image(Path(path), size, channels)[None].copy())  # copy: PIL arrays are read-only
+    return to_model(_read(path, size, channels, "--inpaint")[None].copy())  # copy: PIL arrays are read-only
 
 
 def inpaint_hook(schedule, mask: torch.Tensor, known: torch.Tensor) -> Inpaint:

@@ -96,6 +96,10 @@ def _planner(args, loaded, grid=None) -> Planner:
         vnet = load_value(args.value).to(args.device)
         value_fn = lambda x, t, c: vnet(x, t)  # noqa: E731
     guidance = args.guidance or ("value" if args.value else "none")  # the wall value only ranks
+    if guidance != "none" and not args.value:
+        raise ConfigError(f"--guidance {guidance} needs a value function: --value FOLDER (from diffsuite train-value)")
+    if not 0 <= args.warm_start <= 1:
+        raise ConfigError(f"--warm-start {args.warm_start}: expected a fraction of the diffusion steps in [0, 1]")
     sampler = args.sampler or r.sample.sampler
     cfg = PlannerConfig(sampler=sampler, steps=args.steps or r.sample.steps,
                         n_candidates=args.candidates, guidance=guidance, guide_scale=args.guide_scale,
@@ -106,6 +110,8 @@ def _planner(args, loaded, grid=None) -> Planner:
 
 @torch.no_grad()
 def cmd_plan(args) -> int:
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {args.device}: CUDA is not available here (torch {torch.__version__}); use cpu")
     loaded = args.load(args.checkpoint, device=args.device, task="trajectory", command="diffsuite plan")
     env_id = env_id_for(args.env or loaded.recipe.data.env_id)
     if env_id != env_id_for(loaded.recipe.data.env_id):
