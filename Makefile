@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt .ci/setup.sh
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/diffsuite tour --out runs/tour
+	$(BIN)/diffsuite tour --out runs/tour --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q --timeout 900

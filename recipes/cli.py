@@ -87,11 +87,32 @@ def cmd_list(args) -> int:
     return 0
 
 
+TOUR_MARK = ".diffsuite-tour"
+
+
+def prepare_tour_folder(out: Path, overwrite: bool) -> None:
+    """A tour writes into an empty folder; --overwrite replaces an earlier tour's folder (one holding the tour's mark),
+    and nothing else."""
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / TOUR_MARK).is_file():
+            raise ConfigError(f"tour: {out} is not empty and holds no earlier tour: choose another --out")
+        if not overwrite:
+            raise ConfigError(f"tour: {out} holds an earlier tour: add --overwrite to replace it, or choose another --out")
+        import shutil
+        shutil.rmtree(out)
+        print(f"tour: replaced the earlier tour in {out}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TOUR_MARK).write_text("a folder written by `diffsuite tour`; `diffsuite tour --overwrite` replaces it\n")
+
+
 def cmd_tour(args) -> int:
     """Train and sample the quick variant of every recipe marked `tour: true`."""
     out = Path(args.out)
     names = args.only or [n for n in run.list_recipes() if run.load_yaml_tour(n)]
-    summary = {}
+    for name in names:
+        run.find_recipe(name)  # an unknown name fails before anything runs
+    prepare_tour_folder(out, args.overwrite)
+    summary, start = {}, time.time()
     for name in names:
         t0 = time.time()
         print(f"== tour: {name}", flush=True)
@@ -101,8 +122,13 @@ def cmd_tour(args) -> int:
         files = loaded.task.save_samples(x, cond, out / name / "samples" / "final", loaded.recipe)
         summary[name] = {"seconds": round(time.time() - t0, 1), "run": str(run_dir), "files": files}
         print(f"   {name}: {summary[name]['seconds']} s -> {out / name}", flush=True)
-    atomic_write_json(out / "tour.json", summary)
-    print(f"\nTour finished. Outputs under {out.resolve()}:")
+    from diffsuite.core.precision import cpu_name, probe_machine, resolve_precision
+    m = probe_machine()
+    total = round(time.time() - start, 1)
+    atomic_write_json(out / "tour.json", {"recipes": summary, "seconds": total, "cpu": cpu_name(),
+                                          "cpu_capability": m.cpu_capability, "overrides": args.overrides,
+                                          "precision_auto": resolve_precision("auto", m).to_dict()})
+    print(f"\nTour finished in {total:.0f} s. Outputs under {out.resolve()}:")
     for name, s in summary.items():
         for k, f in s["files"].items():
             print(f"  {name:28s} {k:10s} {f}")
@@ -157,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", default="runs/tour")
     tr.add_argument("--only", nargs="*", help="recipe names to run instead of all with tour: true")
     tr.add_argument("--overrides", nargs="*", default=[], help="section.key=value applied to every recipe")
+    tr.add_argument("--overwrite", action="store_true", help="replace an earlier tour in --out")
     tr.set_defaults(func=cmd_tour)
 
     i = sub.add_parser("info", help="what to paste into a bug report: versions, device, precision, cache, extras")

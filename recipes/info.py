@@ -1,8 +1,10 @@
 """`diffsuite info`: what a user pastes into a bug report (versions, device, precision rule, cache, extras)."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata as md
+import io
 import os
 import platform
 import sys
@@ -36,7 +38,8 @@ def probe_import(module: str, dist: str) -> dict:
     if version is None:
         return {"installed": False}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):  # some print notices on import
             warnings.simplefilter("ignore")
             importlib.import_module(module)
         return {"installed": True, "version": version, "imports": True}

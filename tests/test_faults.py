@@ -603,3 +603,23 @@ def test_trajectory_benchmark_floor_is_the_recipes_untrained_network(tmp_path):
                             [{"mode": m, "success_rate": s, "normalized_score": 1.0, "normalized_score_d4rl": 2.0,
                               "plan_in_wall": 0.0} for m, s in (("multi", 0.5), ("single", 0.7))])
     assert [r["floor_untrained"]["success_rate"] for r in rows] == [0.7, 0.5]
+
+
+def test_the_tour_replaces_only_an_earlier_tour(tmp_path, capsys):
+    out = tmp_path / "tour"
+    argv = ["tour", "--only", "toy2d", "--out", out, "--overrides", "train.steps=3", "train.progress=false",
+            "sample.n=16", "sample.steps=2"]
+    rc, err = _main(argv, capsys)
+    assert rc == 0, err
+    info = json.loads((out / "tour.json").read_text())
+    assert info["recipes"]["toy2d"]["seconds"] > 0 and info["cpu_capability"] and info["precision_auto"]["reason"]
+    rc, err = _main(argv, capsys)
+    assert rc == 2 and "holds an earlier tour: add --overwrite" in _one_error_line(err)
+    rc, err = _main([*argv, "--overwrite"], capsys)
+    assert rc == 0, err
+    mine = tmp_path / "mine"
+    (mine / "toy2d").mkdir(parents=True)
+    (mine / "toy2d" / "precious.txt").write_text("keep")
+    rc, err = _main(["tour", "--only", "toy2d", "--out", mine, "--overwrite"], capsys)
+    assert rc == 2 and "holds no earlier tour" in _one_error_line(err)
+    assert (mine / "toy2d" / "precious.txt").read_text() == "keep"
