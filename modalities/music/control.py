@@ -12,6 +12,7 @@ import torch
 
 from diffsuite.core.guidance import ClassifierFreeGuidance, Inpaint
 from diffsuite.core.samplers import sample
+from diffsuite.core.utils import check_finite
 
 from .chords import sounding
 from .roll import from_model, to_model
@@ -69,7 +70,8 @@ def run_inpaint(denoiser, known: np.ndarray, mask: np.ndarray, *, cond=None, gui
         x = sample(den, x_known.shape, "repaint", steps, generator=generator, cond=cond, inpaint=hook, **options)
     else:
         x = sample(den, x_known.shape, sampler, steps, generator=generator, cond=cond, hooks=[hook], **options)
-    out = from_model(x)
+    out = from_model(check_finite(x, f"{'repaint' if resample else sampler} ({steps} steps) rolls",
+                                  "try another sampler or checkpoint"))
     keep = np.asarray(mask, bool)
     out[keep] = np.asarray(known)[keep]  # Inpaint returns known values exactly; thresholding must not move them
     return out
