@@ -173,6 +173,22 @@ class SampleConfig:
     lambda_min: Optional[float] = None  # DPM-Solver++ only: start where log(alpha/sigma) >= lambda_min
 
 
+@dataclass
+class DistillConfig:
+    """How a student was (or is to be) distilled from a teacher checkpoint (core.distill; `diffsuite distill`)."""
+
+    method: str = valid("progressive", choices=("progressive",))
+    steps: int = valid(4, min=1)  # the student's sampling steps (the last stage's)
+    start_steps: int = valid(64, min=2)  # the first teacher's DDIM steps; each stage halves them down to `steps`
+    stage_steps: int = valid(500, min=1)  # training steps per stage
+    weighting: str = valid("truncated_snr", choices=("truncated_snr", "x0"))
+    guidance: Optional[float] = None  # distil the teacher guided at this w (None: the teacher recipe's sample.guidance)
+    # recorded by `diffsuite distill` (not set by hand): where the student came from
+    teacher: Optional[str] = None
+    teacher_sha256: Optional[str] = None
+    stage_teacher: Optional[str] = None
+
+
 def _type_ok(value, tp) -> bool:
     if tp is Any:
         return True

@@ -22,7 +22,7 @@ class SamplerOptionError(ValueError):
 
 POWER_P = 2.5  # spacing="power": t uniform in t^(1/2.5); chosen on benchmarks/dpm_spacing.py, see README
 POWER_SPACINGS = {"quadratic": 2.0, "power": POWER_P}  # t uniform in t^(1/p)
-SPACINGS = ("leading", "trailing", "linspace", "logsnr", *POWER_SPACINGS)
+SPACINGS = ("leading", "trailing", "linspace", "logsnr", "uniform", *POWER_SPACINGS)
 
 
 class SamplerHook:
@@ -66,6 +66,14 @@ def timesteps_for(T: int, steps: int, spacing: str = "leading") -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(ts[::-1]), dtype=torch.float64)
 
 
+def uniform_timesteps(T: int, steps: int) -> torch.Tensor:
+    """Fractional timesteps t_j = j T / steps - 1, j = steps, ..., 1: 'trailing' without rounding, so the grid of N
+    steps is every other point of the grid of 2N (the student grids of progressive distillation, core.distill)."""
+    if not 1 <= steps <= T:
+        raise SamplerOptionError(f"steps must be in [1, {T}] for this model (its schedule has T={T} steps), got {steps}")
+    return torch.arange(steps, 0, -1, dtype=torch.float64) * T / steps - 1
+
+
 def logsnr_timesteps(schedule, steps: int) -> torch.Tensor:
     """Fractional timesteps uniform in lambda = log(alpha / sigma) from t = T-1 to t = 0 (Lu et al. 2022, Sec. 3.3)."""
     if steps == 1:
@@ -96,6 +104,8 @@ def _timesteps(schedule, steps: int, spacing: str, lambda_min: float | None = No
     if spacing == "logsnr":
         return logsnr_timesteps(schedule, steps)
     T = schedule.T if lambda_min is None else lambda_clipped_T(schedule, lambda_min)
+    if spacing == "uniform":
+        return uniform_timesteps(T, steps)
     if spacing in POWER_SPACINGS:
         return power_timesteps(T, steps, POWER_SPACINGS[spacing])
     return timesteps_for(T, steps, spacing)

@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="replace an earlier tour in --out")
     tr.set_defaults(func=cmd_tour)
 
+    from . import distill
+    distill.add_commands(sub)
+
     i = sub.add_parser("info", help="what to paste into a bug report: versions, device, precision, cache, extras")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
     i.set_defaults(func=cmd_info)

@@ -12,8 +12,8 @@ import yaml
 
 from diffsuite.core.build import build_denoiser, build_loss
 from diffsuite.core.checkpoint import CheckpointError, load_checkpoint, read_json
-from diffsuite.core.config import (ConfigError, DiffusionConfig, SampleConfig, TrainerConfig, deep_merge, from_dict,
-                                   load_yaml, parse_overrides, to_dict)
+from diffsuite.core.config import (ConfigError, DiffusionConfig, DistillConfig, SampleConfig, TrainerConfig, deep_merge,
+                                   from_dict, load_yaml, parse_overrides, to_dict)
 from diffsuite.core.guidance import ClassifierFreeGuidance
 from diffsuite.core.precision import SAMPLING_PRECISIONS, Resolved, choose as choose_precision
 from diffsuite.core.samplers import sample
@@ -24,7 +24,7 @@ from . import safety
 from .registry import get_task
 
 RECIPE_DIR = Path(__file__).resolve().parent
-SECTIONS = ("task", "tour", "description", "model", "data", "diffusion", "train", "sample")
+SECTIONS = ("task", "tour", "description", "model", "data", "diffusion", "train", "sample", "distill")
 
 
 @dataclass
@@ -37,6 +37,7 @@ class Recipe:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainerConfig = field(default_factory=TrainerConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    distill: Optional[DistillConfig] = None  # set for a distilled student (and by `diffsuite distill`)
     tour: bool = False
     description: str = ""
     name: str = "recipe"
@@ -68,7 +69,7 @@ def recipe_from_dict(data: dict, name: str = "recipe", where: str = "recipe") ->
     if "task" not in data:
         raise ConfigError(f"{where}: missing 'task' (one of the registered tasks)")
     task = get_task(data["task"])
-    for sec in ("model", "data", "diffusion", "train", "sample"):
+    for sec in ("model", "data", "diffusion", "train", "sample", "distill"):
         if data.get(sec) is not None and not isinstance(data[sec], dict):
             raise ConfigError(f"{where}.{sec}: expected a mapping, got {type(data[sec]).__name__}")
     return Recipe(task=data["task"], name=data.get("name", name), tour=bool(data.get("tour", False)),
@@ -77,7 +78,9 @@ def recipe_from_dict(data: dict, name: str = "recipe", where: str = "recipe") ->
                   data=from_dict(task.DataConfig, data.get("data"), f"{where}.data"),
                   diffusion=from_dict(DiffusionConfig, data.get("diffusion"), f"{where}.diffusion"),
                   train=from_dict(TrainerConfig, data.get("train"), f"{where}.train"),
-                  sample=from_dict(SampleConfig, data.get("sample"), f"{where}.sample"))
+                  sample=from_dict(SampleConfig, data.get("sample"), f"{where}.sample"),
+                  distill=None if data.get("distill") is None else from_dict(DistillConfig, data["distill"],
+                                                                             f"{where}.distill"))
 
 
 def load_recipe(recipe: str | Path | dict | Recipe, overrides: Sequence[str] = ()) -> Recipe:
@@ -94,8 +97,11 @@ def load_recipe(recipe: str | Path | dict | Recipe, overrides: Sequence[str] = (
 
 
 def recipe_to_dict(r: Recipe) -> dict:
-    return {"name": r.name, "task": r.task, "tour": r.tour, "description": r.description,
-            **{k: to_dict(getattr(r, k)) for k in ("model", "data", "diffusion", "train", "sample")}}
+    d = {"name": r.name, "task": r.task, "tour": r.tour, "description": r.description,
+         **{k: to_dict(getattr(r, k)) for k in ("model", "data", "diffusion", "train", "sample")}}
+    if r.distill is not None:
+        d["distill"] = to_dict(r.distill)
+    return d
 
 
 def make_sample_fn(task, recipe: Recipe):

@@ -25,6 +25,9 @@ TOY = ["train.progress=false", "train.tensorboard=false", "train.log_every=1", "
        "train.lr_schedule=constant", "sample.n=8", "sample.steps=3"]
 
 
+SHARED_CACHE = os.environ.get("DIFFSUITE_CACHE")  # what the built-in data and the digits classifier share
+
+
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
@@ -578,7 +581,11 @@ def test_midi_warnings_repeat_when_the_folder_is_cached(tmp_path):
             cached_midi_folder(only_bad, 4, 32, 40)
 
 
-def test_eval_json_survives_pruning(tmp_path, capsys):
+def test_eval_json_survives_pruning(tmp_path, capsys, monkeypatch):
+    if SHARED_CACHE:  # the digits classifier is trained once per cache: share the session's
+        monkeypatch.setenv("DIFFSUITE_CACHE", SHARED_CACHE)
+    else:
+        monkeypatch.delenv("DIFFSUITE_CACHE")
     out = run.train(recipe("image", tmp_path, steps=2), out_dir=tmp_path / "irun")
     rc, err = _main(["eval", out, "--n", "4", "--bpd-n", "2", "--steps", "2"], capsys)
     assert rc == 0, err

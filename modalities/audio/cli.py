@@ -18,8 +18,8 @@ def add_commands(subparsers) -> None:
     src.add_argument("--wav", help="analysis-synthesis: audio -> mel -> audio")
     src.add_argument("--mel", help="a .npy mel (n_mels, frames) in the vocoder's convention")
     v.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the fast 6-step schedule)")
-    v.add_argument("--sampler", default="fast", help="fast (DiffWave Appendix B) | ddpm | ddim | dpmpp_2m | ... "
-                   "(ddim --steps 6 is closest to 50-step quality on our models)")
+    v.add_argument("--sampler", default=None, help="fast (DiffWave Appendix B; the default) | ddpm | ddim | dpmpp_2m | "
+                   "... (a distilled student's default: its own sampler)")
     v.add_argument("--spacing", default=None,
                    help="timestep spacing of a core sampler: leading | trailing | linspace | logsnr | quadratic | power (default: its own)")
     v.add_argument("--seed", type=int, default=0)
@@ -92,11 +92,15 @@ def _vocode(args) -> int:
     if not model.conditional:
         raise ValueError(f"{args.checkpoint}: an unconditional model cannot vocode (model.conditional=false)")
     mel, y_in, src = _input_mel(args, model)
+    s = loaded.recipe.sample  # a distilled student samples with its own sampler unless told otherwise
+    student = loaded.recipe.distill is not None and args.sampler is None
+    sampler = args.sampler or (s.sampler if student else "fast")
+    steps = args.steps or (s.steps if student else None)
+    spacing = args.spacing or (s.spacing if student else None)
     out = output_path(args.out, src)
     t0 = time.perf_counter()
     with torch.no_grad():
-        y = vocode_mel(loaded.denoiser, model, mel, args.sampler, args.steps, args.seed, progress=True,
-                       spacing=args.spacing)[0]
+        y = vocode_mel(loaded.denoiser, model, mel, sampler, steps, args.seed, progress=True, spacing=spacing)[0]
     y = check_finite(y[None], "vocoded waveform", "try another --sampler or checkpoint")[0].numpy()
     seconds = time.perf_counter() - t0
     if y_in is not None:
@@ -108,6 +112,6 @@ def _vocode(args) -> int:
                             ("mel of vocoded audio", wav_to_mel(y, model).numpy())], model.sample_rate,
                       model.hop_length)
     info = {"wav": str(out), "png": str(png), "seconds_audio": len(y) / model.sample_rate,
-            "seconds_synthesis": seconds, "rtf": seconds / (len(y) / model.sample_rate), "sampler": args.sampler}
+            "seconds_synthesis": seconds, "rtf": seconds / (len(y) / model.sample_rate), "sampler": sampler, "steps": steps}
     print(json.dumps(info, indent=2))
     return 0

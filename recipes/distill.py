@@ -1,0 +1,137 @@
+"""`diffsuite distill CHECKPOINT --method progressive --steps N --out RUN`: a few-step student of a trained checkpoint.
+
+Progressive distillation (core.distill.ProgressiveDistillation) runs in stages: the first teacher is the checkpoint
+sampled with DDIM in `distill.start_steps` steps; each stage trains a copy of its teacher for `distill.stage_steps`
+steps to take one step where the teacher takes two, and becomes the next stage's teacher, down to `distill.steps`.
+Every stage is an ordinary run folder (RUN/stages/<N> for the intermediate ones, RUN itself for the last), trained by
+the core trainer (exact resume, EMA, divergence guard), whose config records the teacher (path and sha256) and whose
+sample section is the student's own sampler (DDIM, N steps, the 'uniform' spacing), so every command samples it
+with no extra flags. A guided teacher (classifier-free guidance w) is distilled at that w: the student then samples
+with guidance 0 and the config says which w it learned.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from diffsuite.core.build import build_denoiser
+from diffsuite.core.checkpoint import checkpoint_folders, read_json
+from diffsuite.core.config import ConfigError, deep_merge, parse_overrides
+from diffsuite.core.distill import ProgressiveDistillation
+from diffsuite.core.guidance import ClassifierFreeGuidance
+from diffsuite.core.trainer import Trainer
+from diffsuite.core.utils import atomic_write_bytes, sha256_file
+
+from . import safety
+from .run import load, recipe_from_dict, recipe_to_dict, resolve_checkpoint
+
+METHODS = ("progressive",)
+
+
+def stage_plan(start_steps: int, steps: int) -> list[int]:
+    """The student step counts of the stages: start_steps / 2, start_steps / 4, ..., steps."""
+    if steps >= start_steps or start_steps % steps or (start_steps // steps) & (start_steps // steps - 1):
+        raise ConfigError(f"distill.start_steps={start_steps} must be steps={steps} times a power of two (> 1), "
+                          "since each stage halves the steps")
+    return [start_steps >> k for k in range(1, int(math.log2(start_steps // steps)) + 1)]
+
+
+def student_recipe(teacher_cfg: dict, overrides: Sequence[str], method: str, steps: int):
+    """The student's recipe: the teacher's, with the distill section and the overrides applied (and checked)."""
+    cfg = {k: v for k, v in teacher_cfg.items() if k != "distill"}
+    cfg = deep_merge(cfg, {"distill": {"method": method, "steps": steps}})
+    cfg = deep_merge(cfg, parse_overrides(list(overrides)))
+    r = recipe_from_dict(cfg, cfg.get("name", "student"), "distill")
+    if r.distill.start_steps > r.diffusion.T:
+        raise ConfigError(f"distill.start_steps={r.distill.start_steps}: at most the teacher's T={r.diffusion.T}")
+    stage_plan(r.distill.start_steps, r.distill.steps)
+    return r
+
+
+def _stage_dir(out: Path, n: int, final: int) -> Path:
+    return out if n == final else out / "stages" / f"{n:04d}"
+
+
+def _finished(run_dir: Path, stage_steps: int) -> bool:
+    latest = run_dir / "checkpoints" / "latest.json"
+    return latest.is_file() and read_json(latest).get("step") == stage_steps
+
+
+def _teacher(loaded, guidance: float):
+    """The stage's teacher denoiser: the EMA weights, guided when w != 0 and the task has a null condition."""
+    den = loaded.denoiser.eval().requires_grad_(False)
+    if guidance and loaded.task.null_cond is not None:
+        return ClassifierFreeGuidance(den, guidance, loaded.task.null_cond)
+    return den
+
+
+def distill(checkpoint: str | Path, out: str | Path, method: str = "progressive", steps: int = 4,
+            overrides: Sequence[str] = (), resume: bool = False) -> Path:
+    """Distil `checkpoint` into a `steps`-step student under `out`; returns the student's run folder (= out)."""
+    if method not in METHODS:
+        raise ConfigError(f"--method {method!r}: valid: {list(METHODS)}")
+    out = Path(out)
+    if safety.run_folder_in_use(out) and not resume:
+        raise ConfigError(safety.in_use_message(out).replace("--resume auto", "--resume"))
+    ckpt = resolve_checkpoint(checkpoint)
+    first = load(ckpt)
+    r = student_recipe(recipe_to_dict(first.recipe), overrides, method, steps)
+    d = r.distill
+    w = first.recipe.sample.guidance if d.guidance is None else d.guidance
+    d = dataclasses.replace(d, guidance=w, teacher=str(ckpt.resolve()), teacher_sha256=sha256_file(ckpt / "ema.safetensors"))
+    task, dataset = first.task, first.task.build_dataset(r.data, "train")
+    teacher_run, teacher = ckpt, first
+    for n in stage_plan(d.start_steps, d.steps):
+        run_dir = _stage_dir(out, n, d.steps)
+        stage = dataclasses.replace(r, distill=dataclasses.replace(d, steps=n, stage_teacher=str(teacher_run)),
+                                    train=dataclasses.replace(r.train, steps=d.stage_steps),
+                                    sample=dataclasses.replace(r.sample, sampler="ddim", steps=n, spacing="uniform",
+                                                               eta=0.0, guidance=0.0 if w else r.sample.guidance))
+        if not _finished(run_dir, d.stage_steps):
+            _train_stage(stage, task, dataset, teacher, _teacher(teacher, w), run_dir)
+        teacher_run = resolve_checkpoint(run_dir)
+        teacher = load(teacher_run)
+        w = 0.0  # the first student has learnt the guided teacher; later stages distil students
+    return out
+
+
+def _train_stage(r, task, dataset, teacher_loaded, teacher, run_dir: Path) -> None:
+    """One stage: the student starts as a copy of its teacher's weights and learns two teacher steps in one."""
+    print(f"distill: stage {r.distill.steps * 2} -> {r.distill.steps} steps into {run_dir}", flush=True)
+    torch.manual_seed(r.train.seed)
+    net = task.build_net(r.model, r.diffusion)
+    net.load_state_dict(teacher_loaded.denoiser.net.state_dict())
+    student = build_denoiser(net, r.diffusion)
+    cfg = recipe_to_dict(r)
+    trainer = Trainer(student, dataset, r.train, run_dir,
+                      ProgressiveDistillation(teacher, r.distill.steps, r.distill.weighting), config=cfg,
+                      cond_drop_prob=r.diffusion.cond_drop_prob, null_cond=task.null_cond)
+    resume = resolve_checkpoint(run_dir) if checkpoint_folders(run_dir / "checkpoints") else None
+    if trainer.acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        import yaml
+        atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
+    trainer.train(resume=resume)
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser("distill", help="distil a checkpoint into a few-step student (progressive distillation)",
+                              description=__doc__)
+    p.add_argument("checkpoint", help="the teacher: a run folder or a checkpoint folder")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. distill.stage_steps=1000 train.lr=1e-4")
+    p.add_argument("--method", default="progressive", choices=METHODS)
+    p.add_argument("--steps", type=int, default=4, help="the student's sampling steps")
+    p.add_argument("--out", required=True, help="the student's run folder (intermediate stages under OUT/stages)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted distillation in --out")
+    p.set_defaults(func=cmd_distill)
+
+
+def cmd_distill(args) -> int:
+    out = distill(args.checkpoint, args.out, args.method, args.steps, args.overrides, args.resume)
+    print(f"student: {out} (sample it like any run: diffsuite sample {out})")
+    return 0
+
