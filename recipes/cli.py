@@ -83,7 +83,7 @@ def cmd_list(args) -> int:
     print("tasks:     " + ", ".join(sorted(TASKS)))
     print("samplers:  " + ", ".join(sorted(SAMPLERS)))
     print("schedules: " + ", ".join(sorted(BETA_BUILDERS) + ["custom"]) + " (any with zero_terminal_snr=true)")
-    print("spacings:  " + ", ".join(SPACINGS) + " (sample.spacing; logsnr, quadratic and power are fractional)")
+    print("spacings:  " + ", ".join(SPACINGS) + " (sample.spacing; logsnr, uniform, quadratic and power are fractional)")
     return 0
 
 

@@ -124,3 +124,24 @@ def test_info_runs(capsys):
     assert facts["precision_auto"]["precision"] in ("fp32", "bf16")
     assert facts["device"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert facts["packages"]["audio"]["soundfile"]["imports"] is True
+
+
+def test_builtin_recipes_use_auto_unless_they_say_why():
+    from diffsuite.recipes import run
+    for name in run.list_recipes():
+        r = run.load_recipe(name)
+        if r.train.mixed_precision != "auto":
+            text = run.find_recipe(name).read_text()
+            assert "not auto" in text and "precision_" in text, f"{name}: mixed_precision {r.train.mixed_precision!r} " \
+                "without a comment saying why not auto and which measurement shows it"
+
+
+def test_precision_benchmark_runs(tmp_path):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import precision as bench
+    out = tmp_path / "p.json"
+    assert bench.main(["--recipes", "toy2d", "--steps", "1", "--repeats", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["recipe"] == "toy2d" and rows[0]["fp32_steps_per_s"] > 0 and rows[0]["bf16_steps_per_s"] > 0

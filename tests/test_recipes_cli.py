@@ -108,7 +108,7 @@ def test_list_names_recipes_samplers_schedules(capsys):
     out = capsys.readouterr().out
     for word in ("toy2d", "dpmpp_2m", "heun", "euler", "ddim", "ddpm", "cosine", "sigmoid", "scaled_linear"):
         assert word in out
-    assert "spacings:  leading, trailing, linspace, logsnr, quadratic, power" in out
+    assert "spacings:  leading, trailing, linspace, logsnr, uniform, quadratic, power" in out
 
 
 @pytest.mark.parametrize("sub", [[], ["train"], ["sample"], ["list"], ["tour"]])
