@@ -1,13 +1,14 @@
-"""Few-step students against their teacher (so far: progressive distillation on toy2d).
+"""Few-step students against their teacher (so far: progressive and consistency distillation on toy2d).
 
-    python benchmarks/fewstep.py toy --teacher runs/toy_teacher --students runs/toy_student [--n 4000 --seeds 0 1 2]
+    python benchmarks/fewstep.py toy --teacher runs/toy_teacher --students runs/toy_pd runs/toy_cd [--n 4000 --seeds 0 1 2]
 
 toy: SW2 (sliced Wasserstein-2, 256 random projections) between 4000 samples and a fresh draw of the two-moons data,
 for the teacher with DDIM at 2, N and 100 steps (the 'uniform' grid at N, diffusers' linspace at 100) and
-DPM-Solver++(2M) at 2 steps, and for each student with its own sampler; the floor is two independent draws of the
+DPM-Solver++(2M) at 2 steps, and for each student with its own sampler (a consistency student also at 1, 2 and 4
+steps); the floor is two independent draws of the
 data. Means over --seeds (sampling seeds; the data draw and the projections are fixed). Writes
-benchmarks/results/fewstep_toy.json. The per-modality tables (images, audio, trajectory, music), consistency
-distillation and DDGAN are not built yet.
+benchmarks/results/fewstep_toy.json. The per-modality tables (images, audio, trajectory, music) and DDGAN are not
+built yet.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def toy_rows(teacher: Path, students: list[Path], n: int, seeds: list[int]) -> l
         return sum(vals) / len(vals), (time.perf_counter() - t0) / len(seeds) / n
 
     rows = []
-    steps_seen = sorted({run.load(s).recipe.sample.steps for s in students} | {2})
+    steps_seen = sorted({run.load(s).recipe.sample.steps for s in students} | {1, 2, 4})
     for k in steps_seen:
         rows.append({"model": "teacher", "sampler": "ddim", "steps": k, "spacing": "uniform",
                      **dict(zip(("sw2", "seconds_per_sample"), sw(t, "ddim", k, "uniform")))})
@@ -55,9 +56,11 @@ def toy_rows(teacher: Path, students: list[Path], n: int, seeds: list[int]) -> l
     for s in students:
         st = run.load(s)
         smp = st.recipe.sample
-        rows.append({"model": f"student ({st.recipe.distill.method}) {s}", "sampler": smp.sampler, "steps": smp.steps,
-                     "spacing": smp.spacing,
-                     **dict(zip(("sw2", "seconds_per_sample"), sw(st, smp.sampler, smp.steps, smp.spacing)))})
+        # a progressive student has one grid; a consistency student samples in any number of steps (1, 2, 4 here)
+        for k in ([smp.steps] if st.recipe.distill.method == "progressive" else sorted({smp.steps, 1, 2, 4})):
+            rows.append({"model": f"student ({st.recipe.distill.method}) {s}", "sampler": smp.sampler, "steps": k,
+                         "spacing": smp.spacing,
+                         **dict(zip(("sw2", "seconds_per_sample"), sw(st, smp.sampler, k, smp.spacing)))})
     floor = sliced_w2(make_points(d.kind, n, d.noise, 2_000).double(), ref, theta)
     rows.append({"model": "floor: two draws of the data", "sampler": "-", "steps": 0, "spacing": "-", "sw2": floor,
                  "seconds_per_sample": 0.0})

@@ -177,10 +177,13 @@ class SampleConfig:
 class DistillConfig:
     """How a student was (or is to be) distilled from a teacher checkpoint (core.distill; `diffsuite distill`)."""
 
-    method: str = valid("progressive", choices=("progressive",))
-    steps: int = valid(4, min=1)  # the student's sampling steps (the last stage's)
-    start_steps: int = valid(64, min=2)  # the first teacher's DDIM steps; each stage halves them down to `steps`
-    stage_steps: int = valid(500, min=1)  # training steps per stage
+    method: str = valid("progressive", choices=("progressive", "consistency"))
+    steps: int = valid(4, min=1)  # the student's sampling steps (progressive: the last stage's)
+    start_steps: int = valid(64, min=2)  # progressive: the first teacher's DDIM steps, halved each stage to `steps`
+    stage_steps: int = valid(500, min=1)  # training steps per stage (consistency: in all)
+    ode_steps: int = valid(18, min=1)  # consistency: intervals of the teacher's ODE grid t_n = n (T - 1) / N
+    target_decay: float = valid(0.95, min=0, max=1)  # consistency: EMA decay mu of the target network
+    sigma_data: float = valid(0.5, above=0)  # consistency: c_skip's sigma_data (core.distill.consistency_coefs)
     weighting: str = valid("truncated_snr", choices=("truncated_snr", "x0"))
     guidance: Optional[float] = None  # distil the teacher guided at this w (None: the teacher recipe's sample.guidance)
     # recorded by `diffsuite distill` (not set by hand): where the student came from

@@ -11,8 +11,12 @@ clean end point; so the 2N-step grid holds the N-step grid and the mid-points be
 """
 from __future__ import annotations
 
-import torch
+import copy
 
+import torch
+from torch import nn
+
+from .denoiser import Prediction
 from .utils import append_dims, mean_flat, randn
 
 
@@ -71,3 +75,87 @@ class ProgressiveDistillation:
             mse = mse * (ab[0] / (1 - ab[0])).clamp(min=1.0).to(mse.dtype)
         return mse, t
 
+
+
+def consistency_coefs(sigma, sigma_min: float, sigma_data: float = 0.5):
+    """c_skip(sigma) = sigma_data^2 / ((sigma - sigma_min)^2 + sigma_data^2) and c_out = 1 - c_skip: Song et al.
+    (2023, Appendix C)'s c_skip, which is exactly 1 at sigma_min; c_out = 1 - c_skip weighs the network's x0 estimate,
+    so that a student copied from its teacher starts as the teacher's x0 predictor."""
+    c_skip = sigma_data ** 2 / ((sigma - sigma_min) ** 2 + sigma_data ** 2)
+    return c_skip, 1 - c_skip
+
+
+class ConsistencyFunction(nn.Module):
+    """f(x_t, t) = c_skip(sigma_t) x_t / alpha_t + c_out(sigma_t) x0_hat(x_t, t) around a denoiser (Song et al. 2023,
+    eq. 3, on the core's VP schedules: x_t / alpha_t is the variance-exploding state, sigma_t = sqrt(1 - ab) / sqrt(ab),
+    and the boundary t = 0 gives f = x_0 / alpha_0 exactly). Returns a Prediction whose x0 is f, so the core's
+    samplers and hooks run on it; `samplers.consistency` is Algorithm 1."""
+
+    def __init__(self, denoiser, sigma_data: float = 0.5):
+        super().__init__()
+        self.denoiser, self.sigma_data = denoiser, sigma_data
+        self.schedule = denoiser.schedule
+        self.sigma_min = float(self.schedule.sigma[0])
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["denoiser"], name)  # net, prediction, autocast_dtype, ...
+
+    def forward(self, x_t, t, cond=None):
+        from .parameterization import x0_to_eps
+        pred = self.denoiser(x_t, t, cond)
+        t = torch.as_tensor(t, device=x_t.device, dtype=torch.float64).expand(x_t.shape[0])
+        ab = self.schedule.alpha_bar_at(t).to(x_t.device)
+        sigma = ((1 - ab) / ab).sqrt()
+        c_skip, c_out = (append_dims(c.to(x_t.dtype), x_t.ndim) for c in consistency_coefs(sigma, self.sigma_min,
+                                                                                           self.sigma_data))
+        x0 = c_skip * x_t / append_dims(ab.sqrt().to(x_t.dtype), x_t.ndim) + c_out * pred.x0
+        return Prediction(x0=x0, eps=x0_to_eps(x_t, x0, ab.to(x_t.dtype)), out=pred.out, v_var=pred.v_var)
+
+
+class ConsistencyDistillation:
+    """Consistency distillation (Song et al. 2023, Algorithm 2) on a discrete VP schedule.
+
+    The ODE grid t_n = n (T - 1) / N, n = 0..N (t_0 = 0 is the boundary). Per sample: n ~ U{0..N-1},
+    x_{t_{n+1}} = alpha x0 + sigma eps, one deterministic DDIM step of the teacher to x^_{t_n} (the ODE solver), and the
+    loss ||f_theta(x_{t_{n+1}}, t_{n+1}) - f_theta-(x^_{t_n}, t_n)||^2 (lambda = 1, squared L2 per sample), where
+    theta- is an EMA of the student's weights with decay mu (`target_decay`; updated before each loss evaluation, and
+    saved in checkpoints through state_dict so a resume is exact). Called like DiffusionLoss."""
+
+    def __init__(self, teacher, student, ode_steps: int = 18, target_decay: float = 0.95):
+        T = teacher.schedule.T
+        if not 1 <= ode_steps <= T - 1:
+            raise ValueError(f"ConsistencyDistillation: ode_steps must be in [1, {T - 1}], got {ode_steps}")
+        self.teacher, self.N, self.mu, self.T = teacher, int(ode_steps), float(target_decay), T
+        inner = student.module if hasattr(student, "module") else student
+        self.target = copy.deepcopy(inner).requires_grad_(False).eval()
+
+    def state_dict(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.target.state_dict().items()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.target.load_state_dict(sd)
+
+    @torch.no_grad()
+    def _update_target(self, student) -> None:
+        inner = student.module if hasattr(student, "module") else student
+        for p_t, p in zip(self.target.parameters(), inner.parameters()):
+            p_t.mul_(self.mu).add_(p.detach(), alpha=1 - self.mu)
+
+    def __call__(self, student, x0, cond=None, generator=None):
+        self._update_target(student)
+        sch = self.teacher.schedule
+        n = torch.randint(0, self.N, (x0.shape[0],), generator=generator,
+                          device=generator.device if generator else None).to(x0.device, torch.float64)
+        t1, t0 = (n + 1) * (self.T - 1) / self.N, n * (self.T - 1) / self.N
+        ab1, ab0 = sch.alpha_bar_at(t1).to(x0.device), sch.alpha_bar_at(t0).to(x0.device)
+        a1, s1, a0, s0 = (append_dims(v.to(x0.dtype), x0.ndim) for v in (ab1.sqrt(), (1 - ab1).sqrt(), ab0.sqrt(),
+                                                                            (1 - ab0).sqrt()))
+        x_t1 = a1 * x0 + s1 * randn(x0.shape, generator, x0.device, x0.dtype)
+        with torch.no_grad():
+            x_t0 = ddim_to(self.teacher(x_t1, t1.float(), cond), a0, s0)
+            target = self.target(x_t0, t0.float(), cond).x0
+        pred = student(x_t1, t1.float(), cond).x0
+        return mean_flat((pred.float() - target.float()) ** 2), t1

@@ -335,8 +335,27 @@ def heun(denoiser, x, steps: int = 50, *, cond=None, generator=None, hooks: Sequ
     return x
 
 
+def consistency(denoiser, x, steps: int = 1, *, cond=None, generator=None, hooks: Sequence = (),
+                spacing: str = "uniform", timesteps=None, alpha_bars=None, progress: bool = False):
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1): x0 = f(x_T, T), then at each next time t,
+    x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) z with fresh noise z and x0 = f(x_t, t). The denoiser's x0 is the
+    consistency function f (core.distill.ConsistencyFunction); one step is one network evaluation."""
+    if timesteps is None:
+        timesteps = _timesteps(denoiser.schedule, steps, spacing)
+    ts, abs_ = _grid(denoiser.schedule, timesteps, alpha_bars)
+    ab = abs_.tolist()
+    x = _hooks(hooks, "start", x, ts[0], generator)
+    for i in tqdm(range(len(ts) - 1), disable=not progress, desc="consistency"):
+        x = _hooks(hooks, "before_step", x, ts[i], cond)
+        x0 = _call(denoiser, x, ts[i], cond).x0
+        x = x0 if i == len(ts) - 2 else (math.sqrt(ab[i + 1]) * x0
+                                         + math.sqrt(1 - ab[i + 1]) * randn(x.shape, generator, x.device, x.dtype))
+        x = _hooks(hooks, "after_step", x, ts[i + 1], generator)
+    return x
+
+
 SAMPLERS: dict[str, Callable] = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "dpmpp_2m_sde": dpmpp_2m_sde,
-                                  "euler": euler, "heun": heun}
+                                  "euler": euler, "heun": heun, "consistency": consistency}
 
 
 def nfe(sampler: str, steps: int) -> int:

@@ -231,9 +231,10 @@ class Trainer:
         if self.acc.scaler is not None:  # fp16: the loss scale and its growth tracker, so a resume scales alike
             state["grad_scaler"] = self.acc.scaler.state_dict()
         net_sd = {k: v for k, v in self.net.state_dict().items()}
-        path = save_checkpoint(self.ckpt_dir / f"step_{self.step:08d}",
-                               {"model": net_sd, "ema": self.ema.state_dict(), "optimizer": opt_t, "rng": rng},
-                               state, self.config)
+        groups = {"model": net_sd, "ema": self.ema.state_dict(), "optimizer": opt_t, "rng": rng}
+        if hasattr(self.loss_fn, "state_dict"):  # a loss with state of its own (a target network): resumes exactly
+            groups["loss"] = self.loss_fn.state_dict()
+        path = save_checkpoint(self.ckpt_dir / f"step_{self.step:08d}", groups, state, self.config)
         atomic_write_json(self.ckpt_dir / "latest.json", {"path": path.name, "step": self.step})
         self._prune()
         return path
@@ -283,6 +284,8 @@ class Trainer:
         self.net.load_state_dict(tensors["model"])
         self.ema.load_state_dict(tensors["ema"], state["ema_updates"])
         self.optimizer.load_state_dict(unflatten_optimizer_state(tensors["optimizer"], state["optimizer"]))
+        if "loss" in tensors and hasattr(self.loss_fn, "load_state_dict"):
+            self.loss_fn.load_state_dict(tensors["loss"])
         sched = self.scheduler.state_dict()
         sched.update(state["scheduler"])
         self.scheduler.load_state_dict(sched)

@@ -1,4 +1,4 @@
-"""`diffsuite distill CHECKPOINT --method progressive --steps N --out RUN`: a few-step student of a trained checkpoint.
+"""`diffsuite distill CHECKPOINT --method progressive|consistency --steps N --out RUN`: a few-step student of a checkpoint.
 
 Progressive distillation (core.distill.ProgressiveDistillation) runs in stages: the first teacher is the checkpoint
 sampled with DDIM in `distill.start_steps` steps; each stage trains a copy of its teacher for `distill.stage_steps`
@@ -8,6 +8,10 @@ the core trainer (exact resume, EMA, divergence guard), whose config records the
 sample section is the student's own sampler (DDIM, N steps, the 'uniform' spacing), so every command samples it
 with no extra flags. A guided teacher (classifier-free guidance w) is distilled at that w: the student then samples
 with guidance 0 and the config says which w it learned.
+
+Consistency distillation (core.distill.ConsistencyDistillation) is one stage of `distill.stage_steps` steps: the
+student, a copy of the teacher wrapped as a consistency function, learns to map every point of the teacher's ODE grid
+(`distill.ode_steps` DDIM steps) to the same clean sample; it samples with multistep consistency sampling in N steps.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import torch
 from diffsuite.core.build import build_denoiser
 from diffsuite.core.checkpoint import checkpoint_folders, read_json
 from diffsuite.core.config import ConfigError, deep_merge, parse_overrides
-from diffsuite.core.distill import ProgressiveDistillation
+from diffsuite.core.distill import ConsistencyDistillation, ConsistencyFunction, ProgressiveDistillation
 from diffsuite.core.guidance import ClassifierFreeGuidance
 from diffsuite.core.trainer import Trainer
 from diffsuite.core.utils import atomic_write_bytes, sha256_file
@@ -29,7 +33,7 @@ from diffsuite.core.utils import atomic_write_bytes, sha256_file
 from . import safety
 from .run import load, recipe_from_dict, recipe_to_dict, resolve_checkpoint
 
-METHODS = ("progressive",)
+METHODS = ("progressive", "consistency")
 
 
 def stage_plan(start_steps: int, steps: int) -> list[int]:
@@ -46,9 +50,12 @@ def student_recipe(teacher_cfg: dict, overrides: Sequence[str], method: str, ste
     cfg = deep_merge(cfg, {"distill": {"method": method, "steps": steps}})
     cfg = deep_merge(cfg, parse_overrides(list(overrides)))
     r = recipe_from_dict(cfg, cfg.get("name", "student"), "distill")
-    if r.distill.start_steps > r.diffusion.T:
-        raise ConfigError(f"distill.start_steps={r.distill.start_steps}: at most the teacher's T={r.diffusion.T}")
-    stage_plan(r.distill.start_steps, r.distill.steps)
+    if r.distill.method == "progressive":
+        if r.distill.start_steps > r.diffusion.T:
+            raise ConfigError(f"distill.start_steps={r.distill.start_steps}: at most the teacher's T={r.diffusion.T}")
+        stage_plan(r.distill.start_steps, r.distill.steps)
+    elif not r.distill.ode_steps < r.diffusion.T:
+        raise ConfigError(f"distill.ode_steps={r.distill.ode_steps}: at most the teacher's T - 1 = {r.diffusion.T - 1}")
     return r
 
 
@@ -84,13 +91,19 @@ def distill(checkpoint: str | Path, out: str | Path, method: str = "progressive"
     w = first.recipe.sample.guidance if d.guidance is None else d.guidance
     d = dataclasses.replace(d, guidance=w, teacher=str(ckpt.resolve()), teacher_sha256=sha256_file(ckpt / "ema.safetensors"))
     task, dataset = first.task, first.task.build_dataset(r.data, "train")
+    if method == "consistency":
+        stage = dataclasses.replace(r, distill=dataclasses.replace(d, stage_teacher=str(ckpt)),
+                                    train=dataclasses.replace(r.train, steps=d.stage_steps),
+                                    sample=_student_sampling(r.sample, "consistency", d.steps, w))
+        if not _finished(out, d.stage_steps):
+            _train_stage(stage, task, dataset, first, _teacher(first, w), out)
+        return out
     teacher_run, teacher = ckpt, first
     for n in stage_plan(d.start_steps, d.steps):
         run_dir = _stage_dir(out, n, d.steps)
         stage = dataclasses.replace(r, distill=dataclasses.replace(d, steps=n, stage_teacher=str(teacher_run)),
                                     train=dataclasses.replace(r.train, steps=d.stage_steps),
-                                    sample=dataclasses.replace(r.sample, sampler="ddim", steps=n, spacing="uniform",
-                                                               eta=0.0, guidance=0.0 if w else r.sample.guidance))
+                                    sample=_student_sampling(r.sample, "ddim", n, w))
         if not _finished(run_dir, d.stage_steps):
             _train_stage(stage, task, dataset, teacher, _teacher(teacher, w), run_dir)
         teacher_run = resolve_checkpoint(run_dir)
@@ -99,16 +112,30 @@ def distill(checkpoint: str | Path, out: str | Path, method: str = "progressive"
     return out
 
 
+def _student_sampling(s, sampler: str, steps: int, w: float):
+    """The student's own sampler: `sampler` in `steps` steps on the uniform grid; guidance 0 when a guided teacher
+    was distilled (the student has learnt it)."""
+    return dataclasses.replace(s, sampler=sampler, steps=steps, spacing="uniform", eta=0.0,
+                               guidance=0.0 if w else s.guidance)
+
+
 def _train_stage(r, task, dataset, teacher_loaded, teacher, run_dir: Path) -> None:
-    """One stage: the student starts as a copy of its teacher's weights and learns two teacher steps in one."""
-    print(f"distill: stage {r.distill.steps * 2} -> {r.distill.steps} steps into {run_dir}", flush=True)
+    """One stage: the student starts as a copy of its teacher's weights (progressive: learns two teacher steps in one;
+    consistency: learns the consistency function on the teacher's ODE grid)."""
+    d = r.distill
+    what = f"{d.steps * 2} -> {d.steps} steps" if d.method == "progressive" else f"consistency, {d.ode_steps}-step grid"
+    print(f"distill: stage {what} into {run_dir}", flush=True)
     torch.manual_seed(r.train.seed)
     net = task.build_net(r.model, r.diffusion)
     net.load_state_dict(teacher_loaded.denoiser.net.state_dict())
     student = build_denoiser(net, r.diffusion)
+    if d.method == "consistency":
+        student = ConsistencyFunction(student, d.sigma_data)
+        loss = ConsistencyDistillation(teacher, student, d.ode_steps, d.target_decay)
+    else:
+        loss = ProgressiveDistillation(teacher, d.steps, d.weighting)
     cfg = recipe_to_dict(r)
-    trainer = Trainer(student, dataset, r.train, run_dir,
-                      ProgressiveDistillation(teacher, r.distill.steps, r.distill.weighting), config=cfg,
+    trainer = Trainer(student, dataset, r.train, run_dir, loss, config=cfg,
                       cond_drop_prob=r.diffusion.cond_drop_prob, null_cond=task.null_cond)
     resume = resolve_checkpoint(run_dir) if checkpoint_folders(run_dir / "checkpoints") else None
     if trainer.acc.is_main_process:
@@ -119,7 +146,7 @@ def _train_stage(r, task, dataset, teacher_loaded, teacher, run_dir: Path) -> No
 
 
 def add_commands(subparsers) -> None:
-    p = subparsers.add_parser("distill", help="distil a checkpoint into a few-step student (progressive distillation)",
+    p = subparsers.add_parser("distill", help="distil a checkpoint into a few-step student (progressive or consistency)",
                               description=__doc__)
     p.add_argument("checkpoint", help="the teacher: a run folder or a checkpoint folder")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. distill.stage_steps=1000 train.lr=1e-4")

@@ -14,6 +14,7 @@ from diffsuite.core.build import build_denoiser, build_loss
 from diffsuite.core.checkpoint import CheckpointError, load_checkpoint, read_json
 from diffsuite.core.config import (ConfigError, DiffusionConfig, DistillConfig, SampleConfig, TrainerConfig, deep_merge,
                                    from_dict, load_yaml, parse_overrides, to_dict)
+from diffsuite.core.distill import ConsistencyFunction
 from diffsuite.core.guidance import ClassifierFreeGuidance
 from diffsuite.core.precision import SAMPLING_PRECISIONS, Resolved, choose as choose_precision
 from diffsuite.core.samplers import sample
@@ -233,6 +234,8 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
     den = build_denoiser(net, r.diffusion, for_sampling=True).to(device).eval()
     chosen = choose_precision(precision, device, quiet=precision == "fp32")
     den.autocast_dtype = chosen.dtype
+    if r.distill is not None and r.distill.method == "consistency":  # the student is the consistency function f
+        den = ConsistencyFunction(den, r.distill.sigma_data).eval()
     return Loaded(task, r, den, ckpt, state["step"], chosen)
 
 
@@ -245,7 +248,7 @@ def sampler_options(s, sampler: str, eta: Optional[float] = None) -> dict:
         opts["variance"] = s.variance
     if sampler in ("dpmpp_2m", "dpmpp_2m_sde") and s.lambda_min is not None:
         opts["lambda_min"] = s.lambda_min
-    if s.spacing and sampler in ("ddim", "dpmpp_2m", "dpmpp_2m_sde", "ddpm", "repaint"):
+    if s.spacing and sampler in ("ddim", "dpmpp_2m", "dpmpp_2m_sde", "ddpm", "repaint", "consistency"):
         opts["spacing"] = s.spacing
     return opts
 

@@ -143,20 +143,141 @@ def test_distillation_resumes_exactly(teacher, tmp_path, monkeypatch):
             assert all(torch.equal(a[g][k], b[g][k]) for k in a[g]), (stage, g)
 
 
-@pytest.mark.parametrize("task, command", [
-    ("image", ["image-path", "--out", "{root}/path"]),
-    ("audio", ["vocode", "--wav", "{root}/wavs/clip0.wav", "--out", "{root}/voc.wav"]),
-    ("music", ["compose", "--n", "2", "--out", "{root}/compose"]),
-    ("trajectory", ["plan", "--episodes", "1", "--reference-episodes", "2", "--out", "{root}/plan"]),
+@pytest.mark.parametrize("task, command, method", [
+    ("image", ["image-path", "--out", "{root}/path"], "progressive"),
+    ("image", ["image-inpaint", "--n", "2", "--out", "{root}/inpaint"], "consistency"),
+    ("audio", ["vocode", "--wav", "{root}/wavs/clip0.wav", "--out", "{root}/voc.wav"], "progressive"),
+    ("audio", ["vocode", "--wav", "{root}/wavs/clip0.wav", "--out", "{root}/voc.wav"], "consistency"),
+    ("music", ["compose", "--n", "2", "--out", "{root}/compose"], "progressive"),
+    ("trajectory", ["plan", "--episodes", "1", "--reference-episodes", "2", "--out", "{root}/plan"], "progressive"),
+    ("trajectory", ["plan", "--episodes", "1", "--reference-episodes", "2", "--out", "{root}/plan"], "consistency"),
 ])
-def test_a_student_samples_through_every_command(task, command, tmp_path, monkeypatch, capsys):
+def test_a_student_samples_through_every_command(task, command, method, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
     teacher = run.train(recipe(task, tmp_path, steps=2), out_dir=tmp_path / "teacher")
     out = tmp_path / "student"
-    assert cli.main(["distill", str(teacher), "--steps", "2", "--out", str(out), "distill.start_steps=4",
-                     "distill.stage_steps=2", "train.progress=false"]) == 0
+    assert cli.main(["distill", str(teacher), "--method", method, "--steps", "2", "--out", str(out),
+                     "distill.start_steps=4", "distill.ode_steps=4", "distill.stage_steps=2", "train.progress=false"]) == 0
     name, *rest = command
     assert cli.main([name, str(out), *[a.format(root=tmp_path) for a in rest]]) == 0, capsys.readouterr().err
     assert cli.main(["sample", str(out), "--out", str(tmp_path / "s")]) == 0
     info = __import__("json").loads((tmp_path / "s" / "sample.json").read_text())
-    assert (info["sampler"], info["steps"]) == ("ddim", 2)
+    assert (info["sampler"], info["steps"]) == ("ddim" if method == "progressive" else "consistency", 2)
+
+
+# ------------------------------------------------------------------------------------------------ consistency
+
+def test_consistency_function_meets_its_boundary_exactly():
+    from diffsuite.core.distill import ConsistencyFunction, consistency_coefs
+    sch = make_schedule("cosine", 50)
+    from diffsuite.recipes.toy2d import MLPDenoiser
+    den = Denoiser(MLPDenoiser(2, 16, 2, 8), sch, "v")
+    f = ConsistencyFunction(den)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    den.double()
+    a0 = math.sqrt(float(sch.alpha_bar[0]))
+    assert torch.equal(f(x, torch.zeros(5)).x0, x / a0)  # c_skip = 1, c_out = 0 at t = 0: no network term at all
+    c_skip, c_out = consistency_coefs(torch.tensor([f.sigma_min, 1.0, 80.0]), f.sigma_min)
+    assert c_skip[0] == 1 and c_out[0] == 0 and torch.all(c_skip[1:] < 1) and c_skip[2] < 1e-4
+    # away from the boundary f moves towards the network's x0 estimate
+    t = torch.full((5,), 49.0)
+    assert torch.allclose(f(x, t).x0, den(x, t).x0, atol=1e-3)
+
+
+def test_consistency_sampler_is_algorithm_1():
+    from diffsuite.core.distill import ConsistencyFunction
+    from diffsuite.core.samplers import consistency
+    teacher = _gmm_teacher()
+    f = ConsistencyFunction(teacher)
+    x_T = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    one = consistency(f, x_T, 1, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(one, f(x_T, torch.full((6,), 39.0)).x0)
+    two = consistency(f, x_T, 2, generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    x0 = f(x_T, torch.full((6,), 39.0)).x0
+    ab = float(teacher.schedule.alpha_bar_at(torch.tensor(19.0)))
+    z = torch.randn(6, 2, dtype=torch.float64, generator=g)
+    want = f(math.sqrt(ab) * x0 + math.sqrt(1 - ab) * z, torch.full((6,), 19.0)).x0
+    assert torch.allclose(two, want)
+
+
+def test_consistency_target_network_is_an_ema_and_round_trips():
+    from diffsuite.core.distill import ConsistencyDistillation, ConsistencyFunction
+    from diffsuite.recipes.toy2d import MLPDenoiser
+    sch = make_schedule("cosine", 50)
+    student = ConsistencyFunction(Denoiser(MLPDenoiser(2, 16, 2, 8), sch, "v"))
+    cd = ConsistencyDistillation(_gmm_teacher(50), student, ode_steps=10, target_decay=0.9)
+    before = {k: v.clone() for k, v in cd.state_dict().items()}
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    loss, t = cd(student, torch.randn(8, 2), None, torch.Generator().manual_seed(0))
+    assert loss.shape == (8,) and torch.isfinite(loss).all()
+    assert set(t.tolist()) <= {(n + 1) * 49 / 10 for n in range(10)}
+    after = cd.state_dict()
+    for k in before:  # theta- <- 0.9 theta- + 0.1 theta
+        assert torch.allclose(after[k], 0.9 * before[k] + 0.1 * (before[k] + 1.0), atol=1e-6)
+    cd2 = ConsistencyDistillation(_gmm_teacher(50), student, ode_steps=10)
+    cd2.load_state_dict(after)
+    assert all(torch.equal(cd2.state_dict()[k], after[k]) for k in after)
+
+
+def test_consistency_distillation_resumes_exactly_with_its_target_network(teacher, tmp_path, monkeypatch):
+    from diffsuite.core.trainer import Trainer, TrainingInterrupted
+    from diffsuite.recipes import distill as D
+    over = ["distill.stage_steps=6", "distill.ode_steps=8", "train.progress=false", "train.ckpt_every=2"]
+    D.distill(teacher, tmp_path / "full", method="consistency", steps=1, overrides=over)
+    real = Trainer.train
+
+    def interrupted(self, resume=None, stop_at=None):
+        real(self, resume, stop_at=3)
+        raise TrainingInterrupted("stopped")
+    monkeypatch.setattr(Trainer, "train", interrupted)
+    with pytest.raises(TrainingInterrupted):
+        D.distill(teacher, tmp_path / "part", method="consistency", steps=1, overrides=over)
+    monkeypatch.setattr(Trainer, "train", real)
+    D.distill(teacher, tmp_path / "part", method="consistency", steps=1, overrides=over, resume=True)
+    a = load_checkpoint(run.resolve_checkpoint(tmp_path / "full"))[0]
+    b = load_checkpoint(run.resolve_checkpoint(tmp_path / "part"))[0]
+    for g in ("model", "ema", "loss"):
+        assert a[g] and all(torch.equal(a[g][k], b[g][k]) for k in a[g]), g
+    st = run.load(tmp_path / "full")
+    assert st.recipe.sample.sampler == "consistency" and st.recipe.distill.method == "consistency"
+    assert type(st.denoiser).__name__ == "ConsistencyFunction"
+
+
+class _ExactGaussianFlow(torch.nn.Module):
+    """For data N(m, S) the probability-flow ODE is linear: in S's eigenbasis it scales each coordinate of x_t - alpha m
+    by sqrt(lambda) / sqrt(alpha^2 lambda + sigma^2) on its way to t = 0. That map is the exact consistency function."""
+
+    def __init__(self, m, S, schedule):
+        super().__init__()
+        self.m, self.schedule = m, schedule
+        self.lam, self.U = torch.linalg.eigh(S)
+
+    def forward(self, x_t, t, cond=None):
+        from types import SimpleNamespace
+        ab = self.schedule.alpha_bar_at(torch.as_tensor(t, dtype=torch.float64)).expand(x_t.shape[0])[:, None]
+        y = (x_t.double() - ab.sqrt() * self.m) @ self.U
+        x0 = self.m + (y * self.lam.sqrt() / (ab * self.lam + 1 - ab).sqrt()) @ self.U.T
+        return SimpleNamespace(x0=x0)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_consistency_sampling_of_the_exact_flow_map_gives_the_data(steps):
+    """Algorithm 1 with the exact consistency function of Gaussian data reproduces N(m, S) at any number of steps
+    (4-standard-error bounds on the mean and covariance), starting from the true q(x_T)."""
+    from diffsuite.core.samplers import sample
+    sch = make_schedule("cosine", 100)
+    m = torch.tensor([1.0, -0.5], dtype=torch.float64)
+    S = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64)
+    f = _ExactGaussianFlow(m, S, sch)
+    g, n = torch.Generator().manual_seed(0), 4000
+    ab_T = sch.alpha_bar[-1]
+    x0 = m + torch.randn(n, 2, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(S).T
+    x_T = ab_T.sqrt() * x0 + (1 - ab_T).sqrt() * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    x = sample(f, (n, 2), "consistency", steps, generator=g, x_T=x_T, spacing="uniform")
+    se_m = (S.diagonal() / n).sqrt()
+    assert ((x.mean(0) - m).abs() < 4 * se_m).all(), x.mean(0)
+    se_c = ((S.diagonal()[:, None] * S.diagonal()[None] + S ** 2) / n).sqrt()
+    assert ((torch.cov(x.T) - S).abs() < 4 * se_c).all(), torch.cov(x.T)
