@@ -1,6 +1,17 @@
 """Few-step students against their teacher (so far: progressive and consistency distillation on toy2d).
 
     python benchmarks/fewstep.py toy --teacher runs/toy_teacher --students runs/toy_pd runs/toy_cd [--n 4000 --seeds 0 1 2]
+    python benchmarks/fewstep.py image --teacher runs/digits --students runs/digits_pd4 runs/digits_cd [--n 1000]
+    python benchmarks/fewstep.py exact [--repeats 30 --n 10000]
+
+exact: the exact Gaussian-mixture teacher (2-D, as in benchmarks/samplers.py), so the only error is the student's
+(an MLP): a 2-step PD student and a 1-step CD student against 1000-step DDPM, SW2 means over 30 draws
+(fewstep_exact.json; see exact_rows).
+
+image: digits-FID (features of the digits classifier, against the test split; not Inception) and conditional accuracy,
+mean and sd over 3 seeds of 1000 samples, for the teacher (DDIM 50 steps, its recipe's sampler, DDIM 1 / 2 / 4 steps,
+at its recipe's guidance) and each student (its own sampler, a consistency student at 1, 2 and 4 steps); the floor is
+1000 real training images against the same test split. Writes benchmarks/results/fewstep_image.json.
 
 toy: SW2 (sliced Wasserstein-2, 256 random projections) between 4000 samples and a fresh draw of the two-moons data,
 for the teacher with DDIM at 2, N and 100 steps (the 'uniform' grid at N, diffusers' linspace at 100) and
@@ -67,6 +78,122 @@ def toy_rows(teacher: Path, students: list[Path], n: int, seeds: list[int]) -> l
     return rows
 
 
+def image_rows(teacher: Path, students: list[Path], n: int, seeds: list[int]) -> list[dict]:
+    """digits-FID (the digits classifier's features, against the test split) and conditional accuracy, mean and sd
+    over seeds, for the teacher at its recipe's guidance and each student at its own sampler."""
+    import numpy as np
+    from diffsuite.modalities.image import metrics
+    from diffsuite.modalities.image.cli import evaluate
+    from diffsuite.recipes import run
+
+    def row(model, ld, sampler, steps):
+        res = [evaluate(ld, n, sampler, steps, None, s, bpd_n=0) for s in seeds]
+        fids, accs = [r["digits_fid"] for r in res], [r["conditional_accuracy"] for r in res]
+        return {"model": model, "sampler": sampler, "steps": steps, "guidance": res[0]["guidance"],
+                "digits_fid": float(np.mean(fids)), "digits_fid_sd": float(np.std(fids)),
+                "conditional_accuracy": float(np.mean(accs)),
+                "seconds_per_sample": float(np.mean([r["sample_seconds"] for r in res])) / n}
+
+    t = run.load(teacher)
+    rows = [row("teacher", t, "ddim", 50), row("teacher", t, t.recipe.sample.sampler, t.recipe.sample.steps)]
+    rows += [row("teacher", t, "ddim", k) for k in (1, 2, 4)]
+    for s in students:
+        st = run.load(s)
+        smp = st.recipe.sample
+        for k in ([smp.steps] if st.recipe.distill.method == "progressive" else sorted({smp.steps, 1, 2, 4})):
+            rows.append(row(f"student ({st.recipe.distill.method}) {s}", st, smp.sampler, k))
+    d = t.recipe.data
+    clf, _ = metrics.digits_classifier(d.image_size, d.digits_mode)
+    test, train = t.task.build_dataset(d, "test"), t.task.build_dataset(d, "train")
+    floor = [metrics.fid(clf.features, test.x, train.x[torch.randperm(len(train.x), generator=torch.Generator()
+                                                                        .manual_seed(s))[:n]]) for s in seeds]
+    rows.append({"model": f"floor: {n} real training images", "sampler": "-", "steps": 0, "guidance": 0.0,
+                 "digits_fid": float(np.mean(floor)), "digits_fid_sd": float(np.std(floor)),
+                 "conditional_accuracy": float("nan"), "seconds_per_sample": 0.0})
+    return rows
+
+
+def print_image(rows: list[dict]) -> None:
+    print(f"{'model':52s} {'sampler':13s} {'steps':>5s} {'w':>4s} {'digits-FID':>16s} {'acc':>6s} {'ms/sample':>10s}")
+    for r in rows:
+        print(f"{r['model'][:52]:52s} {r['sampler']:13s} {r['steps']:5d} {r['guidance']:4.1f} "
+              f"{r['digits_fid']:8.1f} ± {r['digits_fid_sd']:5.1f} {r['conditional_accuracy']:6.3f} "
+              f"{1e3 * r['seconds_per_sample']:10.3f}")
+
+
+def _train(den, loss, steps: int, out: Path, lr: float, data: torch.Tensor, seed: int = 0):
+    """Train `den` with `loss` for `steps` steps on the samples `data` through the core trainer (fp32, batch 256)."""
+    from diffsuite.core.config import TrainerConfig
+    from diffsuite.core.trainer import Trainer
+    cfg = TrainerConfig(steps=steps, batch_size=256, lr=lr, warmup_steps=100, lr_schedule="cosine", ema_decay=0.999,
+                        mixed_precision="no", log_every=max(steps // 4, 1), progress=False, tensorboard=False, seed=seed)
+    Trainer(den, torch.utils.data.TensorDataset(data), cfg, out, loss).train()
+    return den
+
+
+def exact_rows(repeats: int, n: int, steps: tuple[int, int, int], seed: int = 3000) -> dict:
+    """The exact Gaussian-mixture teacher of benchmarks/samplers.py (2-D, linear schedule, T = 1000): an MLP is first
+    fitted to the mixture (the students' starting point), then distilled from the exact teacher (PD: 32 -> 2 steps;
+    CD: 18-interval ODE grid); SW2 means over `repeats` independent draws of x_T, reference sample and projections,
+    against 1000-step DDPM of the exact teacher (the issue's targets: PD-2 within 1.5x, CD-1 within 2x)."""
+    import copy
+    import tempfile
+    from samplers import T, draw, quality, run_ours, timesteps_for
+    from diffsuite.core.analytic import ExactGMMNet, gmm_2d
+    from diffsuite.core.build import build_loss
+    from diffsuite.core.config import DiffusionConfig
+    from diffsuite.core.denoiser import Denoiser
+    from diffsuite.core.distill import ConsistencyDistillation, ConsistencyFunction, ProgressiveDistillation
+    from diffsuite.core.samplers import sample
+    from diffsuite.core.schedules import make_schedule
+    from diffsuite.recipes.toy2d import MLPDenoiser
+    fit_steps, stage_steps, cd_steps = steps
+    gmm, sch = gmm_2d(), make_schedule("linear", T)
+    teacher = Denoiser(ExactGMMNet(gmm, sch), sch)
+    data = gmm.sample(20_000, torch.Generator().manual_seed(seed)).float()
+    tmp = Path(tempfile.mkdtemp(prefix="fewstep-exact-"))
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    base = _train(Denoiser(MLPDenoiser(2, 256, 4, 64), sch, "v"), build_loss(DiffusionConfig(prediction="v")),
+                  fit_steps, tmp / "fit", 1e-3, data)
+    times = {"fit": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    pd_teacher, pd = teacher, copy.deepcopy(base)
+    for k in (32, 16, 8, 4, 2):  # each stage's teacher is the previous student; the first is the exact one
+        pd = _train(copy.deepcopy(pd), ProgressiveDistillation(pd_teacher, k), stage_steps, tmp / f"pd{k}", 1e-4, data)
+        pd_teacher = copy.deepcopy(pd).eval().requires_grad_(False)
+    times["pd"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cd = ConsistencyFunction(copy.deepcopy(base))
+    cd = _train(cd, ConsistencyDistillation(teacher, cd, 18, 0.95), cd_steps, tmp / "cd", 1e-4, data)
+    times["cd"] = time.perf_counter() - t0
+    runs = {"exact teacher, DDPM 1000": lambda x, g: run_ours(teacher, x, "ddpm", 1000, {
+                "timesteps": timesteps_for(T, 1000, "leading"), "variance": "beta_tilde"}, g),
+            "exact teacher, DDIM 2": lambda x, g: sample(teacher, x.shape, "ddim", 2, x_T=x, spacing="uniform"),
+            "exact teacher, DDIM 1": lambda x, g: sample(teacher, x.shape, "ddim", 1, x_T=x, spacing="uniform"),
+            "fitted MLP (start), DDIM 2": lambda x, g: sample(base.eval(), x.shape, "ddim", 2, x_T=x, spacing="uniform"),
+            "PD student, 2 steps": lambda x, g: sample(pd.eval(), x.shape, "ddim", 2, x_T=x, spacing="uniform"),
+            "CD student, 1 step": lambda x, g: sample(cd.eval(), x.shape, "consistency", 1, x_T=x),
+            "CD student, 2 steps": lambda x, g: sample(cd.eval(), x.shape, "consistency", 2, x_T=x,
+                                                       generator=torch.Generator().manual_seed(g))}
+    sw2 = {k: [] for k in ["floor: a true draw", *runs]}
+    with torch.no_grad():
+        for r in range(repeats):
+            g = torch.Generator().manual_seed(seed + r)
+            x_T, ref, theta = draw(gmm, n, g)
+            sw2["floor: a true draw"].append(sliced_w2(gmm.sample(n, g), ref, theta))
+            for label, fn in runs.items():
+                sw2[label].append(quality(fn(x_T.clone(), seed + r), gmm, ref, theta)["sw2"])
+    mean = {k: sum(v) / len(v) for k, v in sw2.items()}
+    ref_mean = mean["exact teacher, DDPM 1000"]
+    return {"repeats": repeats, "n": n, "steps": {"fit": fit_steps, "pd_stage": stage_steps, "cd": cd_steps},
+            "train_seconds": times, "sw2_mean": mean,
+            "sw2_sd": {k: float(torch.tensor(v).std()) for k, v in sw2.items()},
+            "ratio_to_ddpm1000": {k: v / ref_mean for k, v in mean.items()},
+            "targets": {"PD 2 steps <= 1.5x": mean["PD student, 2 steps"] / ref_mean,
+                        "CD 1 step <= 2x": mean["CD student, 1 step"] / ref_mean}}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -76,7 +203,36 @@ def main(argv=None) -> int:
     t.add_argument("--n", type=int, default=4000)
     t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     t.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewstep_toy.json")
+    i = sub.add_parser("image")
+    i.add_argument("--teacher", type=Path, required=True)
+    i.add_argument("--students", type=Path, nargs="+", required=True)
+    i.add_argument("--n", type=int, default=1000)
+    i.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    i.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewstep_image.json")
+    e = sub.add_parser("exact")
+    e.add_argument("--repeats", type=int, default=30)
+    e.add_argument("--n", type=int, default=10_000)
+    e.add_argument("--steps", type=int, nargs=3, default=[3000, 2000, 6000], metavar=("FIT", "PD_STAGE", "CD"))
+    e.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewstep_exact.json")
     a = p.parse_args(argv)
+    if a.what == "exact":
+        torch.set_num_threads(1)
+        res = exact_rows(a.repeats, a.n, tuple(a.steps))
+        for k, v in res["sw2_mean"].items():
+            print(f"{k:32s} SW2 {v:.4f} ± {res['sw2_sd'][k]:.4f}   {res['ratio_to_ddpm1000'][k]:.2f}x DDPM-1000")
+        print("targets: " + ", ".join(f"{k}: {v:.2f}x" for k, v in res["targets"].items()))
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(res, indent=2) + "\n")
+        print(f"written {a.out}")
+        return 0
+    if a.what == "image":
+        rows = image_rows(a.teacher, a.students, a.n, a.seeds)
+        print_image(rows)
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps({"teacher": str(a.teacher), "n": a.n, "seeds": a.seeds, "rows": rows,
+                                     "threads": torch.get_num_threads()}, indent=2) + "\n")
+        print(f"written {a.out}")
+        return 0
     rows = toy_rows(a.teacher, a.students, a.n, a.seeds)
     print(f"{'model':58s} {'sampler':9s} {'steps':>5s} {'SW2':>8s} {'ms/sample':>10s}")
     for r in rows:
