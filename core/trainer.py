@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
-from .checkpoint import (CheckpointError, checkpoint_folders, checkpoint_step, flatten_optimizer_state,
+from .checkpoint import (CheckpointError, checkpoint_folders, flatten_optimizer_state,
                          load_checkpoint, read_json, remove_stale_temporaries, save_checkpoint,
                          unflatten_optimizer_state)
 from .config import LR_SCHEDULES, TrainerConfig, to_dict
@@ -245,7 +245,7 @@ class Trainer:
         if keep <= 0:
             return
         latest = self.latest_checkpoint()
-        others = sorted((p for p in checkpoint_folders(self.ckpt_dir) if p != latest), key=checkpoint_step)
+        others = [p for p in checkpoint_folders(self.ckpt_dir) if p != latest]  # oldest step first
         for p in others[:max(0, len(others) - (keep - 1))]:
             shutil.rmtree(p, ignore_errors=True)
 

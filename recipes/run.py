@@ -126,15 +126,22 @@ def train(recipe, overrides: Sequence[str] = (), out_dir: Optional[str | Path] =
     r.model = task.configure(r.model, r.data)
     run = Path(out_dir) if out_dir else Path("runs") / f"{r.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = recipe_to_dict(r)
-    ckpt, changes = None, {}
-    if resume:
-        ckpt = safety.resume_checkpoint(run, resume)
-        if ckpt is not None:
-            changes = safety.check_resume_config(load_checkpoint(ckpt, groups=())[2], cfg, ckpt)
-    elif safety.run_folder_in_use(run):
-        if not overwrite:
-            raise ConfigError(safety.in_use_message(run))
-        safety.move_aside(run)
+    ckpt, changes = safety.prepare_run_folder(run, resume, overwrite, cfg)
+    denoiser, dataset = build_for_training(task, r)
+    trainer = Trainer(denoiser, dataset, r.train, run, build_loss(r.diffusion), config=cfg,
+                      cond_drop_prob=r.diffusion.cond_drop_prob, null_cond=task.null_cond,
+                      sample_fn=make_sample_fn(task, r))
+    trainer.resume_changes = changes
+    if trainer.acc.is_main_process:
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
+    trainer.train(resume=ckpt, stop_at=stop_at)
+    return run
+
+
+def build_for_training(task, r: Recipe):
+    """(denoiser, training dataset) of a recipe, each mistake in it a ConfigError before anything is written: model and
+    data disagreeing, sizes the network cannot be built with, missing / empty / unreadable data, then one dry run."""
     try:
         task.sample_shape(r.model, r.data)  # the task checks that model and data agree before any training
     except ValueError as e:
@@ -152,15 +159,7 @@ def train(recipe, overrides: Sequence[str] = (), out_dir: Optional[str | Path] =
     if len(dataset) == 0:
         raise ConfigError(f"data: the training split of {r.name}'s data is empty")
     dry_run(denoiser, dataset, r.diffusion.T)
-    trainer = Trainer(denoiser, dataset, r.train, run, build_loss(r.diffusion), config=cfg,
-                      cond_drop_prob=r.diffusion.cond_drop_prob, null_cond=task.null_cond,
-                      sample_fn=make_sample_fn(task, r))
-    trainer.resume_changes = changes
-    if trainer.acc.is_main_process:
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(run / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
-    trainer.train(resume=ckpt, stop_at=stop_at)
-    return run
+    return denoiser, dataset
 
 
 def dry_run(denoiser, dataset, T: int) -> None:

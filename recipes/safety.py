@@ -104,6 +104,20 @@ def resume_checkpoint(run: Path, resume: str) -> Optional[Path]:
     return newest
 
 
+def prepare_run_folder(run: Path, resume: Optional[str], overwrite: bool, cfg: dict) -> tuple[Optional[Path], dict]:
+    """(the checkpoint to resume from or None, the resume's allowed config changes); a folder in use without
+    --resume / --overwrite, a bad checkpoint or a forbidden change is an error before anything is written."""
+    if resume:
+        ckpt = resume_checkpoint(run, resume)
+        changes = {} if ckpt is None else check_resume_config(load_checkpoint(ckpt, groups=())[2], cfg, ckpt)
+        return ckpt, changes
+    if run_folder_in_use(run):
+        if not overwrite:
+            raise ConfigError(in_use_message(run))
+        move_aside(run)
+    return None, {}
+
+
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
