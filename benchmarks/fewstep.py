@@ -86,17 +86,19 @@ def image_rows(teacher: Path, students: list[Path], n: int, seeds: list[int]) ->
     from diffsuite.modalities.image.cli import evaluate
     from diffsuite.recipes import run
 
-    def row(model, ld, sampler, steps):
+    def row(model, ld, sampler, steps, spacing=None):
+        ld.recipe.sample.spacing = spacing if spacing else ld.recipe.sample.spacing
         res = [evaluate(ld, n, sampler, steps, None, s, bpd_n=0) for s in seeds]
         fids, accs = [r["digits_fid"] for r in res], [r["conditional_accuracy"] for r in res]
-        return {"model": model, "sampler": sampler, "steps": steps, "guidance": res[0]["guidance"],
+        return {"model": model, "sampler": sampler, "steps": steps, "spacing": ld.recipe.sample.spacing,
+                "guidance": res[0]["guidance"],
                 "digits_fid": float(np.mean(fids)), "digits_fid_sd": float(np.std(fids)),
                 "conditional_accuracy": float(np.mean(accs)),
                 "seconds_per_sample": float(np.mean([r["sample_seconds"] for r in res])) / n}
 
     t = run.load(teacher)
     rows = [row("teacher", t, "ddim", 50), row("teacher", t, t.recipe.sample.sampler, t.recipe.sample.steps)]
-    rows += [row("teacher", t, "ddim", k) for k in (1, 2, 4)]
+    rows += [row("teacher", t, "ddim", k, "uniform") for k in (1, 2, 4)]  # the students' grid
     for s in students:
         st = run.load(s)
         smp = st.recipe.sample

@@ -63,7 +63,7 @@ def timesteps_for(T: int, steps: int, spacing: str = "leading") -> torch.Tensor:
         ts = np.linspace(0, T - 1, steps).round().astype(np.int64)
     else:
         raise SamplerOptionError(f"timesteps_for: unknown spacing {spacing!r}; valid: {SPACINGS}")
-    return torch.as_tensor(np.ascontiguousarray(ts[::-1]), dtype=torch.float64)
+    return torch.as_tensor(ts[::-1].copy(), dtype=torch.float64)  # a copy: one-element reversed views keep a -1 stride
 
 
 def uniform_timesteps(T: int, steps: int) -> torch.Tensor:

@@ -343,3 +343,12 @@ def test_power_spacing_is_uniform_in_t_to_the_one_over_p():
     assert float(ts[-2]) < float(_timesteps(sch, 10, "quadratic")[-2])  # denser near t = 0 than quadratic
     with pytest.raises(ValueError, match="p must be > 0"):
         power_timesteps(1000, 10, 0.0)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace", "uniform", "logsnr", "quadratic", "power"])
+def test_one_step_grids(spacing):
+    """A one-step sampler on any spacing (a reversed one-element array once kept a negative stride torch refused)."""
+    from diffsuite.core.samplers import _timesteps
+    from diffsuite.core.schedules import make_schedule
+    ts = _timesteps(make_schedule("linear", 100), 1, spacing)
+    assert ts.shape == (1,) and 0 <= float(ts[0]) <= 99
