@@ -98,17 +98,17 @@ def distill(checkpoint: str | Path, out: str | Path, method: str = "progressive"
         if not _finished(out, d.stage_steps):
             _train_stage(stage, task, dataset, first, _teacher(first, w), out)
         return out
-    teacher_run, teacher = ckpt, first
+    teacher_run, teacher, w_stage = ckpt, first, w
     for n in stage_plan(d.start_steps, d.steps):
         run_dir = _stage_dir(out, n, d.steps)
         stage = dataclasses.replace(r, distill=dataclasses.replace(d, steps=n, stage_teacher=str(teacher_run)),
                                     train=dataclasses.replace(r.train, steps=d.stage_steps),
-                                    sample=_student_sampling(r.sample, "ddim", n, w))
+                                    sample=_student_sampling(r.sample, "ddim", n, w))  # every stage has learnt w
         if not _finished(run_dir, d.stage_steps):
-            _train_stage(stage, task, dataset, teacher, _teacher(teacher, w), run_dir)
+            _train_stage(stage, task, dataset, teacher, _teacher(teacher, w_stage), run_dir)
         teacher_run = resolve_checkpoint(run_dir)
         teacher = load(teacher_run)
-        w = 0.0  # the first student has learnt the guided teacher; later stages distil students
+        w_stage = 0.0  # the first student has learnt the guided teacher; later stages distil (unguided) students
     return out
 
 

@@ -281,3 +281,21 @@ def test_consistency_sampling_of_the_exact_flow_map_gives_the_data(steps):
     assert ((x.mean(0) - m).abs() < 4 * se_m).all(), x.mean(0)
     se_c = ((S.diagonal()[:, None] * S.diagonal()[None] + S ** 2) / n).sqrt()
     assert ((torch.cov(x.T) - S).abs() < 4 * se_c).all(), torch.cov(x.T)
+
+
+def test_every_stage_of_a_guided_teacher_samples_unguided(tmp_path, monkeypatch):
+    """A teacher guided at w is distilled at w in the first stage; every stage's student has learnt w and must sample
+    with guidance 0 (guiding it again would apply w twice), and later stages distil unguided students."""
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    teacher = run.train(recipe("image", tmp_path, steps=2), out_dir=tmp_path / "teacher")
+    assert run.load(teacher).recipe.sample.guidance == 1.0
+    from diffsuite.recipes import distill as D
+    seen = []
+    real = D._teacher
+    monkeypatch.setattr(D, "_teacher", lambda loaded, w: (seen.append(w), real(loaded, w))[1])
+    D.distill(teacher, tmp_path / "pd", steps=2, overrides=["distill.start_steps=8", "distill.stage_steps=1",
+                                                            "train.progress=false"])
+    assert seen == [1.0, 0.0]
+    for stage in ("stages/0004", ""):
+        r = run.load(tmp_path / "pd" / stage).recipe
+        assert r.sample.guidance == 0.0 and r.distill.guidance == 1.0
