@@ -78,7 +78,7 @@ def toy_rows(teacher: Path, students: list[Path], n: int, seeds: list[int]) -> l
     return rows
 
 
-def image_rows(teacher: Path, students: list[Path], n: int, seeds: list[int]) -> list[dict]:
+def image_rows(teacher: Path, students: list[Path], n: int, seeds: list[int], with_teacher: bool = True) -> list[dict]:
     """digits-FID (the digits classifier's features, against the test split) and conditional accuracy, mean and sd
     over seeds, for the teacher at its recipe's guidance and each student at its own sampler."""
     import numpy as np
@@ -97,13 +97,17 @@ def image_rows(teacher: Path, students: list[Path], n: int, seeds: list[int]) ->
                 "seconds_per_sample": float(np.mean([r["sample_seconds"] for r in res])) / n}
 
     t = run.load(teacher)
-    rows = [row("teacher", t, "ddim", 50), row("teacher", t, t.recipe.sample.sampler, t.recipe.sample.steps)]
-    rows += [row("teacher", t, "ddim", k, "uniform") for k in (1, 2, 4)]  # the students' grid
+    rows = []
+    if with_teacher:
+        rows = [row("teacher", t, "ddim", 50), row("teacher", t, t.recipe.sample.sampler, t.recipe.sample.steps)]
+        rows += [row("teacher", t, "ddim", k, "uniform") for k in (1, 2, 4)]  # the students' grid
     for s in students:
         st = run.load(s)
         smp = st.recipe.sample
         for k in ([smp.steps] if st.recipe.distill.method == "progressive" else sorted({smp.steps, 1, 2, 4})):
             rows.append(row(f"student ({st.recipe.distill.method}) {s}", st, smp.sampler, k))
+    if not with_teacher:
+        return rows
     d = t.recipe.data
     clf, _ = metrics.digits_classifier(d.image_size, d.digits_mode)
     test, train = t.task.build_dataset(d, "test"), t.task.build_dataset(d, "train")
@@ -211,6 +215,8 @@ def main(argv=None) -> int:
     i.add_argument("--n", type=int, default=1000)
     i.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     i.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewstep_image.json")
+    i.add_argument("--students-only", action="store_true",
+                   help="score only the students and replace their rows in an existing --out (the teacher's stay)")
     e = sub.add_parser("exact")
     e.add_argument("--repeats", type=int, default=30)
     e.add_argument("--n", type=int, default=10_000)
@@ -228,7 +234,10 @@ def main(argv=None) -> int:
         print(f"written {a.out}")
         return 0
     if a.what == "image":
-        rows = image_rows(a.teacher, a.students, a.n, a.seeds)
+        rows = image_rows(a.teacher, a.students, a.n, a.seeds, with_teacher=not a.students_only)
+        if a.students_only:
+            names = {r["model"] for r in rows}
+            rows = [r for r in json.loads(a.out.read_text())["rows"] if r["model"] not in names] + rows
         print_image(rows)
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps({"teacher": str(a.teacher), "n": a.n, "seeds": a.seeds, "rows": rows,
