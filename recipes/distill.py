@@ -24,7 +24,7 @@ import torch
 
 from diffsuite.core.build import build_denoiser
 from diffsuite.core.checkpoint import checkpoint_folders, read_json
-from diffsuite.core.config import ConfigError, deep_merge, parse_overrides
+from diffsuite.core.config import ConfigError, deep_merge, parse_overrides, positive_int
 from diffsuite.core.distill import ConsistencyDistillation, ConsistencyFunction, ProgressiveDistillation
 from diffsuite.core.guidance import ClassifierFreeGuidance
 from diffsuite.core.trainer import Trainer
@@ -49,7 +49,7 @@ def student_recipe(teacher_cfg: dict, overrides: Sequence[str], method: str, ste
     cfg = {k: v for k, v in teacher_cfg.items() if k != "distill"}
     cfg = deep_merge(cfg, {"distill": {"method": method, "steps": steps}})
     cfg = deep_merge(cfg, parse_overrides(list(overrides)))
-    r = recipe_from_dict(cfg, cfg.get("name", "student"), "distill")
+    r = recipe_from_dict(cfg, cfg.get("name", "student"), "recipe")
     if r.distill.method == "progressive":
         if r.distill.start_steps > r.diffusion.T:
             raise ConfigError(f"distill.start_steps={r.distill.start_steps}: at most the teacher's T={r.diffusion.T}")
@@ -151,7 +151,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("checkpoint", help="the teacher: a run folder or a checkpoint folder")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. distill.stage_steps=1000 train.lr=1e-4")
     p.add_argument("--method", default="progressive", choices=METHODS)
-    p.add_argument("--steps", type=int, default=4, help="the student's sampling steps")
+    p.add_argument("--steps", type=positive_int, default=4, help="the student's sampling steps")
     p.add_argument("--out", required=True, help="the student's run folder (intermediate stages under OUT/stages)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted distillation in --out")
     p.set_defaults(func=cmd_distill)
