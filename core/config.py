@@ -192,6 +192,18 @@ class DistillConfig:
     stage_teacher: Optional[str] = None
 
 
+@dataclass
+class GanConfig:
+    """A denoising diffusion GAN's adversarial training (core.ddgan; Xiao et al. 2022): the discriminator the task
+    builds (`Task.build_discriminator`), its optimiser and the R1 weight. The generator's latent is model.z_channels."""
+
+    r1_gamma: float = valid(0.05, min=0)  # R1 weight gamma: gamma / 2 * ||grad D(real)||^2
+    d_lr: float = valid(1.25e-4, above=0)  # the discriminator's Adam learning rate
+    d_betas: tuple = valid((0.5, 0.9), length=2, min=0, max=1)  # the discriminator's Adam betas (the paper's 0.5, 0.9)
+    d_width: int = valid(32, min=1)  # the discriminator's first-level channels (MLP: hidden width)
+    d_levels: int = valid(3, min=1)  # down-sampling levels (MLP: hidden layers)
+
+
 def _type_ok(value, tp) -> bool:
     if tp is Any:
         return True

@@ -60,12 +60,23 @@ class Denoiser(nn.Module):
         #: autocast dtype for the network's forward at sampling time (None: fp32); see core.precision
         self.autocast_dtype: Optional[torch.dtype] = None
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> Prediction:
+    @property
+    def z_channels(self) -> int:
+        """Channels of the latent z the network also reads (a DDGAN generator, core.ddgan); 0 for a plain denoiser."""
+        return int(getattr(self.net, "z_channels", 0) or 0)
+
+    @property
+    def channel_axis(self) -> int:
+        """The network's channel axis (1 for (B, C, ...), -1 for channel-last (B, ..., C)), where z is stacked."""
+        return int(getattr(self.net, "channel_axis", 1))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond=None, z: Optional[torch.Tensor] = None) -> Prediction:
         t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
+        x_in = self._with_latent(x_t, z)
         with autocast(x_t.device.type, self.autocast_dtype):
-            raw = self.net(x_t, t, cond)
+            raw = self.net(x_in, t, cond)
         v_var = None
         if self.learned_variance:
             if not (isinstance(raw, (tuple, list)) and len(raw) == 2):
@@ -83,6 +94,20 @@ class Denoiser(nn.Module):
             x0 = self.x0_transform(x0)
             eps = x0_to_eps(x_t, x0, ab)
         return Prediction(x0=x0, eps=eps, out=raw, v_var=v_var)
+
+    def _with_latent(self, x_t, z):
+        """x_t with z stacked on the channel axis when the network reads a latent (z = None: zeros, the mode)."""
+        if not self.z_channels:
+            if z is not None:
+                raise ValueError("Denoiser: a latent z was given but the network reads none (z_channels = 0)")
+            return x_t
+        shape = list(x_t.shape)
+        shape[self.channel_axis] = self.z_channels
+        if z is None:
+            z = x_t.new_zeros(shape)
+        elif list(z.shape) != shape:
+            raise ValueError(f"Denoiser: z has shape {tuple(z.shape)}, expected {tuple(shape)}")
+        return torch.cat([x_t, z.to(x_t.dtype)], dim=self.channel_axis)
 
     def _alpha_bar(self, t, x_t):
         """alpha_bar per sample, or one Python float when every sample shares t on the CPU (the sampler case)."""

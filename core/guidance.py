@@ -34,15 +34,16 @@ class ClassifierFreeGuidance(torch.nn.Module):
         return self.null_cond(cond) if callable(self.null_cond) else torch.full_like(cond, self.null_cond) \
             if not isinstance(self.null_cond, torch.Tensor) else self.null_cond.expand_as(cond)
 
-    def forward(self, x_t, t, cond=None) -> Prediction:
+    def forward(self, x_t, t, cond=None, **kw) -> Prediction:
         if self.w == 0:
-            return self.denoiser(x_t, t, cond)
+            return self.denoiser(x_t, t, cond, **kw)
         null = self._null(cond)
         if isinstance(cond, torch.Tensor):
-            both = self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, null]))
+            kw2 = {k: None if v is None else torch.cat([v, v]) for k, v in kw.items()}  # e.g. a DDGAN latent z
+            both = self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, null]), **kw2)
             eps_c, eps_u = both.eps.chunk(2)
         else:
-            eps_c, eps_u = self.denoiser(x_t, t, cond).eps, self.denoiser(x_t, t, null).eps
+            eps_c, eps_u = self.denoiser(x_t, t, cond, **kw).eps, self.denoiser(x_t, t, null, **kw).eps
         eps = (1 + self.w) * eps_c - self.w * eps_u
         ab = self.schedule.alpha_bar_at(t.double()).to(x_t.dtype)
         x0 = eps_to_x0(x_t, eps, ab)

@@ -354,7 +354,27 @@ def consistency(denoiser, x, steps: int = 1, *, cond=None, generator=None, hooks
     return x
 
 
-SAMPLERS: dict[str, Callable] = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "dpmpp_2m_sde": dpmpp_2m_sde,
+def ddgan(denoiser, x, steps: int | None = None, *, cond=None, generator=None, hooks: Sequence = (),
+          spacing: str = "linspace", timesteps=None, alpha_bars=None, progress: bool = False):
+    """Denoising diffusion GAN sampling (Xiao et al. 2022, Sec. 3): at each step a fresh latent z ~ N(0, I),
+    x0' = G(x_t, z, t), then x_{t-1} ~ q(x_{t-1} | x_t, x0') (the last step returns x0'). steps = T (the default) is the
+    chain the generator was trained on; fewer steps draw from the posterior between the grid's points instead."""
+    from .ddgan import latent_shape
+    if timesteps is None:
+        timesteps = _timesteps(denoiser.schedule, steps or denoiser.schedule.T, spacing)
+    ts, abs_ = _grid(denoiser.schedule, timesteps, alpha_bars)
+    ab, z_shape = abs_.tolist(), latent_shape(denoiser, x.shape)
+    x = _hooks(hooks, "start", x, ts[0], generator)
+    for i in tqdm(range(len(ts) - 1), disable=not progress, desc="ddgan"):
+        x = _hooks(hooks, "before_step", x, ts[i], cond)
+        z = {"z": randn(z_shape, generator, x.device, x.dtype)} if z_shape else {}
+        pred = denoiser(x, torch.full((x.shape[0],), float(ts[i]), device=x.device), cond, **z)
+        x = ddpm_step(pred, x, ab[i], ab[i + 1], "beta_tilde", generator, last=i == len(ts) - 2)
+        x = _hooks(hooks, "after_step", x, ts[i + 1], generator)
+    return x
+
+
+SAMPLERS: dict[str, Callable] = {"ddgan": ddgan, "ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "dpmpp_2m_sde": dpmpp_2m_sde,
                                   "euler": euler, "heun": heun, "consistency": consistency}
 
 

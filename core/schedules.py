@@ -50,8 +50,19 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     return 1 - alphas
 
 
+def vp_sde_betas(T: int = 4, beta_start: float = 0.1, beta_end: float = 20.0) -> torch.Tensor:
+    """The VP SDE's beta(s) = beta_min + s (beta_max - beta_min) on s in [0, 1] (Song et al. 2021), discretised at
+    s_i = i / T: alpha_bar(s) = exp(-beta_min s - (beta_max - beta_min) s^2 / 2), beta_i = 1 - alpha_bar(s_i) /
+    alpha_bar(s_{i-1}); the few-step chains of denoising diffusion GANs (Xiao et al. 2022, Sec. 5, T = 2 or 4).
+    beta_start / beta_end are beta_min / beta_max."""
+    s = torch.arange(T + 1, dtype=torch.float64) / T
+    log_ab = -beta_start * s - 0.5 * (beta_end - beta_start) * s**2
+    return (1 - torch.exp(log_ab[1:] - log_ab[:-1])).clamp(max=0.999)
+
+
 BETA_BUILDERS: dict[str, Callable[..., torch.Tensor]] = {
     "linear": linear_betas,
+    "vp_sde": vp_sde_betas,
     "scaled_linear": scaled_linear_betas,
     "cosine": cosine_betas,
     "sigmoid": sigmoid_betas,

@@ -34,6 +34,11 @@ class Task:
         """The raw network net(x_t, t, cond) -> output (or (output, v_var) with learned variance)."""
         raise NotImplementedError
 
+    def build_discriminator(self, model: Any, data: Any, gan: Any) -> nn.Module:
+        """A denoising diffusion GAN's time-conditional discriminator D(x_{t-1}, x_t, t, cond) -> logits (B,)
+        (core.ddgan; `gan` is the recipe's GanConfig). A task that supports DDGAN recipes overrides this."""
+        raise ConfigError(f"task {self.name!r} has no discriminator: it cannot train a denoising diffusion GAN (gan:)")
+
     def build_dataset(self, data: Any, split: str = "train") -> torch.utils.data.Dataset:
         """A map-style dataset of x0 tensors or {"x0", "cond"} dicts; split is 'train', 'val' or 'test'."""
         raise NotImplementedError

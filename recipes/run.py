@@ -12,7 +12,7 @@ import yaml
 
 from diffsuite.core.build import build_denoiser, build_loss
 from diffsuite.core.checkpoint import CheckpointError, load_checkpoint, read_json
-from diffsuite.core.config import (ConfigError, DiffusionConfig, DistillConfig, SampleConfig, TrainerConfig, deep_merge,
+from diffsuite.core.config import (ConfigError, DiffusionConfig, DistillConfig, GanConfig, SampleConfig, TrainerConfig, deep_merge,
                                    from_dict, load_yaml, parse_overrides, to_dict)
 from diffsuite.core.distill import ConsistencyFunction
 from diffsuite.core.guidance import ClassifierFreeGuidance
@@ -25,7 +25,7 @@ from . import safety
 from .registry import get_task
 
 RECIPE_DIR = Path(__file__).resolve().parent
-SECTIONS = ("task", "tour", "description", "model", "data", "diffusion", "train", "sample", "distill")
+SECTIONS = ("task", "tour", "description", "model", "data", "diffusion", "train", "sample", "distill", "gan")
 
 
 @dataclass
@@ -39,6 +39,7 @@ class Recipe:
     train: TrainerConfig = field(default_factory=TrainerConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     distill: Optional[DistillConfig] = None  # set for a distilled student (and by `diffsuite distill`)
+    gan: Optional[GanConfig] = None  # set for a denoising diffusion GAN (trained adversarially, core.ddgan)
     tour: bool = False
     description: str = ""
     name: str = "recipe"
@@ -70,7 +71,7 @@ def recipe_from_dict(data: dict, name: str = "recipe", where: str = "recipe") ->
     if "task" not in data:
         raise ConfigError(f"{where}: missing 'task' (one of the registered tasks)")
     task = get_task(data["task"])
-    for sec in ("model", "data", "diffusion", "train", "sample", "distill"):
+    for sec in ("model", "data", "diffusion", "train", "sample", "distill", "gan"):
         if data.get(sec) is not None and not isinstance(data[sec], dict):
             raise ConfigError(f"{where}.{sec}: expected a mapping, got {type(data[sec]).__name__}")
     return Recipe(task=data["task"], name=data.get("name", name), tour=bool(data.get("tour", False)),
@@ -81,7 +82,8 @@ def recipe_from_dict(data: dict, name: str = "recipe", where: str = "recipe") ->
                   train=from_dict(TrainerConfig, data.get("train"), f"{where}.train"),
                   sample=from_dict(SampleConfig, data.get("sample"), f"{where}.sample"),
                   distill=None if data.get("distill") is None else from_dict(DistillConfig, data["distill"],
-                                                                             f"{where}.distill"))
+                                                                             f"{where}.distill"),
+                  gan=None if data.get("gan") is None else from_dict(GanConfig, data["gan"], f"{where}.gan"))
 
 
 def load_recipe(recipe: str | Path | dict | Recipe, overrides: Sequence[str] = ()) -> Recipe:
@@ -102,6 +104,8 @@ def recipe_to_dict(r: Recipe) -> dict:
          **{k: to_dict(getattr(r, k)) for k in ("model", "data", "diffusion", "train", "sample")}}
     if r.distill is not None:
         d["distill"] = to_dict(r.distill)
+    if r.gan is not None:
+        d["gan"] = to_dict(r.gan)
     return d
 
 
@@ -128,7 +132,7 @@ def train(recipe, overrides: Sequence[str] = (), out_dir: Optional[str | Path] =
     cfg = recipe_to_dict(r)
     ckpt, changes = safety.prepare_run_folder(run, resume, overwrite, cfg)
     denoiser, dataset = build_for_training(task, r)
-    trainer = Trainer(denoiser, dataset, r.train, run, build_loss(r.diffusion), config=cfg,
+    trainer = Trainer(denoiser, dataset, r.train, run, training_loss(task, r), config=cfg,
                       cond_drop_prob=r.diffusion.cond_drop_prob, null_cond=task.null_cond,
                       sample_fn=make_sample_fn(task, r))
     trainer.resume_changes = changes
@@ -137,6 +141,22 @@ def train(recipe, overrides: Sequence[str] = (), out_dir: Optional[str | Path] =
         atomic_write_bytes(run / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
     trainer.train(resume=ckpt, stop_at=stop_at)
     return run
+
+
+def training_loss(task, r: Recipe):
+    """The recipe's objective: the diffusion loss, or with a `gan` section the DDGAN objective with the task's
+    discriminator (core.ddgan)."""
+    if r.gan is None:
+        return build_loss(r.diffusion)
+    from diffsuite.core.ddgan import DenoisingDiffusionGAN
+    if r.diffusion.prediction != "x0":
+        raise ConfigError(f"gan: a denoising diffusion GAN's generator predicts x0; set diffusion.prediction=x0 "
+                          f"(got {r.diffusion.prediction!r})")
+    if not getattr(r.model, "z_channels", 0):
+        raise ConfigError("gan: the generator needs a latent: set model.z_channels >= 1")
+    torch.manual_seed(r.train.seed + 1)
+    D = task.build_discriminator(r.model, r.data, r.gan)
+    return DenoisingDiffusionGAN(D, r.gan.r1_gamma, r.gan.d_lr, tuple(r.gan.d_betas))
 
 
 def build_for_training(task, r: Recipe):
@@ -247,7 +267,7 @@ def sampler_options(s, sampler: str, eta: Optional[float] = None) -> dict:
         opts["variance"] = s.variance
     if sampler in ("dpmpp_2m", "dpmpp_2m_sde") and s.lambda_min is not None:
         opts["lambda_min"] = s.lambda_min
-    if s.spacing and sampler in ("ddim", "dpmpp_2m", "dpmpp_2m_sde", "ddpm", "repaint", "consistency"):
+    if s.spacing and sampler in ("ddim", "dpmpp_2m", "dpmpp_2m_sde", "ddpm", "repaint", "consistency", "ddgan"):
         opts["spacing"] = s.spacing
     return opts
 

@@ -1,4 +1,4 @@
-"""A new modality in under 100 lines: 2-D point clouds (two moons, a Gaussian mixture).
+"""A new modality in about 100 lines: 2-D point clouds (two moons, a Gaussian mixture).
 
 This is the guide to reusing the core: a modality supplies only a network, a dataset and a sample
 shape (plus, optionally, how to save samples). Schedules, losses, samplers, guidance, the trainer,
@@ -22,6 +22,7 @@ class Toy2DModel:
     hidden: int = valid(128, min=1)
     layers: int = valid(3, min=1)
     t_dim: int = valid(32, min=2)
+    z_channels: int = valid(0, min=0)  # a DDGAN generator's latent dims (0: a plain denoiser)
 
 
 @dataclass
@@ -35,10 +36,10 @@ class Toy2DData:
 class MLPDenoiser(nn.Module):
     """An MLP on [x, sinusoidal embedding of t] (Ho et al. 2020's time embedding, for vectors)."""
 
-    def __init__(self, dim=2, hidden=128, layers=3, t_dim=32):
+    def __init__(self, dim=2, hidden=128, layers=3, t_dim=32, z_channels=0):
         super().__init__()
-        self.t_dim = t_dim
-        blocks, width = [], dim + t_dim
+        self.t_dim, self.z_channels = t_dim, z_channels
+        blocks, width = [], dim + z_channels + t_dim
         for _ in range(layers):
             blocks += [nn.Linear(width, hidden), nn.SiLU()]
             width = hidden
@@ -72,7 +73,11 @@ class Toy2DTask(Task):
     name, ModelConfig, DataConfig = "toy2d", Toy2DModel, Toy2DData
 
     def build_net(self, model, diffusion):
-        return MLPDenoiser(2, model.hidden, model.layers, model.t_dim)
+        return MLPDenoiser(2, model.hidden, model.layers, model.t_dim, model.z_channels)
+
+    def build_discriminator(self, model, data, gan):
+        from diffsuite.core.ddgan import MLPDiscriminator
+        return MLPDiscriminator(2, gan.d_width, gan.d_levels, model.t_dim)
 
     def build_dataset(self, data, split="train"):
         seed = data.seed + {"train": 0, "val": 1, "test": 2}[split]

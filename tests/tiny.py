@@ -74,3 +74,15 @@ def recipe(task: str, root: Path, steps: int = 4, **train) -> dict:
 
 
 TASKS = ("toy2d", "image", "audio", "music", "trajectory")
+
+
+def ddgan(r: dict, T: int = 2) -> dict:
+    """A tiny recipe turned into a denoising diffusion GAN (core.ddgan): a generator with 2 latent channels on a T-step
+    vp_sde chain, a small discriminator, the ddgan sampler."""
+    r = {**r, "model": {**r["model"], "z_channels": 2},
+         "diffusion": {"schedule": "vp_sde", "T": T, "beta_start": 0.1, "beta_end": 20.0, "prediction": "x0"},
+         "gan": {"d_width": 8, "d_levels": 2}, "sample": {**r["sample"], "sampler": "ddgan", "steps": T}}
+    r["sample"].pop("guidance", None)
+    if r["task"] == "trajectory":
+        r["diffusion"]["clip_x0"] = "clip"
+    return r

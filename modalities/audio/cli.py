@@ -92,8 +92,8 @@ def _vocode(args) -> int:
     if not model.conditional:
         raise ValueError(f"{args.checkpoint}: an unconditional model cannot vocode (model.conditional=false)")
     mel, y_in, src = _input_mel(args, model)
-    s = loaded.recipe.sample  # a distilled student samples with its own sampler unless told otherwise
-    student = loaded.recipe.distill is not None and args.sampler is None
+    s = loaded.recipe.sample  # a distilled student or a DDGAN samples with its own sampler unless told otherwise
+    student = (loaded.recipe.distill is not None or loaded.recipe.gan is not None) and args.sampler is None
     sampler = args.sampler or (s.sampler if student else "fast")
     steps = args.steps or (s.steps if student else None)
     spacing = args.spacing or (s.spacing if student else None)

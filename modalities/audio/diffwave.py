@@ -145,12 +145,13 @@ class DiffWave(nn.Module):
 
     def __init__(self, residual_layers: int = 30, residual_channels: int = 64, dilation_cycle: int = 10,
                  n_mels: Optional[int] = 80, hop_length: int = 256, T: int = 50, step_embedding: str = "lerp",
-                 upsampler_init: str = "interp"):
+                 upsampler_init: str = "interp", z_channels: int = 0):
         super().__init__()
         C = residual_channels
+        self.z_channels = z_channels  # a DDGAN generator's latent channels after the waveform's (core.ddgan)
         self.n_mels, self.hop_length, self.T = n_mels, hop_length, T
         self.dilations = [2 ** (i % dilation_cycle) for i in range(residual_layers)]
-        self.input_proj = conv1d(1, C, 1)
+        self.input_proj = conv1d(1 + z_channels, C, 1)
         self.step_embed = StepEmbedding(T, step_embedding)
         self.mel_upsampler = MelUpsampler(hop_length, upsampler_init) if n_mels else None
         self.layers = nn.ModuleList([ResidualLayer(C, d, n_mels) for d in self.dilations])
@@ -193,8 +194,8 @@ class DiffWave(nn.Module):
         return 1 + sum(2 * d for d in self.dilations)
 
     def _check(self, x, cond):
-        if x.ndim != 3 or x.shape[1] != 1:
-            raise ValueError(f"DiffWave: x_t must have shape (B, 1, L), got {tuple(x.shape)}")
+        if x.ndim != 3 or x.shape[1] != 1 + self.z_channels:
+            raise ValueError(f"DiffWave: x_t must have shape (B, {1 + self.z_channels}, L), got {tuple(x.shape)}")
         if self.mel_upsampler is None:
             if cond is not None:
                 raise ValueError("DiffWave: this is an unconditional model (n_mels=None) but a condition was given")
@@ -222,12 +223,12 @@ class DiffWave(nn.Module):
 def build_diffwave(preset_name: str = "base", residual_layers: Optional[int] = None,
                    residual_channels: Optional[int] = None, dilation_cycle: Optional[int] = None,
                    n_mels: Optional[int] = 80, hop_length: int = 256, T: Optional[int] = None,
-                   step_embedding: str = "lerp", upsampler_init: str = "interp") -> DiffWave:
+                   step_embedding: str = "lerp", upsampler_init: str = "interp", z_channels: int = 0) -> DiffWave:
     """A DiffWave from a preset, with any field overridden."""
     p = preset(preset_name)
     return DiffWave(residual_layers or p["residual_layers"], residual_channels or p["residual_channels"],
                     dilation_cycle or p["dilation_cycle"], n_mels, hop_length, T or p["T"], step_embedding,
-                    upsampler_init)
+                    upsampler_init, z_channels)
 
 
 def count_parameters(net: nn.Module) -> int:

@@ -67,6 +67,7 @@ class PriorGradNet(nn.Module):
     def __init__(self, net: nn.Module, c: MelConvention, level: Optional[float] = None):
         super().__init__()
         self.inner, self.c, self.level = net, c, level
+        self.z_channels = getattr(net, "z_channels", 0)
 
     def std(self, mel: torch.Tensor, n_samples: int) -> torch.Tensor:
         return prior_std(mel, self.c, n_samples, self.level)
@@ -78,7 +79,8 @@ class PriorGradNet(nn.Module):
         if cond is None:
             raise ValueError("PriorGradNet: a mel is required (the prior's std comes from it)")
         s = self.std(cond, y_t.shape[-1]).to(y_t.dtype)
-        return self.inner(s * y_t, t, cond) / s
+        y_t, z = y_t[:, :1], y_t[:, 1:]  # a DDGAN latent z (channels after the waveform's) is not scaled
+        return self.inner(torch.cat([s * y_t, z], 1), t, cond) / s
 
 
 class Whitened(torch.utils.data.Dataset):

@@ -43,6 +43,7 @@ class ModelConfig:
     upsampler_init: str = valid("interp", choices=("interp", "default"))  # mel upsampler starts as linear interpolation | default (PyTorch's, the reference's)
     prior: str = valid("standard", choices=PRIORS)  # standard N(0, I) | priorgrad (std from the mel's frame energy; priorgrad.py)
     prior_level: Optional[float] = None  # priorgrad: frame energy given the unit prior (None: priorgrad.LEVEL)
+    z_channels: int = valid(0, min=0)  # a DDGAN generator's latent channels (core.ddgan; 0: a plain denoiser)
 
 
 @dataclass
@@ -234,8 +235,13 @@ class AudioTask(Task):
         check_prior(model.prior, model.prior_level, model.conditional, "model")
         net = build_diffwave(model.preset, model.residual_layers, model.residual_channels, model.dilation_cycle,
                              model.n_mels if model.conditional else None, model.hop_length, diffusion.T,
-                             model.step_embedding, model.upsampler_init)
+                             model.step_embedding, model.upsampler_init, model.z_channels)
         return PriorGradNet(net, mel_convention(model), model.prior_level) if model.prior == "priorgrad" else net
+
+    def build_discriminator(self, model: ModelConfig, data: Any, gan: Any):
+        """DDGAN's D(x_{t-1}, x_t, t): a time-conditional strided 1-D conv net on the waveform pair (core.ddgan)."""
+        from diffsuite.core.ddgan import ConvDiscriminator
+        return ConvDiscriminator(1, 1, gan.d_width, gan.d_levels)
 
     def _files(self, data: DataConfig, split: str):
         from .data import list_files

@@ -38,6 +38,7 @@ class ModelConfig:
     use_checkpoint: bool = False  # gradient checkpointing
     pad_to_multiple: bool = False  # pad sizes not divisible by the downsampling factor instead of an error
     channels_last: bool = False
+    z_channels: int = valid(0, min=0)  # a DDGAN generator's latent channels (core.ddgan; 0: a plain denoiser)
 
 
 @dataclass
@@ -99,6 +100,12 @@ class ImageTask(Task):
     def build_net(self, model: ModelConfig, diffusion: Any) -> torch.nn.Module:
         net = build_unet(unet_spec(model, learn_sigma=bool(getattr(diffusion, "learned_variance", False))))
         return net.to(memory_format=torch.channels_last) if model.channels_last else net
+
+    def build_discriminator(self, model: ModelConfig, data: DataConfig, gan: Any) -> torch.nn.Module:
+        """DDGAN's D(x_{t-1}, x_t, t, class): a time-conditional conv net with a class projection (core.ddgan)."""
+        from diffsuite.core.ddgan import ConvDiscriminator
+        spec = unet_spec(model)
+        return ConvDiscriminator(2, spec.in_channels, gan.d_width, gan.d_levels, num_classes=spec.num_classes)
 
     def build_dataset(self, data: DataConfig, split: str = "train") -> torch.utils.data.Dataset:
         if data.source == "digits":

@@ -36,6 +36,7 @@ class UNetSpec:
     learn_sigma: bool = False
     use_checkpoint: bool = False
     pad_to_multiple: bool = False
+    z_channels: int = 0
 
 
 PRESETS = {
@@ -72,9 +73,10 @@ class UNet2D(nn.Module):
                  dropout: float = 0.0, num_heads: int = 1, num_head_channels: int | None = None,
                  use_scale_shift_norm: bool = False, resblock_updown: bool = False, conv_resample: bool = True,
                  num_classes: int | None = None, learn_sigma: bool = False, use_checkpoint: bool = False,
-                 pad_to_multiple: bool = False):
+                 pad_to_multiple: bool = False, z_channels: int = 0):
         super().__init__()
         self.image_size, self.in_channels, self.model_channels = image_size, in_channels, model_channels
+        self.z_channels = z_channels  # a DDGAN generator's latent, stacked after the image's channels (core.ddgan)
         self.num_classes, self.learn_sigma, self.use_checkpoint = num_classes, learn_sigma, use_checkpoint
         self.pad_to_multiple = pad_to_multiple
         self.factor = 2 ** (len(channel_mult) - 1)
@@ -86,7 +88,8 @@ class UNet2D(nn.Module):
         res = lambda i, o, **kw: ResBlock(i, o, emb_dim, dropout, use_scale_shift_norm, **kw)
         attn_at = {image_size // r for r in attention_resolutions}  # downsampling factors with attention
 
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels + z_channels, model_channels, 3,
+                                                                                  padding=1))])
         chans, ch, ds = [model_channels], model_channels, 1
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
@@ -121,8 +124,9 @@ class UNet2D(nn.Module):
 
     def _check_size(self, x: torch.Tensor) -> tuple[int, int]:
         """Padding (bottom, right) that makes H, W divisible by the downsampling factor; error if not allowed."""
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"UNet2D: expected x of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.ndim != 4 or x.shape[1] != self.in_channels + self.z_channels:
+            raise ValueError(f"UNet2D: expected x of shape (B, {self.in_channels + self.z_channels}, H, W), got "
+                             f"{tuple(x.shape)}")
         H, W = x.shape[-2:]
         ph, pw = -H % self.factor, -W % self.factor
         if (ph or pw) and not self.pad_to_multiple:

@@ -58,16 +58,17 @@ class RollUNet(nn.Module):
     def __init__(self, channels: int = 64, channel_mults=(1, 2, 4, 4), num_res_blocks: int = 2,
                  attention_levels=(2, 3), heads: int = 4, dropout: float = 0.0, cond_dim: int | None = 36,
                  in_ch: int = 2, patch: int = 1, chord_map: bool = False, pitch_lo: int | None = None,
-                 ff_mult: int = 0):
+                 ff_mult: int = 0, z_channels: int = 0):
         super().__init__()
         if chord_map and (not cond_dim or pitch_lo is None):
             raise ValueError("RollUNet: chord_map needs chord conditioning (cond_dim) and pitch_lo (the roll's lowest MIDI pitch)")
         self.channels, self.cond_dim, self.patch, self.in_ch = channels, cond_dim, patch, in_ch
         self.chord_map, self.pitch_lo = chord_map, pitch_lo
+        self.z_channels = z_channels  # a DDGAN generator's latent channels after the roll's (core.ddgan)
         self.n_down = len(channel_mults) - 1
         emb = channels * 4
         self.t_mlp = nn.Sequential(nn.Linear(channels, emb), nn.SiLU(), nn.Linear(emb, emb))
-        self.inp = nn.Conv2d((in_ch + 3 * chord_map) * patch * patch, channels, 3, padding=1)
+        self.inp = nn.Conv2d((in_ch + z_channels + 3 * chord_map) * patch * patch, channels, 3, padding=1)
         ctx = emb if cond_dim else None  # chord tokens are embedded to the timestep-embedding width
         self.chord_mlp = nn.Sequential(nn.Linear(cond_dim, emb), nn.SiLU(), nn.Linear(emb, emb)) if cond_dim else None
         widths = [channels * m for m in channel_mults]

@@ -45,6 +45,7 @@ class MusicModelConfig:
     chord_map: Optional[bool] = None  # also feed the chords as pitch-aligned input planes (needs pitch_lo)
     pitch_lo: Optional[int] = None  # the roll's lowest MIDI pitch; must equal data.pitch_lo (checked)
     cond_dim: int = chords.CHORD_DIM
+    z_channels: int = valid(0, min=0)  # a DDGAN generator's latent channels (core.ddgan; 0: a plain denoiser)
 
 
 PRESETS = {
@@ -112,7 +113,12 @@ class MusicTask(Task):
         if kw["chord_map"] and model.pitch_lo is None:
             raise ValueError("model.chord_map needs model.pitch_lo (set it to data.pitch_lo) to align chords with pitches")
         return RollUNet(**kw, heads=model.heads, dropout=model.dropout, pitch_lo=model.pitch_lo,
-                        cond_dim=model.cond_dim if model.chord_cond else None)
+                        cond_dim=model.cond_dim if model.chord_cond else None, z_channels=model.z_channels)
+
+    def build_discriminator(self, model: MusicModelConfig, data: MusicDataConfig, gan):
+        """DDGAN's D(x_{t-1}, x_t, t): a time-conditional conv net over the two roll planes (core.ddgan)."""
+        from diffsuite.core.ddgan import ConvDiscriminator
+        return ConvDiscriminator(2, 2, gan.d_width, gan.d_levels)
 
     def build_dataset(self, data: MusicDataConfig, split: str = "train"):
         pieces = pieces_for(data, split)

@@ -38,6 +38,7 @@ class TrajectoryModelConfig:
     dim: int = valid(32, min=1)
     dim_mults: list = field(default_factory=lambda: [1, 4, 8])
     kernel: int = valid(5, min=1)
+    z_channels: int = valid(0, min=0)  # a DDGAN generator's latent dims per step (core.ddgan; 0: a plain denoiser)
 
 
 @dataclass
@@ -115,7 +116,12 @@ class TrajectoryTask(Task):
 
     def build_net(self, model: TrajectoryModelConfig, diffusion) -> torch.nn.Module:
         return ConditionedTemporalUnet(model.transition_dim, model.action_dim, model.dim, tuple(model.dim_mults),
-                                       model.kernel)
+                                       model.kernel, model.z_channels)
+
+    def build_discriminator(self, model: TrajectoryModelConfig, data, gan) -> torch.nn.Module:
+        """DDGAN's D(x_{t-1}, x_t, t): a time-conditional strided 1-D conv net over the horizon (core.ddgan)."""
+        from diffsuite.core.ddgan import ConvDiscriminator
+        return ConvDiscriminator(1, model.transition_dim, gan.d_width, gan.d_levels, channel_axis=-1)
 
     def build_dataset(self, data: TrajectoryDataConfig, split: str = "train"):
         seq = full_dataset(data)

@@ -90,10 +90,13 @@ class TemporalEncoder(nn.Module):
 class TemporalUnet(nn.Module):
     """Diffuser's temporal U-Net: net(x_t (B, H, D), t (B,), cond) -> (B, H, D)."""
 
-    def __init__(self, transition_dim: int, dim: int = 32, dim_mults: Sequence[int] = (1, 4, 8), kernel: int = 5):
+    channel_axis = -1  # (B, H, D): transitions are channel-last
+
+    def __init__(self, transition_dim: int, dim: int = 32, dim_mults: Sequence[int] = (1, 4, 8), kernel: int = 5,
+                 z_channels: int = 0):
         super().__init__()
-        self.time = TimeEmbedding(dim)
-        self.encoder = TemporalEncoder(transition_dim, dim, dim_mults, kernel)
+        self.time, self.z_channels = TimeEmbedding(dim), z_channels  # z: a DDGAN latent after the D dims
+        self.encoder = TemporalEncoder(transition_dim + z_channels, dim, dim_mults, kernel)
         dims, mid = self.encoder.dims, self.encoder.dims[-1]
         self.mid1, self.mid2 = ResidualTemporalBlock(mid, mid, dim, kernel), ResidualTemporalBlock(mid, mid, dim, kernel)
         self.ups = nn.ModuleList()
@@ -104,6 +107,7 @@ class TemporalUnet(nn.Module):
                                            nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
         self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel), nn.Conv1d(dim, transition_dim, 1))
         self.factor = self.encoder.factor
+        self.transition_dim = transition_dim
 
     def forward(self, x, t, cond=None):
         check_horizon(x.shape[1], self.factor, "TemporalUnet")
@@ -154,10 +158,13 @@ class ConditionedTemporalUnet(nn.Module):
     """The temporal U-Net seeing clean start (and goal) states in x_t, as Diffuser trains and samples in mazes."""
 
     def __init__(self, transition_dim: int, action_dim: int, dim: int = 32, dim_mults: Sequence[int] = (1, 4, 8),
-                 kernel: int = 5):
+                 kernel: int = 5, z_channels: int = 0):
         super().__init__()
-        self.unet, self.action_dim = TemporalUnet(transition_dim, dim, dim_mults, kernel), action_dim
-        self.factor = self.unet.factor
+        self.unet, self.action_dim = TemporalUnet(transition_dim, dim, dim_mults, kernel, z_channels), action_dim
+        self.factor, self.z_channels, self.channel_axis = self.unet.factor, z_channels, -1
 
     def forward(self, x, t, cond=None):
-        return self.unet(x if cond is None else apply_conditioning(x, cond, self.action_dim), t)
+        if cond is not None:  # the start (and goal) states go into the transitions, not into a DDGAN latent
+            D = self.unet.transition_dim
+            x = torch.cat([apply_conditioning(x[..., :D], cond, self.action_dim), x[..., D:]], -1)
+        return self.unet(x, t)
