@@ -37,6 +37,38 @@ from samplers import sliced_w2  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def method_of(ld) -> str:
+    """How a few-step model was made: progressive | consistency (a distilled student) | ddgan (trained as a GAN)."""
+    return "ddgan" if ld.recipe.gan is not None else ld.recipe.distill.method
+
+
+def step_counts(ld) -> list[int]:
+    """The step counts a few-step model is scored at: a consistency student at 1, 2 and 4 (and its own), the others at
+    their own (a progressive student has one grid, a DDGAN its own chain)."""
+    own = ld.recipe.sample.steps
+    return sorted({own, 1, 2, 4}) if method_of(ld) == "consistency" else [own]
+
+
+def _run_seconds(run_dir: Path) -> float:
+    """Training wall clock of one run folder: its last logged step / steps per second (one uninterrupted start)."""
+    recs = [json.loads(line) for line in (run_dir / "logs" / "train.jsonl").read_text().splitlines() if line.strip()]
+    last = [r for r in recs if r.get("steps_per_s")][-1]
+    return last["step"] / last["steps_per_s"]
+
+
+def training_seconds(run_dir: Path) -> float:
+    """What a few-step model cost to train, not counting its teacher: the run, plus for a progressive student every
+    earlier stage (the stages with more steps, under <root>/stages)."""
+    from diffsuite.recipes import run
+    run_dir = Path(run_dir)
+    root = run_dir.parent.parent if run_dir.parent.name == "stages" else run_dir
+    r = run.load(run_dir).recipe
+    if r.distill is None or r.distill.method != "progressive":
+        return _run_seconds(run_dir)
+    stages = [root, *sorted((root / "stages").glob("*"))]
+    return sum(_run_seconds(d) for d in stages if int(run.load(d).recipe.distill.steps) >= r.distill.steps)
+
+
 def toy_rows(teacher: Path, students: list[Path], n: int, seeds: list[int]) -> list[dict]:
     from diffsuite.recipes import run
     from diffsuite.recipes.toy2d import make_points
@@ -67,11 +99,13 @@ def toy_rows(teacher: Path, students: list[Path], n: int, seeds: list[int]) -> l
     for s in students:
         st = run.load(s)
         smp = st.recipe.sample
-        # a progressive student has one grid; a consistency student samples in any number of steps (1, 2, 4 here)
-        for k in ([smp.steps] if st.recipe.distill.method == "progressive" else sorted({smp.steps, 1, 2, 4})):
-            rows.append({"model": f"student ({st.recipe.distill.method}) {s}", "sampler": smp.sampler, "steps": k,
-                         "spacing": smp.spacing,
+        for k in step_counts(st):
+            rows.append({"model": f"{method_of(st)} {s}", "sampler": smp.sampler, "steps": k, "spacing": smp.spacing,
+                         "training_seconds": training_seconds(s),
                          **dict(zip(("sw2", "seconds_per_sample"), sw(st, smp.sampler, k, smp.spacing)))})
+    for r in rows:  # the teacher's rows: what the teacher cost to train
+        if r["model"] == "teacher":
+            r["training_seconds"] = _run_seconds(Path(teacher))
     floor = sliced_w2(make_points(d.kind, n, d.noise, 2_000).double(), ref, theta)
     rows.append({"model": "floor: two draws of the data", "sampler": "-", "steps": 0, "spacing": "-", "sw2": floor,
                  "seconds_per_sample": 0.0})
@@ -103,9 +137,9 @@ def image_rows(teacher: Path, students: list[Path], n: int, seeds: list[int], wi
         rows += [row("teacher", t, "ddim", k, "uniform") for k in (1, 2, 4)]  # the students' grid
     for s in students:
         st = run.load(s)
-        smp = st.recipe.sample
-        for k in ([smp.steps] if st.recipe.distill.method == "progressive" else sorted({smp.steps, 1, 2, 4})):
-            rows.append(row(f"student ({st.recipe.distill.method}) {s}", st, smp.sampler, k))
+        for k in step_counts(st):
+            rows.append({**row(f"{method_of(st)} {s}", st, st.recipe.sample.sampler, k),
+                         "training_seconds": training_seconds(s)})
     if not with_teacher:
         return rows
     d = t.recipe.data
@@ -245,9 +279,10 @@ def main(argv=None) -> int:
         print(f"written {a.out}")
         return 0
     rows = toy_rows(a.teacher, a.students, a.n, a.seeds)
-    print(f"{'model':58s} {'sampler':9s} {'steps':>5s} {'SW2':>8s} {'ms/sample':>10s}")
+    print(f"{'model':58s} {'sampler':11s} {'steps':>5s} {'SW2':>8s} {'ms/sample':>10s} {'train s':>8s}")
     for r in rows:
-        print(f"{r['model'][:58]:58s} {r['sampler']:9s} {r['steps']:5d} {r['sw2']:8.4f} {1e3 * r['seconds_per_sample']:10.4f}")
+        print(f"{r['model'][:58]:58s} {r['sampler']:11s} {r['steps']:5d} {r['sw2']:8.4f} "
+              f"{1e3 * r['seconds_per_sample']:10.4f} {r.get('training_seconds', float('nan')):8.0f}")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"teacher": str(a.teacher), "n": a.n, "seeds": a.seeds, "rows": rows,
                                  "threads": torch.get_num_threads()}, indent=2) + "\n")
