@@ -153,6 +153,97 @@ def image_rows(teacher: Path, students: list[Path], n: int, seeds: list[int], wi
     return rows
 
 
+def music_rows(teacher: Path, students: list[Path], n: int, seeds: list[int], with_teacher: bool = True) -> list[dict]:
+    """Mean overlapping area (Yang & Lerch's OA, against held-out windows) and chord accuracy (against the chords of
+    those windows, the conditions), mean and sd over seeds of n windows, as benchmarks/music.py measures them: the
+    teacher at its own sampler and guidance, and at DDIM / DPM-Solver++(2M) with 4 steps (same w); each student at its
+    own sampler with w = 0 (a student distilled from a guided teacher has learnt its w)."""
+    import numpy as np
+    from music import generate, windows
+    from diffsuite.modalities.music import chords, metrics
+    from diffsuite.recipes import run
+    t = run.load(teacher)
+    d = t.recipe.data
+    test, _ = windows(d, "test", n, 0)
+    conds = np.stack([chords.extract(r, d.pitch_lo, d.steps_per_beat) for r in test])
+
+    def row(model, ld, sampler, steps, w, spacing=None):
+        ld.recipe.sample.spacing = spacing if spacing else ld.recipe.sample.spacing
+        oa, acc, secs = [], [], []
+        for s in seeds:
+            t0 = time.perf_counter()
+            rolls, _ = generate(ld, conds, w, steps, s * 10_000, sampler)
+            secs.append((time.perf_counter() - t0) / len(rolls))
+            oa.append(metrics.compare_sets(list(rolls), list(test), d.pitch_lo)["mean_OA"])
+            acc.append(float(np.nanmean([chords.accuracy(r, c, d.pitch_lo, d.steps_per_beat)
+                                         for r, c in zip(rolls, conds)])))
+        return {"model": model, "sampler": sampler, "steps": steps, "guidance": w, "spacing": ld.recipe.sample.spacing,
+                "mean_OA": float(np.mean(oa)), "mean_OA_sd": float(np.std(oa)), "chord_accuracy": float(np.mean(acc)),
+                "chord_accuracy_sd": float(np.std(acc)), "seconds_per_sample": float(np.mean(secs))}
+
+    rows = []
+    if with_teacher:
+        s, w = t.recipe.sample, t.recipe.sample.guidance
+        rows = [row("teacher", t, s.sampler, s.steps, w), row("teacher", t, "ddim", 4, w, "uniform"),
+                row("teacher", t, "dpmpp_2m", 4, w, "linspace")]
+        for r in rows:
+            r["training_seconds"] = _run_seconds(Path(teacher))
+    for p in students:
+        st = run.load(p)
+        for k in step_counts(st):
+            rows.append({**row(f"{method_of(st)} {p}", st, st.recipe.sample.sampler, k, 0.0),
+                         "training_seconds": training_seconds(p)})
+    return rows
+
+
+def print_music(rows: list[dict]) -> None:
+    print(f"{'model':44s} {'sampler':12s} {'steps':>5s} {'w':>4s} {'mean OA':>14s} {'chord acc':>14s} {'ms/roll':>8s}")
+    for r in rows:
+        print(f"{r['model'][:44]:44s} {r['sampler']:12s} {r['steps']:5d} {r['guidance']:4.1f} {r['mean_OA']:6.3f} ± "
+              f"{r['mean_OA_sd']:5.3f} {r['chord_accuracy']:6.3f} ± {r['chord_accuracy_sd']:5.3f} "
+              f"{1e3 * r['seconds_per_sample']:8.1f}")
+
+
+def audio_speed(presets: list[str], seconds: float, threads: int, repeats: int) -> dict:
+    """Real-time factor (synthesis seconds / audio seconds, < 1: faster than real time) of a DiffWave network with
+    random weights, per preset, for the schedules a user would run: the teacher's 50-step DDPM and DiffWave's 6-step
+    fast schedule, a student's 1 / 2 / 4 steps (DDIM on the uniform grid costs what a consistency step costs: one network
+    evaluation), and a DDGAN generator's 4 steps (one more input channel); rounds in alternating order, best of
+    `repeats`, fp32 on `threads` threads."""
+    from diffsuite.core.denoiser import Denoiser
+    from diffsuite.core.schedules import make_schedule
+    from diffsuite.modalities.audio.diffwave import PRESETS, build_diffwave
+    from diffsuite.modalities.audio.task import synthesize
+    torch.set_num_threads(threads)
+    rows = []
+    for name in presets:
+        p = PRESETS[name]
+        frames = int(seconds * 22050) // 256
+        audio_s = frames * 256 / 22050
+        mel = torch.rand(1, 80, frames, generator=torch.Generator().manual_seed(0))
+        sch = make_schedule("linear", p["T"], beta_start=p["beta_start"], beta_end=p["beta_end"])
+        torch.manual_seed(0)
+        teacher = Denoiser(build_diffwave(name).eval(), sch)
+        gan = Denoiser(build_diffwave(name, T=4, z_channels=1).eval(), make_schedule("vp_sde", 4, beta_start=0.1,
+                                                                                     beta_end=20.0), "x0")
+        runs = {"teacher, DDPM 50 steps": (teacher, "ddpm", None), "teacher, 6-step fast schedule": (teacher, "fast", 6),
+                **{f"{k}-step student (DDIM / consistency)": (teacher, "ddim", k) for k in (1, 2, 4)},
+                "DDGAN, 4 steps": (gan, "ddgan", 4)}
+        best = {k: float("inf") for k in runs}
+        with torch.inference_mode():
+            for k, (den, smp, n) in runs.items():  # warm-up
+                synthesize(den, frames * 256, mel, smp, n, torch.Generator().manual_seed(0), p["fast_betas"])
+            for rep in range(repeats):
+                for k in (list(runs) if rep % 2 == 0 else list(reversed(runs))):
+                    den, smp, n = runs[k]
+                    t0 = time.perf_counter()
+                    synthesize(den, frames * 256, mel, smp, n, torch.Generator().manual_seed(0), p["fast_betas"],
+                               spacing="uniform" if smp == "ddim" else None)
+                    best[k] = min(best[k], time.perf_counter() - t0)
+        rows += [{"preset": name, "schedule": k, "seconds": t, "rtf": t / audio_s} for k, t in best.items()]
+    return {"audio_seconds": seconds, "threads": threads, "repeats": repeats, "rows": rows}
+
+
 def print_image(rows: list[dict]) -> None:
     print(f"{'model':52s} {'sampler':13s} {'steps':>5s} {'w':>4s} {'digits-FID':>16s} {'acc':>6s} {'ms/sample':>10s}")
     for r in rows:
@@ -251,12 +342,36 @@ def main(argv=None) -> int:
     i.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewstep_image.json")
     i.add_argument("--students-only", action="store_true",
                    help="score only the students and replace their rows in an existing --out (the teacher's stay)")
+    m = sub.add_parser("music")
+    m.add_argument("--teacher", type=Path, required=True)
+    m.add_argument("--students", type=Path, nargs="+", required=True)
+    m.add_argument("--n", type=int, default=200)
+    m.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    m.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewstep_music.json")
+    m.add_argument("--students-only", action="store_true",
+                   help="score only the students and replace their rows in an existing --out (the teacher's stay)")
+    sp = sub.add_parser("audio-speed")
+    sp.add_argument("--presets", nargs="+", default=["tiny", "base"])
+    sp.add_argument("--seconds", type=float, default=5.0)
+    sp.add_argument("--threads", type=int, default=2)
+    sp.add_argument("--repeats", type=int, default=3)
+    sp.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewstep_audio_speed.json")
     e = sub.add_parser("exact")
     e.add_argument("--repeats", type=int, default=30)
     e.add_argument("--n", type=int, default=10_000)
     e.add_argument("--steps", type=int, nargs=3, default=[3000, 2000, 6000], metavar=("FIT", "PD_STAGE", "CD"))
     e.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewstep_exact.json")
     a = p.parse_args(argv)
+    if a.what == "audio-speed":
+        res = audio_speed(a.presets, a.seconds, a.threads, a.repeats)
+        import platform
+        res["cpu"], res["capability"] = platform.processor() or platform.machine(), torch.backends.cpu.get_cpu_capability()
+        for r in res["rows"]:
+            print(f"{r['preset']:6s} {r['schedule']:40s} {r['seconds']:8.3f} s  RTF {r['rtf']:.3f}")
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(res, indent=2) + "\n")
+        print(f"written {a.out}")
+        return 0
     if a.what == "exact":
         torch.set_num_threads(1)
         res = exact_rows(a.repeats, a.n, tuple(a.steps))
@@ -267,12 +382,13 @@ def main(argv=None) -> int:
         a.out.write_text(json.dumps(res, indent=2) + "\n")
         print(f"written {a.out}")
         return 0
-    if a.what == "image":
-        rows = image_rows(a.teacher, a.students, a.n, a.seeds, with_teacher=not a.students_only)
+    if a.what in ("image", "music"):
+        rows_fn, print_fn = (image_rows, print_image) if a.what == "image" else (music_rows, print_music)
+        rows = rows_fn(a.teacher, a.students, a.n, a.seeds, with_teacher=not a.students_only)
         if a.students_only:
             names = {r["model"] for r in rows}
             rows = [r for r in json.loads(a.out.read_text())["rows"] if r["model"] not in names] + rows
-        print_image(rows)
+        print_fn(rows)
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps({"teacher": str(a.teacher), "n": a.n, "seeds": a.seeds, "rows": rows,
                                      "threads": torch.get_num_threads()}, indent=2) + "\n")
