@@ -209,3 +209,44 @@ def test_every_task_trains_a_ddgan_that_every_command_samples(task, command, tmp
     assert cli.main(["sample", str(out), "--out", str(tmp_path / "s")]) == 0
     info = __import__("json").loads((tmp_path / "s" / "sample.json").read_text())
     assert (info["sampler"], info["steps"]) == ("ddgan", 2)
+
+
+DDGAN_DDP_SCRIPT = """
+import hashlib, json, sys, torch
+from diffsuite.core.config import TrainerConfig
+from diffsuite.core.ddgan import DenoisingDiffusionGAN, MLPDiscriminator
+from diffsuite.core.denoiser import Denoiser
+from diffsuite.core.schedules import make_schedule
+from diffsuite.core.trainer import Trainer
+from diffsuite.recipes.toy2d import MLPDenoiser, make_points
+torch.manual_seed(0)
+sch = make_schedule("vp_sde", 2, beta_start=0.1, beta_end=20.0)
+G, D = Denoiser(MLPDenoiser(2, 16, 2, 8, z_channels=2), sch, "x0"), MLPDiscriminator(2, 16, 2, 8)
+cfg = TrainerConfig(steps=4, batch_size=16, lr=1e-3, warmup_steps=0, log_every=1, progress=False, tensorboard=False,
+                    mixed_precision="no", seed=0)
+tr = Trainer(G, torch.utils.data.TensorDataset(make_points("moons", 256, 0.05, 0)), cfg, sys.argv[1],
+             DenoisingDiffusionGAN(D, 0.1, 1e-3))
+tr.train()
+dig = lambda m: hashlib.sha256(b"".join(v.detach().numpy().tobytes() for v in m.state_dict().values())).hexdigest()
+print("RESULT", json.dumps({"rank": tr.acc.process_index, "G": dig(tr.net), "D": dig(D)}), flush=True)
+"""
+
+
+def test_a_two_process_ddgan_keeps_both_networks_in_sync(tmp_path):
+    """Under `accelerate launch` (2 processes, gloo) each rank sees other data: DDP averages the generator's gradients,
+    the objective averages the discriminator's, so both stay identical on every rank."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "ddgan_ddp.py"
+    script.write_text(DDGAN_DDP_SCRIPT)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--main_process_ip", "127.0.0.1", "--main_process_port", "29531", "--mixed_precision", "no",
+           "--dynamo_backend", "no", str(script), str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    import json
+    recs = [json.loads(line.split("RESULT ", 1)[1]) for line in res.stdout.splitlines() if line.startswith("RESULT ")]
+    assert sorted(r["rank"] for r in recs) == [0, 1]
+    assert recs[0]["G"] == recs[1]["G"] and recs[0]["D"] == recs[1]["D"]
