@@ -216,3 +216,8 @@ def test_bad_command_lines_are_caught(parser):
     assert cli_error(parser, ["sample", "runs/t", "train.steps=3"])  # sample takes no overrides
     assert cli_error(parser, ["no-such-command"])
     assert cli_error(parser, ["train", "--help"]) is None
+
+
+def test_the_new_modality_guide_is_under_100_lines():
+    """README and docs/core.md promise a whole modality (toy2d) in under 100 lines."""
+    assert len((ROOT / "recipes" / "toy2d.py").read_text().splitlines()) < 100
