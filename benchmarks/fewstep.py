@@ -196,12 +196,25 @@ def music_rows(teacher: Path, students: list[Path], n: int, seeds: list[int], wi
     return rows
 
 
-def print_music(rows: list[dict]) -> None:
-    print(f"{'model':44s} {'sampler':12s} {'steps':>5s} {'w':>4s} {'mean OA':>14s} {'chord acc':>14s} {'ms/roll':>8s}")
+def _pm(r, k):
+    return f"{r[k]:6.3f} ± {r[k + '_sd']:5.3f}"
+
+
+def print_table(rows: list[dict], metrics: list[tuple[str, callable]]) -> None:
+    """model, sampler, steps, w, then `metrics` (header, row -> text), milliseconds per sample and training seconds."""
+    cols = [("model", lambda r: r["model"][:48]), ("sampler", lambda r: r["sampler"]), ("steps", lambda r: r["steps"]),
+            ("w", lambda r: f"{r.get('guidance', 0.0):.1f}"), *metrics,
+            ("ms/sample", lambda r: f"{1e3 * r['seconds_per_sample']:.3f}"),
+            ("train s", lambda r: f"{r.get('training_seconds', float('nan')):.0f}")]
+    print("  ".join(f"{h:>13s}" if i else f"{h:48s}" for i, (h, _) in enumerate(cols)))
     for r in rows:
-        print(f"{r['model'][:44]:44s} {r['sampler']:12s} {r['steps']:5d} {r['guidance']:4.1f} {r['mean_OA']:6.3f} ± "
-              f"{r['mean_OA_sd']:5.3f} {r['chord_accuracy']:6.3f} ± {r['chord_accuracy_sd']:5.3f} "
-              f"{1e3 * r['seconds_per_sample']:8.1f}")
+        print("  ".join(f"{str(f(r)):>13s}" if i else f"{str(f(r)):48s}" for i, (_, f) in enumerate(cols)))
+
+
+MUSIC_COLUMNS = [("mean OA", lambda r: _pm(r, "mean_OA")), ("chord acc", lambda r: _pm(r, "chord_accuracy"))]
+IMAGE_COLUMNS = [("digits-FID", lambda r: f"{r['digits_fid']:.1f} ± {r['digits_fid_sd']:.1f}"),
+                 ("acc", lambda r: f"{r['conditional_accuracy']:.3f}")]
+TOY_COLUMNS = [("SW2", lambda r: f"{r['sw2']:.4f}")]
 
 
 def audio_speed(presets: list[str], seconds: float, threads: int, repeats: int) -> dict:
@@ -242,14 +255,6 @@ def audio_speed(presets: list[str], seconds: float, threads: int, repeats: int) 
                     best[k] = min(best[k], time.perf_counter() - t0)
         rows += [{"preset": name, "schedule": k, "seconds": t, "rtf": t / audio_s} for k, t in best.items()]
     return {"audio_seconds": seconds, "threads": threads, "repeats": repeats, "rows": rows}
-
-
-def print_image(rows: list[dict]) -> None:
-    print(f"{'model':52s} {'sampler':13s} {'steps':>5s} {'w':>4s} {'digits-FID':>16s} {'acc':>6s} {'ms/sample':>10s}")
-    for r in rows:
-        print(f"{r['model'][:52]:52s} {r['sampler']:13s} {r['steps']:5d} {r['guidance']:4.1f} "
-              f"{r['digits_fid']:8.1f} ± {r['digits_fid_sd']:5.1f} {r['conditional_accuracy']:6.3f} "
-              f"{1e3 * r['seconds_per_sample']:10.3f}")
 
 
 def _train(den, loss, steps: int, out: Path, lr: float, data: torch.Tensor, seed: int = 0):
@@ -328,28 +333,16 @@ def exact_rows(repeats: int, n: int, steps: tuple[int, int, int], seed: int = 30
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
-    t = sub.add_parser("toy")
-    t.add_argument("--teacher", type=Path, required=True)
-    t.add_argument("--students", type=Path, nargs="+", required=True)
-    t.add_argument("--n", type=int, default=4000)
-    t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    t.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewstep_toy.json")
-    i = sub.add_parser("image")
-    i.add_argument("--teacher", type=Path, required=True)
-    i.add_argument("--students", type=Path, nargs="+", required=True)
-    i.add_argument("--n", type=int, default=1000)
-    i.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    i.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewstep_image.json")
-    i.add_argument("--students-only", action="store_true",
-                   help="score only the students and replace their rows in an existing --out (the teacher's stay)")
-    m = sub.add_parser("music")
-    m.add_argument("--teacher", type=Path, required=True)
-    m.add_argument("--students", type=Path, nargs="+", required=True)
-    m.add_argument("--n", type=int, default=200)
-    m.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    m.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewstep_music.json")
-    m.add_argument("--students-only", action="store_true",
-                   help="score only the students and replace their rows in an existing --out (the teacher's stay)")
+    for what, n, students_only in (("toy", 4000, False), ("image", 1000, True), ("music", 200, True)):
+        c = sub.add_parser(what)
+        c.add_argument("--teacher", type=Path, required=True)
+        c.add_argument("--students", type=Path, nargs="+", required=True)
+        c.add_argument("--n", type=int, default=n)
+        c.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        c.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / f"fewstep_{what}.json")
+        if students_only:
+            c.add_argument("--students-only", action="store_true",
+                           help="score only the students and replace their rows in an existing --out (the teacher's stay)")
     sp = sub.add_parser("audio-speed")
     sp.add_argument("--presets", nargs="+", default=["tiny", "base"])
     sp.add_argument("--seconds", type=float, default=5.0)
@@ -383,22 +376,19 @@ def main(argv=None) -> int:
         print(f"written {a.out}")
         return 0
     if a.what in ("image", "music"):
-        rows_fn, print_fn = (image_rows, print_image) if a.what == "image" else (music_rows, print_music)
+        rows_fn, columns = (image_rows, IMAGE_COLUMNS) if a.what == "image" else (music_rows, MUSIC_COLUMNS)
         rows = rows_fn(a.teacher, a.students, a.n, a.seeds, with_teacher=not a.students_only)
         if a.students_only:
             names = {r["model"] for r in rows}
             rows = [r for r in json.loads(a.out.read_text())["rows"] if r["model"] not in names] + rows
-        print_fn(rows)
+        print_table(rows, columns)
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps({"teacher": str(a.teacher), "n": a.n, "seeds": a.seeds, "rows": rows,
                                      "threads": torch.get_num_threads()}, indent=2) + "\n")
         print(f"written {a.out}")
         return 0
     rows = toy_rows(a.teacher, a.students, a.n, a.seeds)
-    print(f"{'model':58s} {'sampler':11s} {'steps':>5s} {'SW2':>8s} {'ms/sample':>10s} {'train s':>8s}")
-    for r in rows:
-        print(f"{r['model'][:58]:58s} {r['sampler']:11s} {r['steps']:5d} {r['sw2']:8.4f} "
-              f"{1e3 * r['seconds_per_sample']:10.4f} {r.get('training_seconds', float('nan')):8.0f}")
+    print_table(rows, TOY_COLUMNS)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"teacher": str(a.teacher), "n": a.n, "seeds": a.seeds, "rows": rows,
                                  "threads": torch.get_num_threads()}, indent=2) + "\n")
