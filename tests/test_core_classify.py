@@ -1,0 +1,87 @@
+"""The zero-shot diffusion classifier (core.classify): shared (t, eps) pairs, adaptive rounds, the ranking against the
+known posterior of a Gaussian toy, the budget, and the calibration error."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffsuite.core.analytic import ExactGMMNet, GaussianMixture
+from diffsuite.core.classify import Ranking, classify, default_rounds, expected_calibration_error, stratified_t
+from diffsuite.core.denoiser import Denoiser
+from diffsuite.core.schedules import make_schedule
+
+SCH = make_schedule("linear", 100, beta_start=1e-3, beta_end=0.2)
+MEANS = [[-1.0, 0.0], [1.0, 0.3], [0.0, 1.5]]
+COVS = [[0.4, 0.3], [0.3, 0.5], [0.5, 0.2]]
+
+
+def _classes():
+    """Three classes, each a Gaussian; the class-conditional exact denoiser and the Bayes posterior p(c | x)."""
+    comps = {c: GaussianMixture([MEANS[c]], [COVS[c]]) for c in range(3)}
+    mix = GaussianMixture(MEANS, COVS)
+    den = Denoiser(ExactGMMNet(mix, SCH, cond_gmms=comps), SCH)
+    return den, mix
+
+
+class _Blind(torch.nn.Module):
+    """A conditional network that ignores its condition: every candidate must get the very same error."""
+
+    def forward(self, x, t, cond=None):
+        return torch.tanh(x) * 0.5
+
+
+def test_every_candidate_is_scored_on_the_same_pairs():
+    den = Denoiser(_Blind(), SCH)
+    r = classify(den, torch.randn(6, 2), torch.arange(4), rounds=[(5, None)], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(r.errors, r.errors[:, :1].expand_as(r.errors))
+    assert torch.equal(r.trials, torch.full((6, 4), 5)) and torch.equal(r.nfe, torch.full((6,), 20))
+
+
+def test_rounds_eliminate_candidates_and_count_evaluations():
+    den, mix = _classes()
+    x = mix.sample(8, torch.Generator().manual_seed(1)).float()
+    r = classify(den, x, torch.arange(3), rounds=[(4, 1), (6, None)], generator=torch.Generator().manual_seed(0))
+    assert torch.equal((r.trials == 10).sum(1), torch.ones(8, dtype=torch.long))  # one survivor per input
+    assert torch.equal(r.nfe, torch.full((8,), 3 * 4 + 6))
+    assert bool(torch.isinf(r.errors).sum(1).eq(2).all())
+    assert r.probabilities().sum(1).allclose(torch.ones(8))
+
+
+@pytest.mark.parametrize("K, budget", [(10, 20), (10, 5), (3, 7), (2, 1), (1, 4)])
+def test_default_rounds_keep_to_the_budget(K, budget):
+    rounds = default_rounds(K, budget)
+    spent, alive = 0, K
+    for n, keep in rounds:
+        spent += n * alive
+        alive = keep or alive
+    assert spent <= budget * K and spent >= 0.8 * budget * K - K
+
+
+def test_stratified_t_has_one_timestep_per_stratum():
+    t = stratified_t(10, 100, 3, torch.Generator().manual_seed(0))
+    assert torch.equal((t // 10).long(), torch.arange(10)[:, None].expand(10, 3))
+
+
+def test_the_ranking_follows_the_known_posterior():
+    """Inputs drawn from the three classes: the diffusion classifier's top-1 agrees with the Bayes classifier on the
+    inputs the posterior is sure about (p >= 0.9), and its accuracy is within 0.06 of the Bayes accuracy."""
+    den, mix = _classes()
+    x, y = mix.sample(300, torch.Generator().manual_seed(2), return_labels=True)
+    post = torch.stack([GaussianMixture([MEANS[c]], [COVS[c]]).log_prob(x) for c in range(3)], 1).softmax(1)
+    r = classify(den, x.float(), torch.arange(3), budget=60, generator=torch.Generator().manual_seed(0))
+    sure = post.max(1).values >= 0.9
+    agree = (r.top1[sure] == post.argmax(1)[sure]).float().mean()
+    bayes = (post.argmax(1) == y).float().mean()
+    ours = (r.top1 == y).float().mean()
+    assert agree >= 0.97, float(agree)
+    assert ours >= bayes - 0.06, (float(ours), float(bayes))
+
+
+def test_expected_calibration_error():
+    labels = torch.tensor([0, 1, 0, 1])
+    assert expected_calibration_error(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]), labels) == 0
+    # always 0.9 sure of class 0, right half of the time: |0.5 - 0.9| = 0.4
+    p = torch.tensor([[0.9, 0.1]] * 4)
+    assert math.isclose(expected_calibration_error(p, labels), 0.4, abs_tol=1e-6)
