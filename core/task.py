@@ -39,6 +39,12 @@ class Task:
         (core.ddgan; `gan` is the recipe's GanConfig). A task that supports DDGAN recipes overrides this."""
         raise ConfigError(f"task {self.name!r} has no discriminator: it cannot train a denoising diffusion GAN (gan:)")
 
+    def classification_inputs(self, recipe: Any, source: str) -> tuple:
+        """What `diffsuite classify` scores (core.classify): (x (B, ...), true labels (B,) or None, candidate
+        conditions (K, ...), candidate names), from `source`, a split name ('train', 'val', 'test') or a file. A task
+        whose model is conditional overrides this; the default refuses with a ConfigError."""
+        raise ConfigError(f"task {self.name!r} does not support classify: its model has no conditions to rank")
+
     def build_dataset(self, data: Any, split: str = "train") -> torch.utils.data.Dataset:
         """A map-style dataset of x0 tensors or {"x0", "cond"} dicts; split is 'train', 'val' or 'test'."""
         raise NotImplementedError

@@ -21,7 +21,7 @@ from . import run
 from .registry import MODALITY_CLIS, TASKS
 
 #: the commands that only sample: each takes --precision auto|fp32|bf16 (core.precision's rule)
-SAMPLING_COMMANDS = ("sample", "vocode", "compose", "plan", "eval", "image-inpaint", "image-path")
+SAMPLING_COMMANDS = ("sample", "vocode", "compose", "plan", "eval", "image-inpaint", "image-path", "classify")
 
 
 #: what a user can cause and fix (exit status 2, one line; --debug shows the traceback); anything else is a bug
@@ -186,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="replace an earlier tour in --out")
     tr.set_defaults(func=cmd_tour)
 
-    from . import distill
+    from . import classify, distill
     distill.add_commands(sub)
+    classify.add_commands(sub)
 
     i = sub.add_parser("info", help="what to paste into a bug report: versions, device, precision, cache, extras")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")

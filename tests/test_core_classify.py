@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -85,3 +87,34 @@ def test_expected_calibration_error():
     # always 0.9 sure of class 0, right half of the time: |0.5 - 0.9| = 0.4
     p = torch.tensor([[0.9, 0.1]] * 4)
     assert math.isclose(expected_calibration_error(p, labels), 0.4, abs_tol=1e-6)
+
+
+def test_the_classify_command_on_a_split_a_file_and_bad_input(tmp_path, monkeypatch, capsys):
+    import json
+    from PIL import Image
+    from diffsuite.recipes import cli, run
+    from tiny import recipe
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    out = run.train(recipe("image", tmp_path, steps=2), out_dir=tmp_path / "run")
+    assert cli.main(["classify", str(out), "--input", "test", "--n", "6", "--budget", "2", "--out",
+                     str(tmp_path / "c")]) == 0
+    res = json.loads((tmp_path / "c" / "classify.json").read_text())
+    assert res["n"] == 6 and 0 <= res["accuracy"] <= 1 and len(res["confusion"]) == 10
+    assert sum(map(sum, res["confusion"])) == 6 and (tmp_path / "c" / "confusion.png").is_file()
+    assert res["nfe_per_candidate"] <= 2
+    img = tmp_path / "seven.png"
+    Image.fromarray((np.random.default_rng(0).random((16, 16)) * 255).astype("uint8")).save(img)
+    assert cli.main(["classify", str(out), "--input", str(img), "--budget", "2", "--out", str(tmp_path / "f")]) == 0
+    ranking = json.loads((tmp_path / "f" / "classify.json").read_text())["ranking"]
+    assert sorted(r["candidate"] for r in ranking) == [str(i) for i in range(10)]
+    assert abs(sum(r["probability"] for r in ranking) - 1) < 1e-5
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    capsys.readouterr()
+    assert cli.main(["classify", str(out), "--input", str(bad)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("diffsuite: error:")]
+    assert len(errors) == 1 and "bad.png" in errors[0] and "Traceback" not in err
+    toy = run.train(recipe("toy2d", tmp_path, steps=2), out_dir=tmp_path / "toy")
+    assert cli.main(["classify", str(toy), "--input", "test"]) == 2
+    assert "does not support classify" in capsys.readouterr().err

@@ -44,9 +44,9 @@ def load_mask(path: str | Path, size: int) -> torch.Tensor:
     return torch.from_numpy((arr[..., 0] >= 128).astype(np.float32))[None, None]
 
 
-def load_known(path: str | Path, size: int, channels: int) -> torch.Tensor:
-    """The image to inpaint, as (1, C, S, S) in [-1, 1]."""
-    return to_model(_read(path, size, channels, "--inpaint")[None].copy())  # copy: PIL arrays are read-only
+def load_known(path: str | Path, size: int, channels: int, what: str = "--inpaint") -> torch.Tensor:
+    """The image to inpaint (or classify), as (1, C, S, S) in [-1, 1]."""
+    return to_model(_read(path, size, channels, what)[None].copy())  # copy: PIL arrays are read-only
 
 
 def inpaint_hook(schedule, mask: torch.Tensor, known: torch.Tensor) -> Inpaint:

@@ -107,6 +107,23 @@ class ImageTask(Task):
         spec = unet_spec(model)
         return ConvDiscriminator(2, spec.in_channels, gan.d_width, gan.d_levels, num_classes=spec.num_classes)
 
+    def classification_inputs(self, recipe, source: str):
+        """Images of a split (with their labels) or one image file, and the model's classes as the candidates."""
+        spec = unet_spec(recipe.model)
+        if not spec.num_classes:
+            raise ConfigError("classify needs a class-conditional image model (model.num_classes); this one has none")
+        d = recipe.data
+        if source in ("train", "val", "test"):
+            ds = self.build_dataset(replace(d, hflip=False), source)
+            if ds.labels is None:
+                raise ConfigError(f"classify --input {source}: the {source} split has no labels")
+            x, labels, names = ds.x, ds.labels, ds.classes
+        else:
+            from .edit import load_known
+            x, labels, names = load_known(source, d.image_size, d.channels, "--input"), None, []
+        names = names or [str(i) for i in range(spec.num_classes)]
+        return x, labels, torch.arange(spec.num_classes), names
+
     def build_dataset(self, data: DataConfig, split: str = "train") -> torch.utils.data.Dataset:
         if data.source == "digits":
             if data.channels != 1:
