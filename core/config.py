@@ -171,6 +171,7 @@ class SampleConfig:
     guidance: float = 0.0
     seed: int = valid(0, min=0)
     lambda_min: Optional[float] = None  # DPM-Solver++ only: start where log(alpha/sigma) >= lambda_min
+    steps_per_level: int = valid(100, min=1)  # annealed Langevin only: Langevin steps at each noise level
 
 
 @dataclass

@@ -354,6 +354,72 @@ def consistency(denoiser, x, steps: int = 1, *, cond=None, generator=None, hooks
     return x
 
 
+def _score(denoiser, x_ve, t: float, ab: float, cond):
+    """The score of the data noised to level t, in the variance-exploding state x_ve = x_t / sqrt(alpha_bar_t):
+    grad log p_sigma(x_ve) = -eps_theta(x_t, t) / sigma_t (Song & Ermon 2019's s_theta(x, sigma) through the eps
+    parameterisation; Vincent 2011)."""
+    pred = _call(denoiser, x_ve * math.sqrt(ab), t, cond)
+    return -pred.eps / math.sqrt((1 - ab) / ab), pred
+
+
+def langevin_step(x_ve, score, step: float, generator):
+    """x <- x + (step / 2) score + sqrt(step) z, z ~ N(0, I) (Song & Ermon 2019, eq. 2)."""
+    return x_ve + 0.5 * step * score + math.sqrt(step) * randn(x_ve.shape, generator, x_ve.device, x_ve.dtype)
+
+
+def langevin(denoiser, x, steps: int = 1000, *, cond=None, generator=None, hooks: Sequence = (), level: int = 0,
+             step_size: float = 0.01, progress: bool = False):
+    """Plain Langevin dynamics with the score at one noise level (Song & Ermon 2019, Sec. 2.2, eq. 2): `steps` steps of
+    size `step_size` at the schedule's step `level` (default 0, the least noise), from x_T read as the state at the
+    largest noise level (x_T / sqrt(alpha_bar_{T-1})). Returns the last state in the data's (VE) scale."""
+    sch = denoiser.schedule
+    t, ab = float(level), sch.alpha_bar_scalar(level)
+    x_ve = _hooks(hooks, "start", x, float(sch.T - 1), generator) / math.sqrt(sch.alpha_bar_scalar(sch.T - 1))
+    for _ in tqdm(range(steps), disable=not progress, desc="langevin"):
+        x_ve = _hooks(hooks, "before_step", x_ve * math.sqrt(ab), t, cond) / math.sqrt(ab)
+        x_ve = langevin_step(x_ve, _score(denoiser, x_ve, t, ab, cond)[0], step_size, generator)
+    return _hooks(hooks, "after_step", x_ve, -1.0, generator)
+
+
+def ncsn_step_ratio(steps_per_level: int, gamma: float) -> float:
+    """eps / sigma_L^2 by Song & Ermon (2020, NCSNv2, Technique 4): the ratio r that brings the variance the Langevin
+    chain reaches after T steps at a level, relative to sigma_i^2, closest to 1:
+    (1 - r)^(2T) (gamma^2 - 2 / (2 - r)) + 2 / (2 - r), with gamma = sigma_{i-1} / sigma_i (a log grid search)."""
+    rs = np.logspace(-5, np.log10(0.5), 2000)
+    f = (1 - rs) ** (2 * steps_per_level) * (gamma**2 - 2 / (2 - rs)) + 2 / (2 - rs)
+    return float(rs[np.argmin(np.abs(f - 1))])
+
+
+def annealed_langevin(denoiser, x, steps: int | None = None, *, cond=None, generator=None, hooks: Sequence = (),
+                      steps_per_level: int = 100, eps: float | None = None, spacing: str = "linspace",
+                      denoise: bool = True, timesteps=None, progress: bool = False):
+    """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) over `steps` noise levels of the schedule (all T by
+    default), largest first: at level i, `steps_per_level` Langevin steps of size alpha_i = eps sigma_i^2 / sigma_L^2
+    (sigma_L the last, smallest level; eps default: NCSNv2's Technique 4, `ncsn_step_ratio`). denoise: end
+    with Tweedie's x + sigma_L^2 score (the last step of Song & Ermon 2020's NCSNv2), which removes the sigma_L noise.
+    Network evaluations: steps x steps_per_level (+ 1 when denoising)."""
+    sch = denoiser.schedule
+    if timesteps is None:
+        timesteps = _timesteps(sch, steps or sch.T, spacing)
+    ts = [float(t) for t in timesteps]
+    abs_ = [sch.alpha_bar_scalar(t) for t in ts]
+    sig2 = [(1 - a) / a for a in abs_]
+    if eps is None:
+        gamma = math.sqrt(sig2[0] / sig2[-1]) ** (1 / max(1, len(ts) - 1))  # the mean ratio of adjacent sigmas
+        eps = ncsn_step_ratio(steps_per_level, gamma) * sig2[-1]
+    x_ve = _hooks(hooks, "start", x, ts[0], generator) / math.sqrt(abs_[0])
+    for i in tqdm(range(len(ts)), disable=not progress, desc="annealed langevin"):
+        alpha = eps * sig2[i] / sig2[-1]
+        x_ve = _hooks(hooks, "before_step", x_ve * math.sqrt(abs_[i]), ts[i], cond) / math.sqrt(abs_[i])
+        for _ in range(steps_per_level):
+            x_ve = langevin_step(x_ve, _score(denoiser, x_ve, ts[i], abs_[i], cond)[0], alpha, generator)
+        if i < len(ts) - 1:
+            x_ve = _hooks(hooks, "after_step", x_ve * math.sqrt(abs_[i + 1]), ts[i + 1], generator) / math.sqrt(abs_[i + 1])
+    if denoise:
+        x_ve = x_ve + sig2[-1] * _score(denoiser, x_ve, ts[-1], abs_[-1], cond)[0]
+    return _hooks(hooks, "after_step", x_ve, -1.0, generator)
+
+
 def ddgan(denoiser, x, steps: int | None = None, *, cond=None, generator=None, hooks: Sequence = (),
           spacing: str = "linspace", timesteps=None, alpha_bars=None, progress: bool = False):
     """Denoising diffusion GAN sampling (Xiao et al. 2022, Sec. 3): at each step a fresh latent z ~ N(0, I),
@@ -374,12 +440,14 @@ def ddgan(denoiser, x, steps: int | None = None, *, cond=None, generator=None, h
     return x
 
 
-SAMPLERS: dict[str, Callable] = {"ddgan": ddgan, "ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "dpmpp_2m_sde": dpmpp_2m_sde,
+SAMPLERS: dict[str, Callable] = {"ddgan": ddgan, "langevin": langevin, "annealed_langevin": annealed_langevin, "ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "dpmpp_2m_sde": dpmpp_2m_sde,
                                   "euler": euler, "heun": heun, "consistency": consistency}
 
 
-def nfe(sampler: str, steps: int) -> int:
-    """Network evaluations a sampler spends for `steps` steps."""
+def nfe(sampler: str, steps: int, steps_per_level: int = 100, denoise: bool = True) -> int:
+    """Network evaluations a sampler spends for `steps` steps (annealed Langevin: steps levels x steps_per_level)."""
+    if sampler == "annealed_langevin":
+        return steps * steps_per_level + int(denoise)
     return 2 * steps - 1 if sampler == "heun" else steps
 
 

@@ -60,7 +60,21 @@ def vp_sde_betas(T: int = 4, beta_start: float = 0.1, beta_end: float = 20.0) ->
     return (1 - torch.exp(log_ab[1:] - log_ab[:-1])).clamp(max=0.999)
 
 
+def geometric_betas(T: int = 10, beta_start: float = 0.01, beta_end: float = 10.0) -> torch.Tensor:
+    """NCSN's noise levels (Song & Ermon 2019, Sec. 4.2): sigma_1 > ... > sigma_L a geometric sequence, here from
+    sigma_min = beta_start (t = 0) to sigma_max = beta_end (t = T - 1), as the VP schedule with the same VE sigmas:
+    alpha_bar_t = 1 / (1 + sigma_t^2), beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}."""
+    if not 0 < beta_start < beta_end:
+        raise ValueError(f"geometric schedule: need 0 < sigma_min (beta_start) < sigma_max (beta_end), got "
+                         f"{beta_start}, {beta_end}")
+    sigma = torch.logspace(math.log10(beta_start), math.log10(beta_end), T, dtype=torch.float64) if T > 1 else \
+        torch.tensor([beta_end], dtype=torch.float64)
+    ab = 1 / (1 + sigma**2)
+    return 1 - ab / torch.cat([ab.new_ones(1), ab[:-1]])
+
+
 BETA_BUILDERS: dict[str, Callable[..., torch.Tensor]] = {
+    "geometric": geometric_betas,
     "linear": linear_betas,
     "vp_sde": vp_sde_betas,
     "scaled_linear": scaled_linear_betas,

@@ -267,7 +267,10 @@ def sampler_options(s, sampler: str, eta: Optional[float] = None) -> dict:
         opts["variance"] = s.variance
     if sampler in ("dpmpp_2m", "dpmpp_2m_sde") and s.lambda_min is not None:
         opts["lambda_min"] = s.lambda_min
-    if s.spacing and sampler in ("ddim", "dpmpp_2m", "dpmpp_2m_sde", "ddpm", "repaint", "consistency", "ddgan"):
+    if sampler == "annealed_langevin":
+        opts["steps_per_level"] = s.steps_per_level
+    if s.spacing and sampler in ("ddim", "dpmpp_2m", "dpmpp_2m_sde", "ddpm", "repaint", "consistency", "ddgan",
+                                  "annealed_langevin"):
         opts["spacing"] = s.spacing
     return opts
 
