@@ -22,21 +22,23 @@ NORMS = ("l2", "l1")
 
 @dataclass
 class Ranking:
-    """Per input (B): the candidates' mean errors (B, K; inf where a candidate was eliminated before the last round),
-    how many (t, eps) pairs each candidate was scored on (B, K), and the network evaluations spent (B,)."""
+    """Per input (B): each candidate's mean error over the (t, eps) pairs it was scored on (B, K), which candidates
+    lasted to the last round (B, K), how many pairs each got (B, K), and the network evaluations spent (B,)."""
 
     errors: torch.Tensor
+    alive: torch.Tensor
     trials: torch.Tensor
     nfe: torch.Tensor
     rounds: list = field(default_factory=list)
 
     @property
     def top1(self) -> torch.Tensor:
-        """The index of the best candidate per input (B,)."""
-        return self.errors.argmin(dim=1)
+        """The best candidate of the last round per input (B,)."""
+        return torch.where(self.alive, self.errors, torch.full_like(self.errors, math.inf)).argmin(dim=1)
 
     def probabilities(self, temperature: float = 1.0) -> torch.Tensor:
-        """p(c | x) = softmax(-error / temperature) over the candidates (eliminated ones get 0)."""
+        """p(c | x) = softmax(-error / temperature) over the candidates (an eliminated candidate with the error of the
+        pairs it was scored on)."""
         return torch.softmax(-self.errors / temperature, dim=1)
 
 
@@ -97,8 +99,7 @@ def classify(denoiser, x: torch.Tensor, candidates: torch.Tensor, *, budget: flo
             mean = torch.where(alive, total / trials.clamp(min=1), torch.full_like(total, math.inf))
             best = mean.topk(keep, dim=1, largest=False).indices
             alive = torch.zeros_like(alive).scatter_(1, best, True)
-    errors = torch.where(alive, total / trials.clamp(min=1), torch.full_like(total, math.inf))
-    return Ranking(errors.float(), trials, trials.sum(1), rounds)
+    return Ranking((total / trials.clamp(min=1)).float(), alive, trials, trials.sum(1), rounds)
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> float:

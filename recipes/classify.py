@@ -79,7 +79,7 @@ def run_classify(loaded, source: str, budget: float, norm: str = "l2", seed: int
         pred = r.top1
         res["accuracy"] = float((pred == labels).float().mean())
         res["ece"] = expected_calibration_error(r.probabilities(), labels)
-        res["ece_cross_fitted"], res["temperatures"] = cross_fitted_ece(r.errors.clamp(max=1e6), labels, seed)
+        res["ece_cross_fitted"], res["temperatures"] = cross_fitted_ece(r.errors, labels, seed)
         conf = np.zeros((len(names), len(names)), dtype=np.int64)
         np.add.at(conf, (labels.numpy(), pred.numpy()), 1)
         res["confusion"] = conf.tolist()
@@ -94,8 +94,9 @@ def cmd_classify(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if labels is None:
         p = r.probabilities()[0]
-        order = torch.argsort(r.errors[0])
-        res["ranking"] = [{"candidate": names[i], "error": float(r.errors[0, i]), "probability": float(p[i])}
+        order = torch.argsort(torch.where(r.alive[0], r.errors[0], r.errors[0] + 1e30))  # the last round's first
+        res["ranking"] = [{"candidate": names[i], "error": float(r.errors[0, i]), "probability": float(p[i]),
+                           "last_round": bool(r.alive[0, i])}
                           for i in order.tolist()]
         for k, row in enumerate(res["ranking"][:10]):
             print(f"{k + 1:3d}. {row['candidate']:>12s}  error {row['error']:.5f}  p {row['probability']:.3f}")

@@ -47,7 +47,8 @@ def test_rounds_eliminate_candidates_and_count_evaluations():
     r = classify(den, x, torch.arange(3), rounds=[(4, 1), (6, None)], generator=torch.Generator().manual_seed(0))
     assert torch.equal((r.trials == 10).sum(1), torch.ones(8, dtype=torch.long))  # one survivor per input
     assert torch.equal(r.nfe, torch.full((8,), 3 * 4 + 6))
-    assert bool(torch.isinf(r.errors).sum(1).eq(2).all())
+    assert torch.equal(r.alive.sum(1), torch.ones(8, dtype=torch.long)) and torch.isfinite(r.errors).all()
+    assert torch.equal(r.top1, torch.where(r.alive, r.errors, torch.full_like(r.errors, math.inf)).argmin(1))
     assert r.probabilities().sum(1).allclose(torch.ones(8))
 
 
