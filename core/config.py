@@ -172,6 +172,9 @@ class SampleConfig:
     seed: int = valid(0, min=0)
     lambda_min: Optional[float] = None  # DPM-Solver++ only: start where log(alpha/sigma) >= lambda_min
     steps_per_level: int = valid(100, min=1)  # annealed Langevin only: Langevin steps at each noise level
+    predictor: str = valid("ddpm", choices=_samplers)  # pc only: the predictor (any other sampler)
+    corrector_steps: int = valid(1, min=0)  # pc only: Langevin corrector steps after each predictor step
+    snr: Optional[float] = valid(0.16, above=0)  # pc only: the corrector's signal-to-noise ratio (None: automatic)
 
 
 @dataclass

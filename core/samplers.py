@@ -420,6 +420,62 @@ def annealed_langevin(denoiser, x, steps: int | None = None, *, cond=None, gener
     return _hooks(hooks, "after_step", x_ve, -1.0, generator)
 
 
+class LangevinCorrector(SamplerHook):
+    """The corrector of predictor-corrector sampling (Song et al. 2021, Algorithms 4-5, VP form), after each predictor
+    step at the new time t: `steps` times z ~ N(0, I), g = s_theta(x, t) = -eps_theta(x, t) / sqrt(1 - alpha_bar_t),
+    e = 2 alpha_t (r ||z|| / ||g||)^2 (the norms averaged over the batch, as the authors' code does: a sample's own
+    ||g|| vanishes near a mode; alpha_t = alpha_bar_t / alpha_bar_{t-1}), x <- x + e g +
+    sqrt(2 e) z. snr r: a number, or None for `auto_snr` at each step. Made fresh per sampling call by `pc`; it keeps
+    the last step's time and condition between before_step and after_step."""
+
+    def __init__(self, denoiser, steps: int = 1, snr: float | None = 0.16):
+        self.denoiser, self.steps, self.snr = denoiser, steps, snr
+        self._t, self._cond = None, None
+
+    def before_step(self, x, t, cond):
+        self._t, self._cond = float(t), cond
+        return x
+
+    def after_step(self, x, t_next, generator):
+        t = float(t_next)
+        if t < 0 or self.steps == 0:
+            return x
+        sch = self.denoiser.schedule
+        ab = sch.alpha_bar_scalar(t)
+        alpha = ab / sch.alpha_bar_scalar(t - 1)
+        r = self.snr if self.snr is not None else auto_snr(self.steps, sch, self._t, t)
+        for _ in range(self.steps):
+            z = randn(x.shape, generator, x.device, x.dtype)
+            g = -_call(self.denoiser, x, t, self._cond).eps / math.sqrt(1 - ab)
+            ratio = z.reshape(len(z), -1).norm(dim=1).mean() / g.reshape(len(g), -1).norm(dim=1).mean().clamp(min=1e-12)
+            e = 2 * alpha * (r * ratio) ** 2
+            x = x + e * g + (2 * e).sqrt() * z
+        return x
+
+
+def auto_snr(steps: int, schedule, t_from: float, t_to: float) -> float:
+    """The corrector's snr r from NCSNv2's Technique 4 (`ncsn_step_ratio`): `steps` Langevin steps should bring the
+    variance from the predictor's previous level (sigma_from^2) to the new one, gamma = sigma_from / sigma_to (VE sigmas).
+    A Langevin step of size 2e relative to the level's variance (1 - alpha_bar) is that ratio; with ||g|| ~ ||z|| /
+    sqrt(1 - alpha_bar), e = 2 alpha r^2 (1 - alpha_bar), so r = sqrt(ratio / (4 alpha))."""
+    s_from, s_to = (math.sqrt((1 - a) / a) for a in (schedule.alpha_bar_scalar(t_from), schedule.alpha_bar_scalar(t_to)))
+    alpha = schedule.alpha_bar_scalar(t_to) / schedule.alpha_bar_scalar(t_to - 1)
+    return math.sqrt(ncsn_step_ratio(steps, max(s_from / s_to, 1.0 + 1e-6)) / (4 * alpha))
+
+
+def pc(denoiser, x, steps: int = 20, *, predictor: str = "ddpm", corrector_steps: int = 1, snr: float | None = 0.16,
+       cond=None, generator=None, hooks: Sequence = (), progress: bool = False, **options):
+    """Predictor-corrector sampling (Song et al. 2021, Algorithms 2-3): each step of any core sampler (the predictor,
+    with its `options`) is followed by `corrector_steps` Langevin corrector steps at the new time (the corrector after
+    the predictor, as in the paper); snr None chooses it per step (`auto_snr`). Network evaluations: the predictor's
+    plus corrector_steps per step but the last."""
+    if predictor == "pc":
+        raise SamplerOptionError("pc: the predictor must be another sampler")
+    corrector = LangevinCorrector(denoiser, corrector_steps, snr)
+    return get_sampler(predictor)(denoiser, x, steps, cond=cond, generator=generator, hooks=[corrector, *hooks],
+                                  progress=progress, **options)
+
+
 def ddgan(denoiser, x, steps: int | None = None, *, cond=None, generator=None, hooks: Sequence = (),
           spacing: str = "linspace", timesteps=None, alpha_bars=None, progress: bool = False):
     """Denoising diffusion GAN sampling (Xiao et al. 2022, Sec. 3): at each step a fresh latent z ~ N(0, I),
@@ -440,14 +496,18 @@ def ddgan(denoiser, x, steps: int | None = None, *, cond=None, generator=None, h
     return x
 
 
-SAMPLERS: dict[str, Callable] = {"ddgan": ddgan, "langevin": langevin, "annealed_langevin": annealed_langevin, "ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "dpmpp_2m_sde": dpmpp_2m_sde,
+SAMPLERS: dict[str, Callable] = {"ddgan": ddgan, "pc": pc, "langevin": langevin, "annealed_langevin": annealed_langevin, "ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "dpmpp_2m_sde": dpmpp_2m_sde,
                                   "euler": euler, "heun": heun, "consistency": consistency}
 
 
-def nfe(sampler: str, steps: int, steps_per_level: int = 100, denoise: bool = True) -> int:
-    """Network evaluations a sampler spends for `steps` steps (annealed Langevin: steps levels x steps_per_level)."""
+def nfe(sampler: str, steps: int, steps_per_level: int = 100, denoise: bool = True, predictor: str = "ddpm",
+        corrector_steps: int = 1, **_) -> int:
+    """Network evaluations a sampler spends for `steps` steps (annealed Langevin: levels x steps per level (+ 1);
+    predictor-corrector: the predictor's plus the corrector's at every step but the last)."""
     if sampler == "annealed_langevin":
         return steps * steps_per_level + int(denoise)
+    if sampler == "pc":
+        return nfe(predictor, steps) + corrector_steps * (steps - 1)
     return 2 * steps - 1 if sampler == "heun" else steps
 
 

@@ -260,6 +260,11 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
 
 def sampler_options(s, sampler: str, eta: Optional[float] = None) -> dict:
     """The keyword options of core sampler `sampler` taken from a recipe's sample section (eta overridable)."""
+    if sampler == "pc":  # predictor-corrector: the corrector's settings and the predictor's own options
+        if s.predictor == "pc":
+            raise ConfigError("sample.predictor: the predictor of pc must be another sampler")
+        return {"predictor": s.predictor, "corrector_steps": s.corrector_steps, "snr": s.snr,
+                **sampler_options(s, s.predictor, eta)}
     opts = {}
     if sampler in ("ddim", "repaint"):
         opts["eta"] = s.eta if eta is None else eta
