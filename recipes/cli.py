@@ -210,15 +210,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def override_error(args, extra) -> str | None:
+    """Why the leftover command-line words `extra` are not valid for the parsed command, or None: key=value overrides
+    go to commands with recipes (train, distill, ...); a sampling command takes `sample.*` ones (the checkpoint's
+    sampler settings for this run, e.g. sample.snr=null)."""
+    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+    if len(overrides) != len(extra):
+        return "unrecognized arguments: " + " ".join(e for e in extra if e not in overrides)
+    if not overrides or hasattr(args, "overrides"):
+        return None
+    if args.command in SAMPLING_COMMANDS and all(o.startswith("sample.") for o in overrides):
+        return None
+    return (f"the {args.command!r} command takes no key=value overrides: {' '.join(overrides)}"
+            + (" (sampling commands take sample.* ones)" if args.command in SAMPLING_COMMANDS else ""))
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
-    if len(overrides) != len(extra) or (overrides and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(e for e in extra if e not in overrides) or ' '.join(extra)}")
-    if overrides:
+    problem = override_error(args, extra)
+    if problem:
+        parser.error(problem)
+    overrides = list(extra)
+    sample_overrides = []
+    if overrides and hasattr(args, "overrides"):
         args.overrides = list(args.overrides) + overrides
-    args.load = functools.partial(run.load, precision=getattr(args, "precision", "fp32"))
+    elif overrides:  # a sampling command: sample.* settings of the checkpoint's recipe, for this run only
+        sample_overrides = overrides
+    args.load = functools.partial(run.load, precision=getattr(args, "precision", "fp32"),
+                                  sample_overrides=sample_overrides)
     try:
         return args.func(args) or 0
     except USER_ERRORS as e:

@@ -226,11 +226,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu", precision: str = "fp32",
-         task: Optional[str] = None, command: str = "this command") -> Loaded:
+         task: Optional[str] = None, command: str = "this command", sample_overrides: Sequence[str] = ()) -> Loaded:
     """Load a checkpoint without its recipe: the config saved beside the weights rebuilds the model.
 
     precision: auto | fp32 | bf16, the network's autocast at sampling time (core.precision's rule; the sampling
-    commands default to auto and print the choice). task: the task the command needs (another is a ConfigError)."""
+    commands default to auto and print the choice). task: the task the command needs (another is a ConfigError).
+    sample_overrides: `sample.key=value` settings applied to the loaded recipe's sample section (checked)."""
     if precision not in SAMPLING_PRECISIONS:
         raise ConfigError(f"--precision {precision!r}: valid values are {list(SAMPLING_PRECISIONS)}")
     ckpt = resolve_checkpoint(path)
@@ -242,7 +243,10 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
                               f"(first: {bad[0]}): this checkpoint is from a diverged run; use an earlier one")
     if task is not None and config.get("task") != task:
         raise ConfigError(f"{command} needs a {task} checkpoint, but {path} is a {config.get('task')!r} checkpoint")
-    r = load_recipe(config)
+    bad = [o for o in sample_overrides if not o.startswith("sample.")]
+    if bad:
+        raise ConfigError(f"{command}: only sample.* settings can be changed when loading a checkpoint, got {bad}")
+    r = load_recipe(config, sample_overrides)
     task = get_task(r.task)
     net = task.build_net(r.model, r.diffusion)
     try:

@@ -46,3 +46,21 @@ def test_auto_snr_and_evaluation_count():
     assert 0 < r10 < r1  # more corrector steps: smaller steps
     assert nfe("pc", 10, predictor="ddpm", corrector_steps=2) == 10 + 2 * 9
     assert nfe("pc", 10, predictor="heun", corrector_steps=1) == 19 + 9
+
+
+def test_sampling_commands_take_sample_settings(tmp_path, capsys):
+    """`diffsuite sample RUN sample.key=value`: the checkpoint's sampler settings for this run (checked); other
+    sections are refused."""
+    import json
+    from diffsuite.recipes import cli, run
+    from tiny import recipe
+    out = run.train(recipe("toy2d", tmp_path, steps=2), out_dir=tmp_path / "run")
+    assert cli.main(["sample", str(out), "--sampler", "pc", "sample.snr=null", "sample.corrector_steps=2",
+                     "--out", str(tmp_path / "s")]) == 0
+    assert json.loads((tmp_path / "s" / "sample.json").read_text())["sampler"] == "pc"
+    capsys.readouterr()
+    assert cli.main(["sample", str(out), "sample.snr=-1", "--out", str(tmp_path / "s2")]) == 2
+    assert "sample.snr" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["sample", str(out), "train.lr=1", "--out", str(tmp_path / "s3")])
+    assert "sampling commands take sample.* ones" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from diffsuite.recipes import cli
 from diffsuite.recipes.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,12 +82,7 @@ def cli_error(parser, argv: list[str]) -> str | None:
             return None
         lines = err.getvalue().strip().splitlines()
         return lines[-1] if lines else f"argparse exited with {e.code}"
-    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
-    if len(overrides) != len(extra):
-        return "unrecognized arguments: " + " ".join(e for e in extra if e not in overrides)
-    if overrides and not hasattr(args, "overrides"):
-        return f"the {args.command!r} command takes no key=value overrides: {' '.join(overrides)}"
-    return None
+    return cli.override_error(args, extra)
 
 
 def test_the_documents_exist():
