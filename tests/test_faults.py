@@ -332,7 +332,7 @@ def test_resume_auto_says_what_it_does(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------ 8-9. validation
 
 @pytest.mark.parametrize("override, message", [
-    ("sample.sampler=ddimm", "sample.sampler: unknown value 'ddimm'; valid: ['consistency', 'ddgan', 'ddim'"),
+    ("sample.sampler=ddimm", "sample.sampler: unknown value 'ddimm'; valid: ['annealed_langevin', 'consistency', 'ddgan', 'ddim'"),
     ("train.steps=0", "train.steps: 0 is too small; expected >= 1"),
     ("train.steps=-5", "train.steps: -5 is too small"),
     ("train.grad_accum=0", "train.grad_accum: 0 is too small"),
