@@ -1,7 +1,10 @@
-"""Few-step students against their teacher (so far: progressive and consistency distillation on toy2d).
+"""Few-step models against their teacher: distilled students (progressive, consistency) and denoising diffusion GANs,
+each at its own sampler, with the seconds each took to train.
 
-    python benchmarks/fewstep.py toy --teacher runs/toy_teacher --students runs/toy_pd runs/toy_cd [--n 4000 --seeds 0 1 2]
+    python benchmarks/fewstep.py toy --teacher runs/toy_teacher --students runs/toy_pd runs/toy_cd runs/toy_ddgan2
     python benchmarks/fewstep.py image --teacher runs/digits --students runs/digits_pd4 runs/digits_cd [--n 1000]
+    python benchmarks/fewstep.py music --teacher runs/bach --students runs/bach_pd4 [--n 100 --seeds 0 1]
+    python benchmarks/fewstep.py audio-speed [--presets tiny base --seconds 1 --threads 2]
     python benchmarks/fewstep.py exact [--repeats 30 --n 10000]
 
 exact: the exact Gaussian-mixture teacher (2-D, as in benchmarks/samplers.py), so the only error is the student's
@@ -10,16 +13,20 @@ exact: the exact Gaussian-mixture teacher (2-D, as in benchmarks/samplers.py), s
 
 image: digits-FID (features of the digits classifier, against the test split; not Inception) and conditional accuracy,
 mean and sd over 3 seeds of 1000 samples, for the teacher (DDIM 50 steps, its recipe's sampler, DDIM 1 / 2 / 4 steps,
-at its recipe's guidance) and each student (its own sampler, a consistency student at 1, 2 and 4 steps); the floor is
+at its recipe's guidance) and each model (its own sampler, a consistency student at 1, 2 and 4 steps); the floor is
 1000 real training images against the same test split. Writes benchmarks/results/fewstep_image.json.
 
+music: mean overlapping area and chord accuracy against held-out chorale windows (see music_rows).
+
+audio-speed: real-time factors of DiffWave networks per schedule, side by side (see audio_speed). Audio quality is
+benchmarks/audio.py quality (its --samplers take consistency:2, ddgan:4, ...); trajectory models are scored by
+benchmarks/trajectory.py.
+
 toy: SW2 (sliced Wasserstein-2, 256 random projections) between 4000 samples and a fresh draw of the two-moons data,
-for the teacher with DDIM at 2, N and 100 steps (the 'uniform' grid at N, diffusers' linspace at 100) and
-DPM-Solver++(2M) at 2 steps, and for each student with its own sampler (a consistency student also at 1, 2 and 4
-steps); the floor is two independent draws of the
-data. Means over --seeds (sampling seeds; the data draw and the projections are fixed). Writes
-benchmarks/results/fewstep_toy.json. The per-modality tables (images, audio, trajectory, music) and DDGAN are not
-built yet.
+for the teacher with DDIM at 1, 2, 4, N and 100 steps (the 'uniform' grid, diffusers' linspace at 100) and
+DPM-Solver++(2M) at 2 steps, and for each model with its own sampler (a consistency student also at 1, 2 and 4
+steps); the floor is two independent draws of the data. Means over --seeds (sampling seeds; the data draw and the
+projections are fixed). Writes benchmarks/results/fewstep_toy.json.
 """
 from __future__ import annotations
 
