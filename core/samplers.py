@@ -129,8 +129,21 @@ def _grid(schedule, timesteps, alpha_bars=None):
     return torch.cat([ts, ts.new_tensor([-1.0])]), torch.cat([ab, ab.new_ones(1)])
 
 
-def _call(denoiser, x, t, cond):
-    return denoiser(x, torch.full((x.shape[0],), float(t), device=x.device), cond)
+def _call(denoiser, x, t, cond, **kw):
+    return denoiser(x, torch.full((x.shape[0],), float(t), device=x.device), cond, **kw)
+
+
+def _walk(denoiser, x, timesteps, alpha_bars, step, *, cond, generator, hooks, progress, desc):
+    """The loop of the grid samplers: for each step i of the grid (t_i, alpha_bar_i), followed by the clean end point,
+    the hooks around `step(i, x, ts, ab) -> x_{t_{i+1}}`; `step` evaluates the denoiser itself."""
+    ts, abs_ = _grid(denoiser.schedule, timesteps, alpha_bars)
+    ab = abs_.tolist()
+    x = _hooks(hooks, "start", x, ts[0], generator)
+    for i in tqdm(range(len(ts) - 1), disable=not progress, desc=desc):
+        x = _hooks(hooks, "before_step", x, ts[i], cond)
+        x = step(i, x, ts, ab)
+        x = _hooks(hooks, "after_step", x, ts[i + 1], generator)
+    return x
 
 
 def ddpm_step(pred, x, ab_t, ab_prev, variance, generator, last):
@@ -159,18 +172,13 @@ def ddpm(denoiser, x, steps: int | None = None, *, cond=None, generator=None, ho
          variance: str = "beta_tilde", spacing: str = "linspace", timesteps=None, alpha_bars=None,
          progress: bool = False):
     """DDPM ancestral sampling over all T steps or a respaced subset (Ho et al. 2020, Algorithm 2)."""
-    T = denoiser.schedule.T
     if timesteps is None:
-        timesteps = _timesteps(denoiser.schedule, steps or T, spacing)
-    ts, abs_ = _grid(denoiser.schedule, timesteps, alpha_bars)
-    ab = abs_.tolist()
-    x = _hooks(hooks, "start", x, ts[0], generator)
-    for i in tqdm(range(len(ts) - 1), disable=not progress, desc="ddpm"):
-        x = _hooks(hooks, "before_step", x, ts[i], cond)
-        pred = _call(denoiser, x, ts[i], cond)
-        x = ddpm_step(pred, x, ab[i], ab[i + 1], variance, generator, last=i == len(ts) - 2)
-        x = _hooks(hooks, "after_step", x, ts[i + 1], generator)
-    return x
+        timesteps = _timesteps(denoiser.schedule, steps or denoiser.schedule.T, spacing)
+
+    def step(i, x, ts, ab):
+        return ddpm_step(_call(denoiser, x, ts[i], cond), x, ab[i], ab[i + 1], variance, generator, i == len(ts) - 2)
+    return _walk(denoiser, x, timesteps, alpha_bars, step, cond=cond, generator=generator, hooks=hooks,
+                 progress=progress, desc="ddpm")
 
 
 def ddim_step(pred, x, ab_t, ab_prev, eta, generator):
@@ -189,15 +197,11 @@ def ddim(denoiser, x, steps: int = 50, *, cond=None, generator=None, hooks: Sequ
         raise SamplerOptionError(f"ddim: eta must be in [0, 1], got {eta}")
     if timesteps is None:
         timesteps = _timesteps(denoiser.schedule, steps, spacing)
-    ts, abs_ = _grid(denoiser.schedule, timesteps, alpha_bars)
-    ab = abs_.tolist()
-    x = _hooks(hooks, "start", x, ts[0], generator)
-    for i in tqdm(range(len(ts) - 1), disable=not progress, desc="ddim"):
-        x = _hooks(hooks, "before_step", x, ts[i], cond)
-        pred = _call(denoiser, x, ts[i], cond)
-        x = ddim_step(pred, x, ab[i], ab[i + 1], eta, generator)
-        x = _hooks(hooks, "after_step", x, ts[i + 1], generator)
-    return x
+
+    def step(i, x, ts, ab):
+        return ddim_step(_call(denoiser, x, ts[i], cond), x, ab[i], ab[i + 1], eta, generator)
+    return _walk(denoiser, x, timesteps, alpha_bars, step, cond=cond, generator=generator, hooks=hooks,
+                 progress=progress, desc="ddim")
 
 
 def dpmpp_2m(denoiser, x, steps: int = 20, *, cond=None, generator=None, hooks: Sequence = (),
@@ -342,16 +346,14 @@ def consistency(denoiser, x, steps: int = 1, *, cond=None, generator=None, hooks
     consistency function f (core.distill.ConsistencyFunction); one step is one network evaluation."""
     if timesteps is None:
         timesteps = _timesteps(denoiser.schedule, steps, spacing)
-    ts, abs_ = _grid(denoiser.schedule, timesteps, alpha_bars)
-    ab = abs_.tolist()
-    x = _hooks(hooks, "start", x, ts[0], generator)
-    for i in tqdm(range(len(ts) - 1), disable=not progress, desc="consistency"):
-        x = _hooks(hooks, "before_step", x, ts[i], cond)
+
+    def step(i, x, ts, ab):
         x0 = _call(denoiser, x, ts[i], cond).x0
-        x = x0 if i == len(ts) - 2 else (math.sqrt(ab[i + 1]) * x0
-                                         + math.sqrt(1 - ab[i + 1]) * randn(x.shape, generator, x.device, x.dtype))
-        x = _hooks(hooks, "after_step", x, ts[i + 1], generator)
-    return x
+        if i == len(ts) - 2:
+            return x0
+        return math.sqrt(ab[i + 1]) * x0 + math.sqrt(1 - ab[i + 1]) * randn(x.shape, generator, x.device, x.dtype)
+    return _walk(denoiser, x, timesteps, alpha_bars, step, cond=cond, generator=generator, hooks=hooks,
+                 progress=progress, desc="consistency")
 
 
 def _score(denoiser, x_ve, t: float, ab: float, cond):
@@ -484,20 +486,19 @@ def ddgan(denoiser, x, steps: int | None = None, *, cond=None, generator=None, h
     from .ddgan import latent_shape
     if timesteps is None:
         timesteps = _timesteps(denoiser.schedule, steps or denoiser.schedule.T, spacing)
-    ts, abs_ = _grid(denoiser.schedule, timesteps, alpha_bars)
-    ab, z_shape = abs_.tolist(), latent_shape(denoiser, x.shape)
-    x = _hooks(hooks, "start", x, ts[0], generator)
-    for i in tqdm(range(len(ts) - 1), disable=not progress, desc="ddgan"):
-        x = _hooks(hooks, "before_step", x, ts[i], cond)
+    z_shape = latent_shape(denoiser, x.shape)
+
+    def step(i, x, ts, ab):
         z = {"z": randn(z_shape, generator, x.device, x.dtype)} if z_shape else {}
-        pred = denoiser(x, torch.full((x.shape[0],), float(ts[i]), device=x.device), cond, **z)
-        x = ddpm_step(pred, x, ab[i], ab[i + 1], "beta_tilde", generator, last=i == len(ts) - 2)
-        x = _hooks(hooks, "after_step", x, ts[i + 1], generator)
-    return x
+        pred = _call(denoiser, x, ts[i], cond, **z)
+        return ddpm_step(pred, x, ab[i], ab[i + 1], "beta_tilde", generator, i == len(ts) - 2)
+    return _walk(denoiser, x, timesteps, alpha_bars, step, cond=cond, generator=generator, hooks=hooks,
+                 progress=progress, desc="ddgan")
 
 
-SAMPLERS: dict[str, Callable] = {"ddgan": ddgan, "pc": pc, "langevin": langevin, "annealed_langevin": annealed_langevin, "ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "dpmpp_2m_sde": dpmpp_2m_sde,
-                                  "euler": euler, "heun": heun, "consistency": consistency}
+SAMPLERS: dict[str, Callable] = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "dpmpp_2m_sde": dpmpp_2m_sde,
+                                  "euler": euler, "heun": heun, "consistency": consistency, "ddgan": ddgan, "pc": pc,
+                                  "langevin": langevin, "annealed_langevin": annealed_langevin}
 
 
 def nfe(sampler: str, steps: int, steps_per_level: int = 100, denoise: bool = True, predictor: str = "ddpm",
