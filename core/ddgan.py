@@ -16,14 +16,12 @@ for the trainer to step on; the discriminator and its optimiser state are saved 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import flatten_optimizer_state, unflatten_optimizer_state
-from .utils import append_dims, randn
+from .utils import append_dims, randn, sinusoidal_features
 
 
 def latent_shape(denoiser, x_shape) -> tuple | None:
@@ -130,14 +128,6 @@ class DenoisingDiffusionGAN:
         return F.softplus(-self.D(x_fake, x_t, t, cond).float()), t
 
 
-def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal features of (fractional) timesteps (Vaswani et al. 2017; Ho et al. 2020's time embedding)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    a = t.float()[:, None] * freqs[None]
-    return torch.cat([a.sin(), a.cos()], dim=1)
-
-
 class MLPDiscriminator(nn.Module):
     """D(x_{t-1}, x_t, t) for vectors (B, D): an MLP on [x_{t-1}, x_t, time features] with LeakyReLU (Xiao et al. 2022's
     toy discriminator, a time-conditional MLP)."""
@@ -151,7 +141,7 @@ class MLPDiscriminator(nn.Module):
         self.mlp = nn.Sequential(*blocks, nn.Linear(hidden, 1))
 
     def forward(self, x_prev, x_t, t, cond=None):
-        return self.mlp(torch.cat([x_prev, x_t, timestep_features(t, self.t_dim).to(x_t.dtype)], 1)).squeeze(1)
+        return self.mlp(torch.cat([x_prev, x_t, sinusoidal_features(t, self.t_dim).to(x_t.dtype)], 1)).squeeze(1)
 
 
 class ConvDiscriminator(nn.Module):
@@ -183,7 +173,7 @@ class ConvDiscriminator(nn.Module):
         x = torch.cat([x_prev, x_t], dim=self.channel_axis)
         if self.channel_axis != 1:
             x = x.movedim(self.channel_axis, 1)
-        e = self.t_mlp(timestep_features(t, self.t_dim).to(x.dtype))
+        e = self.t_mlp(sinusoidal_features(t, self.t_dim).to(x.dtype))
         h = self.inp(x)
         for temb, block in zip(self.temb, self.blocks):
             h = block(h + append_dims(temb(e), h.ndim))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import tempfile
@@ -29,6 +30,15 @@ def append_dims(a: torch.Tensor, ndim: int) -> torch.Tensor:
     if a.ndim > ndim:
         raise ValueError(f"append_dims: tensor has {a.ndim} dims, more than the target {ndim}")
     return a.reshape(*a.shape, *([1] * (ndim - a.ndim)))
+
+
+def sinusoidal_features(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """[sin(t w_k), cos(t w_k)], w_k = 10000^(-k / (dim / 2)): the time embedding of Ho et al. (2020) (Vaswani et al.
+    2017's positions) for (fractional) timesteps t (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    a = t.float()[:, None] * freqs[None]
+    return torch.cat([a.sin(), a.cos()], dim=1)
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from torch import nn
 from diffsuite.core.config import valid
 from diffsuite.core.ddgan import MLPDiscriminator
 from diffsuite.core.task import Task
+from diffsuite.core.utils import sinusoidal_features
 
 
 @dataclass
@@ -44,10 +45,7 @@ class MLPDenoiser(nn.Module):
         self.mlp = nn.Sequential(*blocks, nn.Linear(hidden, dim))
 
     def forward(self, x, t, cond=None):
-        half = self.t_dim // 2
-        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=x.device) / half)
-        emb = t.float()[:, None] * freqs[None]
-        return self.mlp(torch.cat([x, emb.sin(), emb.cos()], dim=1))
+        return self.mlp(torch.cat([x, sinusoidal_features(t, self.t_dim).to(x.dtype)], dim=1))
 
 
 def make_points(kind: str, n: int, noise: float, seed: int) -> torch.Tensor:
