@@ -79,8 +79,9 @@ class PriorGradNet(nn.Module):
         if cond is None:
             raise ValueError("PriorGradNet: a mel is required (the prior's std comes from it)")
         s = self.std(cond, y_t.shape[-1]).to(y_t.dtype)
-        y_t, z = y_t[:, :1], y_t[:, 1:]  # a DDGAN latent z (channels after the waveform's) is not scaled
-        return self.inner(torch.cat([s * y_t, z], 1), t, cond) / s
+        if self.z_channels:  # a DDGAN latent z (channels after the waveform's) is not scaled
+            return self.inner(torch.cat([s * y_t[:, :1], y_t[:, 1:]], 1), t, cond) / s
+        return self.inner(s * y_t, t, cond) / s
 
 
 class Whitened(torch.utils.data.Dataset):

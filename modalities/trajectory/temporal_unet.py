@@ -164,7 +164,9 @@ class ConditionedTemporalUnet(nn.Module):
         self.factor, self.z_channels, self.channel_axis = self.unet.factor, z_channels, -1
 
     def forward(self, x, t, cond=None):
-        if cond is not None:  # the start (and goal) states go into the transitions, not into a DDGAN latent
+        if cond is not None and self.z_channels:  # the states go into the transitions, not into a DDGAN latent
             D = self.unet.transition_dim
             x = torch.cat([apply_conditioning(x[..., :D], cond, self.action_dim), x[..., D:]], -1)
+        elif cond is not None:
+            x = apply_conditioning(x, cond, self.action_dim)
         return self.unet(x, t)
