@@ -66,14 +66,27 @@ def _run_seconds(run_dir: Path) -> float:
 def training_seconds(run_dir: Path) -> float:
     """What a few-step model cost to train, not counting its teacher: the run, plus for a progressive student every
     earlier stage (the stages with more steps, under <root>/stages)."""
-    from diffsuite.recipes import run
+    import yaml
     run_dir = Path(run_dir)
     root = run_dir.parent.parent if run_dir.parent.name == "stages" else run_dir
-    r = run.load(run_dir).recipe
-    if r.distill is None or r.distill.method != "progressive":
+    distill = lambda d: yaml.safe_load((d / "config.yaml").read_text()).get("distill") or {}  # noqa: E731
+    mine = distill(run_dir)
+    if mine.get("method") != "progressive":
         return _run_seconds(run_dir)
     stages = [root, *sorted((root / "stages").glob("*"))]
-    return sum(_run_seconds(d) for d in stages if int(run.load(d).recipe.distill.steps) >= r.distill.steps)
+    return sum(_run_seconds(d) for d in stages if distill(d)["steps"] >= mine["steps"])
+
+
+def student_rows(students: list[Path], row) -> list[dict]:
+    """Each few-step model's rows at its step counts, `row(name, loaded, sampler, steps) -> dict`, with the seconds
+    it took to train."""
+    from diffsuite.recipes import run
+    rows = []
+    for p in students:
+        st, seconds = run.load(p), training_seconds(p)
+        rows += [{**row(f"{method_of(st)} {p}", st, st.recipe.sample.sampler, k), "training_seconds": seconds}
+                 for k in step_counts(st)]
+    return rows
 
 
 def toy_rows(teacher: Path, students: list[Path], n: int, seeds: list[int]) -> list[dict]:
@@ -103,13 +116,9 @@ def toy_rows(teacher: Path, students: list[Path], n: int, seeds: list[int]) -> l
                  **dict(zip(("sw2", "seconds_per_sample"), sw(t, "dpmpp_2m", 2, "linspace")))})
     rows.append({"model": "teacher", "sampler": "ddim", "steps": 100, "spacing": "linspace",
                  **dict(zip(("sw2", "seconds_per_sample"), sw(t, "ddim", 100, "linspace")))})
-    for s in students:
-        st = run.load(s)
-        smp = st.recipe.sample
-        for k in step_counts(st):
-            rows.append({"model": f"{method_of(st)} {s}", "sampler": smp.sampler, "steps": k, "spacing": smp.spacing,
-                         "training_seconds": training_seconds(s),
-                         **dict(zip(("sw2", "seconds_per_sample"), sw(st, smp.sampler, k, smp.spacing)))})
+    rows += student_rows(students, lambda name, ld, sampler, k: {
+        "model": name, "sampler": sampler, "steps": k, "spacing": ld.recipe.sample.spacing,
+        **dict(zip(("sw2", "seconds_per_sample"), sw(ld, sampler, k, ld.recipe.sample.spacing)))})
     for r in rows:  # the teacher's rows: what the teacher cost to train
         if r["model"] == "teacher":
             r["training_seconds"] = _run_seconds(Path(teacher))
@@ -142,11 +151,7 @@ def image_rows(teacher: Path, students: list[Path], n: int, seeds: list[int], wi
     if with_teacher:
         rows = [row("teacher", t, "ddim", 50), row("teacher", t, t.recipe.sample.sampler, t.recipe.sample.steps)]
         rows += [row("teacher", t, "ddim", k, "uniform") for k in (1, 2, 4)]  # the students' grid
-    for s in students:
-        st = run.load(s)
-        for k in step_counts(st):
-            rows.append({**row(f"{method_of(st)} {s}", st, st.recipe.sample.sampler, k),
-                         "training_seconds": training_seconds(s)})
+    rows += student_rows(students, row)
     if not with_teacher:
         return rows
     d = t.recipe.data
@@ -195,12 +200,7 @@ def music_rows(teacher: Path, students: list[Path], n: int, seeds: list[int], wi
                 row("teacher", t, "dpmpp_2m", 4, w, "linspace")]
         for r in rows:
             r["training_seconds"] = _run_seconds(Path(teacher))
-    for p in students:
-        st = run.load(p)
-        for k in step_counts(st):
-            rows.append({**row(f"{method_of(st)} {p}", st, st.recipe.sample.sampler, k, 0.0),
-                         "training_seconds": training_seconds(p)})
-    return rows
+    return rows + student_rows(students, lambda name, ld, sampler, k: row(name, ld, sampler, k, 0.0))
 
 
 def _pm(r, k):
@@ -388,14 +388,9 @@ def main(argv=None) -> int:
         if a.students_only:
             names = {r["model"] for r in rows}
             rows = [r for r in json.loads(a.out.read_text())["rows"] if r["model"] not in names] + rows
-        print_table(rows, columns)
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps({"teacher": str(a.teacher), "n": a.n, "seeds": a.seeds, "rows": rows,
-                                     "threads": torch.get_num_threads()}, indent=2) + "\n")
-        print(f"written {a.out}")
-        return 0
-    rows = toy_rows(a.teacher, a.students, a.n, a.seeds)
-    print_table(rows, TOY_COLUMNS)
+    else:
+        rows, columns = toy_rows(a.teacher, a.students, a.n, a.seeds), TOY_COLUMNS
+    print_table(rows, columns)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"teacher": str(a.teacher), "n": a.n, "seeds": a.seeds, "rows": rows,
                                  "threads": torch.get_num_threads()}, indent=2) + "\n")
