@@ -171,6 +171,21 @@ def bench_setting(tag, gmm, n, nfes, sch, seed=0):
     return {"floor": floor, "n": n, "rows": rows}
 
 
+def sw2_over_draws(den, gmm, n, runs: dict, repeats: int, seed: int):
+    """SW2 of every run {label: (sampler, steps, options)} and of an independent true sample ("true draw", the floor)
+    over `repeats` independent draws of x_T, the reference sample and the projections: (values, means, sds)."""
+    sw2 = {k: [] for k in ["true draw", *runs]}
+    for r in range(repeats):
+        g = torch.Generator().manual_seed(seed + r)
+        x_T, ref, theta = draw(gmm, n, g)
+        sw2["true draw"].append(sliced_w2(gmm.sample(n, g), ref, theta))
+        for label, (name, steps, opts) in runs.items():
+            sw2[label].append(quality(run_ours(den, x_T, name, steps, opts, seed + r), gmm, ref, theta)["sw2"])
+    mean = {k: sum(v) / len(v) for k, v in sw2.items()}
+    sd = {k: float(torch.tensor(v).std()) if len(v) > 1 else 0.0 for k, v in sw2.items()}
+    return sw2, mean, sd
+
+
 def target_repeats(gmm, n, sch, repeats, seed=1000):
     """The 10-NFE target over `repeats` independent draws of x_T, the reference sample and the projections.
 
@@ -183,15 +198,7 @@ def target_repeats(gmm, n, sch, repeats, seed=1000):
             "dpmpp_2m@10": ("dpmpp_2m", 10, {"timesteps": dpm_timesteps(10)}),
             "dpmpp_2m logsnr@10": ("dpmpp_2m", 10, {"spacing": "logsnr"}),
             "dpmpp_2m quadratic@10": ("dpmpp_2m", 10, {"spacing": "quadratic"})}
-    sw2 = {k: [] for k in ["true draw", *runs]}
-    for r in range(repeats):
-        g = torch.Generator().manual_seed(seed + r)
-        x_T, ref, theta = draw(gmm, n, g)
-        sw2["true draw"].append(sliced_w2(gmm.sample(n, g), ref, theta))
-        for label, (name, steps, opts) in runs.items():
-            sw2[label].append(quality(run_ours(den, x_T, name, steps, opts, seed + r), gmm, ref, theta)["sw2"])
-    mean = {k: sum(v) / len(v) for k, v in sw2.items()}
-    sd = {k: float(torch.tensor(v).std()) if len(v) > 1 else 0.0 for k, v in sw2.items()}
+    sw2, mean, sd = sw2_over_draws(den, gmm, n, runs, repeats, seed)
     out = {"repeats": repeats, "n": n, "sw2": sw2, "sw2_mean": mean, "sw2_sd": sd,
            **{f"{k} / ddpm@1000 SW2 (means)": mean[k] / mean["ddpm (beta_tilde)@1000"]
               for k in ("dpmpp_2m@10", "dpmpp_2m logsnr@10", "dpmpp_2m quadratic@10")}}
@@ -210,18 +217,10 @@ def pc_repeats(gmm, n, sch, repeats, nfes=(20, 50), seed=3000):
     out = {}
     for N in nfes:
         k = (N + 1) // 2
-        runs = {f"ddpm@{N}": ("ddpm", N, {}), f"pc ddpm@{k}+1 snr 0.16": ("pc", k, {"snr": 0.16}),
-                f"pc ddpm@{k}+1 snr auto": ("pc", k, {"snr": None})}
-        sw2 = {key: [] for key in ["true draw", *runs]}
-        for r in range(repeats):
-            g = torch.Generator().manual_seed(seed + r)
-            x_T, ref, theta = draw(gmm, n, g)
-            sw2["true draw"].append(sliced_w2(gmm.sample(n, g), ref, theta))
-            for label, (name, steps, opts) in runs.items():
-                sw2[label].append(quality(run_ours(den, x_T, name, steps, {"spacing": "linspace", **opts}, seed + r),
-                                          gmm, ref, theta)["sw2"])
-        mean = {key: sum(v) / len(v) for key, v in sw2.items()}
-        sd = {key: float(torch.tensor(v).std()) for key, v in sw2.items()}
+        lin = {"spacing": "linspace"}
+        runs = {f"ddpm@{N}": ("ddpm", N, lin), f"pc ddpm@{k}+1 snr 0.16": ("pc", k, {**lin, "snr": 0.16}),
+                f"pc ddpm@{k}+1 snr auto": ("pc", k, {**lin, "snr": None})}
+        sw2, mean, sd = sw2_over_draws(den, gmm, n, runs, repeats, seed)
         auto, hand, alone = (mean[f"pc ddpm@{k}+1 snr auto"], mean[f"pc ddpm@{k}+1 snr 0.16"], mean[f"ddpm@{N}"])
         out[str(N)] = {"sw2": sw2, "sw2_mean": mean, "sw2_sd": sd,
                        "nfe": {label: nfe(name, st, corrector_steps=1) for label, (name, st, _) in runs.items()},

@@ -502,7 +502,7 @@ SAMPLERS: dict[str, Callable] = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2
 
 
 def nfe(sampler: str, steps: int, steps_per_level: int = 100, denoise: bool = True, predictor: str = "ddpm",
-        corrector_steps: int = 1, **_) -> int:
+        corrector_steps: int = 1) -> int:
     """Network evaluations a sampler spends for `steps` steps (annealed Langevin: levels x steps per level (+ 1);
     predictor-corrector: the predictor's plus the corrector's at every step but the last)."""
     if sampler == "annealed_langevin":
