@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import flatten_optimizer_state, unflatten_optimizer_state
+from .losses import q_posterior
+from .parameterization import q_sample
 from .utils import append_dims, randn, sinusoidal_features
 
 
@@ -41,19 +43,16 @@ def q_sample_pair(schedule, x0, t, generator):
     ab_prev = schedule.alpha_bar_at(t.double() - 1).to(x0.device, x0.dtype)
     beta = schedule.betas.to(x0.device, x0.dtype)[t.long()]
     n1, n2 = randn(x0.shape, generator, x0.device, x0.dtype), randn(x0.shape, generator, x0.device, x0.dtype)
-    x_prev = append_dims(ab_prev.sqrt(), x0.ndim) * x0 + append_dims((1 - ab_prev).sqrt(), x0.ndim) * n1
+    x_prev = q_sample(x0, ab_prev, n1)
     x_t = append_dims((1 - beta).sqrt(), x0.ndim) * x_prev + append_dims(beta.sqrt(), x0.ndim) * n2
     return x_prev, x_t
 
 
 def posterior_sample(schedule, x0, x_t, t, generator):
     """x_{t-1} ~ q(x_{t-1} | x_t, x0) = N(mu_tilde, beta_tilde) (DDPM eq. 6-7); at t = 0 the mean, which is x0."""
-    c1 = schedule.posterior_mean_coef1.to(x0.device, x0.dtype)[t.long()]
-    c2 = schedule.posterior_mean_coef2.to(x0.device, x0.dtype)[t.long()]
-    var = schedule.beta_tilde.to(x0.device, x0.dtype)[t.long()]
-    mean = append_dims(c1, x0.ndim) * x0 + append_dims(c2, x0.ndim) * x_t
+    mean, log_var = q_posterior(schedule, x0, x_t, t.long())  # (its log-variance at t = 0 is clipped: unused there)
     noise = randn(x0.shape, generator, x0.device, x0.dtype)
-    return mean + append_dims(var.clamp(min=0).sqrt() * (t > 0).to(x0.dtype), x0.ndim) * noise
+    return mean + (0.5 * log_var).exp() * append_dims((t > 0).to(x0.dtype), x0.ndim) * noise
 
 
 def r1_penalty(d_real: torch.Tensor, x_real: torch.Tensor) -> torch.Tensor:
