@@ -15,7 +15,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .utils import append_dims, randn
+from .parameterization import q_sample
+from .utils import randn
 
 NORMS = ("l2", "l1")
 
@@ -64,8 +65,7 @@ def stratified_t(n: int, T: int, B: int, generator) -> torch.Tensor:
 def _errors(denoiser, x0, t, eps, cond, norm: str):
     """Per-row noise-prediction error: ||eps - eps_theta(x_t, t, c)||^2 (l2, summed over the dimensions as in the
     paper's eq. 5) or ||.||_1 (l1)."""
-    ab = denoiser.schedule.alpha_bar_at(t).to(x0.device, x0.dtype)
-    x_t = append_dims(ab.sqrt(), x0.ndim) * x0 + append_dims((1 - ab).sqrt(), x0.ndim) * eps
+    x_t = q_sample(x0, denoiser.schedule.alpha_bar_at(t).to(x0.device, x0.dtype), eps)
     d = (denoiser(x_t, t.to(x0.device, torch.float32), cond).eps.float() - eps.float()).reshape(len(x0), -1)
     return d.pow(2).sum(1) if norm == "l2" else d.abs().sum(1)
 
