@@ -5,10 +5,16 @@ speed:   training throughput (images/s) and peak memory of the ddpm-cifar10 U-Ne
          precision, each model in its own subprocess so peak RSS is its own. CPU always; CUDA if available.
 quality: digits-FID and conditional accuracy of a trained digits checkpoint for several samplers and
          guidance scales (--checkpoint RUN_OR_CKPT).
+guidance: classifier guidance by a noise-aware classifier run (--classifier, e.g. image_digits_classifier) beside
+         classifier-free guidance on the same class-conditional digits model, same samplers and steps: digits-FID
+         and conditional accuracy per scale, for the guided unconditional model (the model sees the null label), the
+         guided conditional model, and CFG; the classifier's own accuracy on noised test digits.
 
     python benchmarks/image.py speed --batch 4 --steps 3
     python benchmarks/image.py quality --checkpoint runs/image_digits --n 300
-Writes benchmarks/results/image_speed.json / image_quality.json and prints a table.
+    python benchmarks/image.py guidance --checkpoint runs/image_digits --classifier runs/image_digits_classifier
+Writes benchmarks/results/image_speed.json / image_quality.json / guidance_digits.json (and
+docs/figures/guidance_digits.png) and prints a table.
 """
 from __future__ import annotations
 
@@ -167,6 +173,78 @@ def quality(args) -> list[dict]:
     return rows
 
 
+GUIDANCE_METHODS = {  # name: (what the diffusion model sees, how the row is guided)
+    "cfg": "classifier-free guidance at w (w = 0: the conditional model)",
+    "cg_uncond": "classifier guidance at s of the model under its null label (s = 0: the unconditional model)",
+    "cg_cond": "classifier guidance at s of the conditional model (w = 0)",
+}
+
+
+def guidance(args) -> list[dict]:
+    """Classifier guidance beside classifier-free guidance on one digits model (see the module docstring)."""
+    import torch
+    from diffsuite.core.classifier import accuracy as noisy_accuracy
+    from diffsuite.modalities.image.cli import evaluate
+    from diffsuite.recipes.run import load, load_classifier
+    torch.set_num_threads(args.threads)
+    loaded = load(args.checkpoint)
+    clf = load_classifier(args.classifier, for_model=loaded)
+    floor = real_floor(loaded, args.n)
+    test = loaded.task.build_dataset(loaded.recipe.data, "test")
+    clf_acc = {t: noisy_accuracy(clf, test.x, test.labels, t, torch.Generator().manual_seed(0))
+               for t in (0, 250, 500, 750, 900, 999)}
+    print(f"real training images vs test, {args.n} per set: digits-FID {floor}; noise-aware classifier accuracy on "
+          f"noised test digits by t: {clf_acc}", flush=True)
+    rows = []
+    for spec in args.grid:
+        sampler, steps = spec.split(":")
+        for method, scales in (("cfg", args.w), ("cg_uncond", args.s), ("cg_cond", args.s_cond)):
+            for v in scales:
+                kw = {"guidance": v} if method == "cfg" else {
+                    "guidance": 0.0, "classifier": clf, "classifier_scale": v, "unconditional": method == "cg_uncond"}
+                r = evaluate(loaded, args.n, sampler, int(steps), seed=0, bpd_n=0, **kw)
+                r.update(method=method, scale=v, model_evals_per_step=2 if method == "cfg" and v else 1,
+                         classifier_grads_per_step=0 if method == "cfg" else int(v != 0))
+                rows.append(r)
+                print(f"{sampler:9s} {steps:>4s} {method:9s} {v:<5} digits-FID {r['digits_fid']:8.3f}  cond-acc "
+                      f"{r['conditional_accuracy']:.3f}  ({r['sample_seconds']} s)", flush=True)
+    out = RESULTS / "guidance_digits.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    res = {"checkpoint": str(loaded.checkpoint), "classifier": str(args.classifier),
+           "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+           "methods": GUIDANCE_METHODS, "real_floor_digits_fid": floor, "classifier_accuracy_by_t": clf_acc,
+           "rows": rows, "figure": str(plot_guidance(rows, floor, args.figure))}
+    out.write_text(json.dumps(res, indent=1))
+    print(f"written {out}")
+    return rows
+
+
+def plot_guidance(rows: list[dict], floor: list[float], path: Path) -> Path:
+    """digits-FID against conditional accuracy, one curve per method and sampler, each point labelled by its scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for (method, sampler, steps) in dict.fromkeys((r["method"], r["sampler"], r["steps"]) for r in rows):
+        pts = [r for r in rows if (r["method"], r["sampler"], r["steps"]) == (method, sampler, steps)]
+        line, = ax.plot([r["conditional_accuracy"] for r in pts], [r["digits_fid"] for r in pts], "o-",
+                        label=f"{method} ({sampler} {steps})")
+        for r in pts:
+            ax.annotate(f"{r['scale']:g}", (r["conditional_accuracy"], r["digits_fid"]), fontsize=7,
+                        color=line.get_color(), xytext=(3, 3), textcoords="offset points")
+    ax.axhline(min(floor), color="gray", ls=":", label="real training digits vs test")
+    ax.set_xlabel("conditional accuracy (digits CNN)")
+    ax.set_ylabel("digits-FID vs test split")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.set_title("classifier guidance (s) vs classifier-free guidance (w)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None):
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_one":
         import torch
@@ -190,8 +268,18 @@ def main(argv=None):
                    "other rows of an earlier image_quality.json")
     q.add_argument("--threads", type=int, default=1)
     q.add_argument("--clip", action="store_true", help="clip x0 to [-1, 1] (overrides the checkpoint's clip_x0)")
+    gd = sub.add_parser("guidance")
+    gd.add_argument("--checkpoint", required=True, help="a class-conditional digits model with a null label")
+    gd.add_argument("--classifier", required=True, help="its noise-aware classifier run")
+    gd.add_argument("--n", type=int, default=1000)
+    gd.add_argument("--grid", nargs="+", default=["ddim:25"], help="sampler:steps")
+    gd.add_argument("--w", type=float, nargs="*", default=[0.0, 0.5, 1.0, 2.0, 4.0])
+    gd.add_argument("--s", type=float, nargs="*", default=[0.0, 1.0, 2.0, 4.0, 8.0, 16.0])
+    gd.add_argument("--s-cond", type=float, nargs="*", default=[1.0, 4.0])
+    gd.add_argument("--threads", type=int, default=1)
+    gd.add_argument("--figure", type=Path, default=RESULTS.parent.parent / "docs" / "figures" / "guidance_digits.png")
     args = p.parse_args(argv)
-    speed(args) if args.what == "speed" else quality(args)
+    {"speed": speed, "quality": quality, "guidance": guidance}[args.what](args)
 
 
 if __name__ == "__main__":

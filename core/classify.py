@@ -22,6 +22,48 @@ NORMS = ("l2", "l1")
 
 
 @dataclass
+class Candidates:
+    """What `classify` ranks for a batch of inputs x (B, ...): the candidate conditions, (K, ...) shared by every input
+    or (B, K, ...) per input (`per_input`); the class each candidate stands for (K,) when several conditions make one
+    class (None: candidate k is class k); the class names; the inputs' true classes (B,) or None; per input, which part
+    of it is classified, when a part is (e.g. a music window's beat; for reports)."""
+
+    x: torch.Tensor
+    conditions: torch.Tensor
+    names: list
+    labels: Optional[torch.Tensor] = None
+    per_input: bool = False
+    class_of: Optional[torch.Tensor] = None
+    where: Optional[list] = None
+
+    def __post_init__(self):
+        K = self.conditions.shape[1 if self.per_input else 0]
+        if self.per_input and self.conditions.shape[0] != len(self.x):
+            raise ValueError(f"classify: per-input candidates of shape {tuple(self.conditions.shape)} for "
+                             f"{len(self.x)} inputs; expected ({len(self.x)}, K, ...)")
+        if self.class_of is None:
+            self.class_of = torch.arange(K)
+        if len(self.class_of) != K or int(self.class_of.max()) >= len(self.names):
+            raise ValueError(f"classify: class_of must give each of the {K} candidates one of the {len(self.names)} "
+                             "classes")
+
+    def first(self, n: int) -> "Candidates":
+        """The first n inputs only."""
+        return Candidates(self.x[:n], self.conditions[:n] if self.per_input else self.conditions, self.names,
+                          None if self.labels is None else self.labels[:n], self.per_input, self.class_of,
+                          None if self.where is None else self.where[:n])
+
+    def class_errors(self, errors: torch.Tensor) -> torch.Tensor:
+        """(B, classes): each class's lowest candidate error (its likeliest condition)."""
+        out = torch.full((errors.shape[0], len(self.names)), math.inf, dtype=errors.dtype)
+        return out.scatter_reduce(1, self.class_of.expand_as(errors), errors, "amin")
+
+    def predict(self, ranking: "Ranking") -> torch.Tensor:
+        """The class of each input's best candidate in the last round (B,)."""
+        return self.class_of[ranking.top1]
+
+
+@dataclass
 class Ranking:
     """Per input (B): each candidate's mean error over the (t, eps) pairs it was scored on (B, K), which candidates
     lasted to the last round (B, K), how many pairs each got (B, K), and the network evaluations spent (B,)."""
@@ -73,13 +115,14 @@ def _errors(denoiser, x0, t, eps, cond, norm: str):
 @torch.no_grad()
 def classify(denoiser, x: torch.Tensor, candidates: torch.Tensor, *, budget: float = 20,
              rounds: Optional[Sequence[tuple[int, Optional[int]]]] = None, norm: str = "l2",
-             generator: Optional[torch.Generator] = None, batch_size: int = 256) -> Ranking:
-    """Rank the K `candidates` (a tensor of K conditions, stacked on dim 0) for each input of x (B, ...) by the
-    denoiser's noise-prediction error (Li et al. 2023, Algorithm 1 with Sec. 3.2's adaptive rounds). `budget`:
-    network evaluations per candidate on average (ignored when `rounds` are given)."""
+             generator: Optional[torch.Generator] = None, batch_size: int = 256, per_input: bool = False) -> Ranking:
+    """Rank the K `candidates` (a tensor of K conditions stacked on dim 0, or with per_input (B, K, ...): each input's
+    own K) for each input of x (B, ...) by the denoiser's noise-prediction error (Li et al. 2023, Algorithm 1 with
+    Sec. 3.2's adaptive rounds). `budget`: network evaluations per candidate on average (ignored when `rounds` are
+    given)."""
     if norm not in NORMS:
         raise ValueError(f"classify: norm must be one of {NORMS}, got {norm!r}")
-    B, K, T = x.shape[0], candidates.shape[0], denoiser.schedule.T
+    B, K, T = x.shape[0], candidates.shape[1 if per_input else 0], denoiser.schedule.T
     rounds = list(rounds) if rounds is not None else default_rounds(K, budget)
     total = torch.zeros(B, K, dtype=torch.float64)
     trials = torch.zeros(B, K, dtype=torch.long)
@@ -91,8 +134,9 @@ def classify(denoiser, x: torch.Tensor, candidates: torch.Tensor, *, budget: flo
             b, k = alive.nonzero(as_tuple=True)
             for s in range(0, len(b), batch_size):  # every alive (input, candidate) pair shares this (t, eps)
                 bb, kk = b[s:s + batch_size], k[s:s + batch_size]
-                e = _errors(denoiser, x[bb.to(x.device)], ts[i][bb], eps[bb.to(x.device)],
-                            candidates[kk.to(candidates.device)], norm)
+                dev = candidates.device
+                c = candidates[bb.to(dev), kk.to(dev)] if per_input else candidates[kk.to(dev)]
+                e = _errors(denoiser, x[bb.to(x.device)], ts[i][bb], eps[bb.to(x.device)], c, norm)
                 total[bb, kk] += e.double().cpu()
                 trials[bb, kk] += 1
         if keep is not None and keep < K:

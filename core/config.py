@@ -208,6 +208,15 @@ class GanConfig:
     d_levels: int = valid(3, min=1)  # down-sampling levels (MLP: hidden layers)
 
 
+@dataclass
+class ClassifierConfig:
+    """A noise-aware classifier p(y | x_t, t) (core.classifier; Dhariwal & Nichol 2021): trained on the recipe's data
+    noised by its diffusion section, with the network the task builds (`Task.build_classifier`)."""
+
+    pool: str = valid("attention", choices=("attention", "avg"))  # how the trunk's features become one vector
+    depth: Optional[int] = valid(None, min=1)  # residual blocks per level (None: the model's num_res_blocks)
+
+
 def _type_ok(value, tp) -> bool:
     if tp is Any:
         return True

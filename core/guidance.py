@@ -61,16 +61,28 @@ def _grad_of(fn, x, t, cond):
 class GradientGuidance(torch.nn.Module):
     """Guide by grad_x f(x_t): eps' = eps - s sqrt(1 - alpha_bar) grad f (Dhariwal & Nichol 2021, Alg. 2 / eq. 14).
 
-    `fn(x_t, t, cond)` returns one differentiable value per sample (a classifier's log p(y|x_t), a value).
+    `fn(x_t, t, cond)` returns one differentiable value per sample (a classifier's log p(y|x_t), a value). null_cond:
+    the condition the denoiser sees instead of `cond`, a value or a function of cond (an unconditional model guided
+    toward fn's condition); s = 0 is the denoiser itself.
     """
 
-    def __init__(self, denoiser, fn: Callable, scale: float = 1.0):
+    def __init__(self, denoiser, fn: Callable, scale: float = 1.0, null_cond=None):
         super().__init__()
-        self.denoiser, self.fn, self.scale = denoiser, fn, float(scale)
+        self.denoiser, self.fn, self.scale, self.null_cond = denoiser, fn, float(scale), null_cond
         self.schedule = denoiser.schedule
 
+    def _denoiser_cond(self, cond):
+        if self.null_cond is None or cond is None:
+            return cond
+        if callable(self.null_cond):
+            return self.null_cond(cond)
+        return torch.full_like(cond, self.null_cond) if not isinstance(self.null_cond, torch.Tensor) \
+            else self.null_cond.expand_as(cond)
+
     def forward(self, x_t, t, cond=None) -> Prediction:
-        pred = self.denoiser(x_t, t, cond)
+        pred = self.denoiser(x_t, t, self._denoiser_cond(cond))
+        if self.scale == 0:
+            return pred
         g, _ = _grad_of(self.fn, x_t, t, cond)
         ab = append_dims(self.schedule.alpha_bar_at(t.double()).to(x_t.dtype), x_t.ndim)
         eps = pred.eps - self.scale * (1 - ab).sqrt() * g

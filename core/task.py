@@ -39,10 +39,16 @@ class Task:
         (core.ddgan; `gan` is the recipe's GanConfig). A task that supports DDGAN recipes overrides this."""
         raise ConfigError(f"task {self.name!r} has no discriminator: it cannot train a denoising diffusion GAN (gan:)")
 
-    def classification_inputs(self, recipe: Any, source: str) -> tuple:
-        """What `diffsuite classify` scores (core.classify): (x (B, ...), true labels (B,) or None, candidate
-        conditions (K, ...), candidate names), from `source`, a split name ('train', 'val', 'test') or a file. A task
-        whose model is conditional overrides this; the default refuses with a ConfigError."""
+    def build_classifier(self, model: Any, data: Any, classifier: Any) -> nn.Module:
+        """A noise-aware classifier's network net(x_t, t) -> logits (B, K) over the data's labels (core.classifier;
+        `classifier` is the recipe's ClassifierConfig). A task whose data has labels overrides this."""
+        raise ConfigError(f"task {self.name!r} has no noise-aware classifier (classifier:)")
+
+    def classification_inputs(self, recipe: Any, source: str):
+        """What `diffsuite classify` scores (core.classify): a core.classify.Candidates (the inputs, the candidate
+        conditions, shared or per input, the class each stands for, class names, true classes or None) from `source`,
+        a split name ('train', 'val', 'test') or a file. A task whose model is conditional overrides this; the default
+        refuses with a ConfigError."""
         raise ConfigError(f"task {self.name!r} does not support classify: its model has no conditions to rank")
 
     def build_dataset(self, data: Any, split: str = "train") -> torch.utils.data.Dataset:

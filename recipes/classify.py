@@ -65,39 +65,45 @@ def confusion_png(conf: np.ndarray, names: list[str], path: Path, title: str) ->
 
 
 def run_classify(loaded, source: str, budget: float, norm: str = "l2", seed: int = 0, n=None, batch_size: int = 256):
-    """Score `source` with a loaded checkpoint; returns (result dict, labels or None, names, Ranking)."""
-    x, labels, candidates, names = loaded.task.classification_inputs(loaded.recipe, source)
+    """Score `source` with a loaded checkpoint; returns (result dict, the Candidates scored, Ranking, class errors
+    (B, classes): each class's lowest candidate error)."""
+    cands = loaded.task.classification_inputs(loaded.recipe, source)
     if n is not None:
-        x, labels = x[:n], None if labels is None else labels[:n]
+        cands = cands.first(n)
     t0 = time.perf_counter()
-    r = classify(loaded.denoiser, x, candidates, budget=budget, norm=norm, batch_size=batch_size,
-                 generator=torch.Generator().manual_seed(seed))
-    res = {"checkpoint": str(loaded.checkpoint), "input": source, "n": len(x), "candidates": names, "norm": norm,
-           "budget": budget, "rounds": [list(rd) for rd in r.rounds], "seconds": time.perf_counter() - t0,
-           "nfe_per_candidate": float(r.nfe.float().mean()) / len(names)}
+    r = classify(loaded.denoiser, cands.x, cands.conditions, budget=budget, norm=norm, batch_size=batch_size,
+                 generator=torch.Generator().manual_seed(seed), per_input=cands.per_input)
+    names, labels, errors = cands.names, cands.labels, cands.class_errors(r.errors)
+    res = {"checkpoint": str(loaded.checkpoint), "input": source, "n": len(cands.x), "candidates": names,
+           "conditions_per_input": len(cands.class_of), "norm": norm, "budget": budget,
+           "rounds": [list(rd) for rd in r.rounds], "seconds": time.perf_counter() - t0,
+           "nfe_per_candidate": float(r.nfe.float().mean()) / len(cands.class_of)}
     if labels is not None:
-        pred = r.top1
+        pred = cands.predict(r)
         res["accuracy"] = float((pred == labels).float().mean())
-        res["ece"] = expected_calibration_error(r.probabilities(), labels)
-        res["ece_cross_fitted"], res["temperatures"] = cross_fitted_ece(r.errors, labels, seed)
+        res["ece"] = expected_calibration_error(torch.softmax(-errors, 1), labels)
+        res["ece_cross_fitted"], res["temperatures"] = cross_fitted_ece(errors, labels, seed)
         conf = np.zeros((len(names), len(names)), dtype=np.int64)
         np.add.at(conf, (labels.numpy(), pred.numpy()), 1)
         res["confusion"] = conf.tolist()
-    return res, labels, names, r
+        res["predictions"] = pred.tolist()
+    return res, cands, r, errors
 
 
 def cmd_classify(args) -> int:
     loaded = args.load(args.checkpoint, ema=not args.no_ema, command="diffsuite classify")
-    res, labels, names, r = run_classify(loaded, args.input, args.budget, args.norm, args.seed, args.n)
+    res, cands, r, errors = run_classify(loaded, args.input, args.budget, args.norm, args.seed, args.n)
+    labels, names = cands.labels, cands.names
     stem = args.input if args.input in SPLITS else Path(args.input).stem
     out = Path(args.out) if args.out else Path(loaded.checkpoint).parent.parent / "classify" / stem
     out.mkdir(parents=True, exist_ok=True)
     if labels is None:
-        p = r.probabilities()[0]
-        order = torch.argsort(torch.where(r.alive[0], r.errors[0], r.errors[0] + 1e30))  # the last round's first
-        res["ranking"] = [{"candidate": names[i], "error": float(r.errors[0, i]), "probability": float(p[i]),
-                           "last_round": bool(r.alive[0, i])}
-                          for i in order.tolist()]
+        p = torch.softmax(-errors[0], 0)
+        alive = torch.zeros(len(names), dtype=torch.bool)
+        alive[cands.class_of[r.alive[0]]] = True
+        order = torch.argsort(torch.where(alive, errors[0], errors[0] + 1e30))  # the last round's classes first
+        res["ranking"] = [{"candidate": names[i], "error": float(errors[0, i]), "probability": float(p[i]),
+                           "last_round": bool(alive[i])} for i in order.tolist()]
         for k, row in enumerate(res["ranking"][:10]):
             print(f"{k + 1:3d}. {row['candidate']:>12s}  error {row['error']:.5f}  p {row['probability']:.3f}")
     else:

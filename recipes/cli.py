@@ -22,6 +22,8 @@ from .registry import MODALITY_CLIS, TASKS
 
 #: the commands that only sample: each takes --precision auto|fp32|bf16 (core.precision's rule)
 SAMPLING_COMMANDS = ("sample", "vocode", "compose", "plan", "eval", "image-inpaint", "image-path", "classify")
+#: commands that sample with classifier guidance by a noise-aware classifier run (core.classifier)
+GUIDED_COMMANDS = ("sample", "eval")
 
 
 #: what a user can cause and fix (exit status 2, one line; --debug shows the traceback); anything else is a bug
@@ -47,14 +49,20 @@ def cmd_sample(args) -> int:
         raise ConfigError("sample: --repaint needs --inpaint IMAGE and/or --mask MASK")
     loaded = args.load(args.checkpoint, ema=not args.no_ema)
     if args.inpaint or args.mask:
+        if args.classifier:
+            raise ConfigError("sample: --classifier does not combine with --inpaint / --mask")
         return _sample_inpaint(loaded, args)
     x, cond = run.generate(loaded.denoiser, loaded.task, loaded.recipe, n=args.n, sampler=args.sampler,
-                           steps=args.steps, seed=args.seed, guidance=args.guidance, eta=args.eta)
+                           steps=args.steps, seed=args.seed, guidance=args.guidance, eta=args.eta,
+                           classifier=classifier_of(args, loaded), classifier_scale=args.classifier_scale,
+                           unconditional=args.unconditional)
     out = Path(args.out or Path(loaded.checkpoint).parent.parent / "samples" / f"sample-{time.strftime('%Y%m%d-%H%M%S')}")
     files = loaded.task.save_samples(x, cond, out, loaded.recipe)
     info = {"checkpoint": str(loaded.checkpoint), "step": loaded.step, "sampler": args.sampler or loaded.recipe.sample.sampler,
             "steps": args.steps or loaded.recipe.sample.steps, "seed": args.seed, "files": files,
             "precision": loaded.precision.to_dict()}
+    if args.classifier:
+        info.update(classifier=args.classifier, classifier_scale=args.classifier_scale, unconditional=args.unconditional)
     atomic_write_json(out / "sample.json", info)
     print(f"samples written under {out}")
     return 0
@@ -207,7 +215,27 @@ def build_parser() -> argparse.ArgumentParser:
             sub.choices[name].add_argument(
                 "--precision", choices=SAMPLING_PRECISIONS, default="auto",
                 help="network precision: auto (bf16 where the device computes it natively, else fp32), fp32 or bf16")
+    for name in GUIDED_COMMANDS:
+        if name in sub.choices:
+            add_classifier_args(sub.choices[name])
     return p
+
+
+def add_classifier_args(p) -> None:
+    p.add_argument("--classifier", metavar="RUN", help="classifier guidance by this noise-aware classifier run "
+                   "(a recipe with a classifier section, trained on the model's data and schedule)")
+    p.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale s (default 1)")
+    p.add_argument("--unconditional", action="store_true", help="with --classifier: the model sees the null "
+                   "condition and only the classifier sees the labels")
+
+
+def classifier_of(args, loaded):
+    """The --classifier run, loaded for the model `loaded` guides (None without --classifier)."""
+    if getattr(args, "classifier", None) is None:
+        if getattr(args, "unconditional", False):
+            raise ConfigError("--unconditional needs --classifier RUN")
+        return None
+    return run.load_classifier(args.classifier, ema=not getattr(args, "no_ema", False), for_model=loaded)
 
 
 def override_error(args, extra) -> str | None:
@@ -239,6 +267,7 @@ def main(argv=None) -> int:
         sample_overrides = overrides
     args.load = functools.partial(run.load, precision=getattr(args, "precision", "fp32"),
                                   sample_overrides=sample_overrides)
+    args.classifier_of = classifier_of
     try:
         return args.func(args) or 0
     except USER_ERRORS as e:

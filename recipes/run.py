@@ -10,10 +10,11 @@ from typing import Any, Optional, Sequence
 import torch
 import yaml
 
-from diffsuite.core.build import build_denoiser, build_loss
+from diffsuite.core.build import build_denoiser, build_loss, build_schedule
 from diffsuite.core.checkpoint import CheckpointError, load_checkpoint, read_json
-from diffsuite.core.config import (ConfigError, DiffusionConfig, DistillConfig, GanConfig, SampleConfig, TrainerConfig, deep_merge,
-                                   from_dict, load_yaml, parse_overrides, to_dict)
+from diffsuite.core.classifier import ClassifierLoss, NoisyClassifier, classifier_guidance
+from diffsuite.core.config import (ClassifierConfig, ConfigError, DiffusionConfig, DistillConfig, GanConfig, SampleConfig,
+                                   TrainerConfig, deep_merge, from_dict, load_yaml, parse_overrides, to_dict)
 from diffsuite.core.distill import ConsistencyFunction
 from diffsuite.core.guidance import ClassifierFreeGuidance
 from diffsuite.core.precision import SAMPLING_PRECISIONS, Resolved, choose as choose_precision
@@ -25,7 +26,8 @@ from . import safety
 from .registry import get_task
 
 RECIPE_DIR = Path(__file__).resolve().parent
-SECTIONS = ("task", "tour", "description", "model", "data", "diffusion", "train", "sample", "distill", "gan")
+SECTIONS = ("task", "tour", "description", "model", "data", "diffusion", "train", "sample", "distill", "gan", "classifier")
+OPTIONAL = {"distill": DistillConfig, "gan": GanConfig, "classifier": ClassifierConfig}  # sections that mark a kind of run
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Recipe:
     sample: SampleConfig = field(default_factory=SampleConfig)
     distill: Optional[DistillConfig] = None  # set for a distilled student (and by `diffsuite distill`)
     gan: Optional[GanConfig] = None  # set for a denoising diffusion GAN (trained adversarially, core.ddgan)
+    classifier: Optional[ClassifierConfig] = None  # set for a noise-aware classifier p(y | x_t, t) (core.classifier)
     tour: bool = False
     description: str = ""
     name: str = "recipe"
@@ -71,7 +74,7 @@ def recipe_from_dict(data: dict, name: str = "recipe", where: str = "recipe") ->
     if "task" not in data:
         raise ConfigError(f"{where}: missing 'task' (one of the registered tasks)")
     task = get_task(data["task"])
-    for sec in ("model", "data", "diffusion", "train", "sample", "distill", "gan"):
+    for sec in ("model", "data", "diffusion", "train", "sample", *OPTIONAL):
         if data.get(sec) is not None and not isinstance(data[sec], dict):
             raise ConfigError(f"{where}.{sec}: expected a mapping, got {type(data[sec]).__name__}")
     return Recipe(task=data["task"], name=data.get("name", name), tour=bool(data.get("tour", False)),
@@ -81,9 +84,8 @@ def recipe_from_dict(data: dict, name: str = "recipe", where: str = "recipe") ->
                   diffusion=from_dict(DiffusionConfig, data.get("diffusion"), f"{where}.diffusion"),
                   train=from_dict(TrainerConfig, data.get("train"), f"{where}.train"),
                   sample=from_dict(SampleConfig, data.get("sample"), f"{where}.sample"),
-                  distill=None if data.get("distill") is None else from_dict(DistillConfig, data["distill"],
-                                                                             f"{where}.distill"),
-                  gan=None if data.get("gan") is None else from_dict(GanConfig, data["gan"], f"{where}.gan"))
+                  **{sec: None if data.get(sec) is None else from_dict(cls, data[sec], f"{where}.{sec}")
+                     for sec, cls in OPTIONAL.items()})
 
 
 def load_recipe(recipe: str | Path | dict | Recipe, overrides: Sequence[str] = ()) -> Recipe:
@@ -102,10 +104,9 @@ def load_recipe(recipe: str | Path | dict | Recipe, overrides: Sequence[str] = (
 def recipe_to_dict(r: Recipe) -> dict:
     d = {"name": r.name, "task": r.task, "tour": r.tour, "description": r.description,
          **{k: to_dict(getattr(r, k)) for k in ("model", "data", "diffusion", "train", "sample")}}
-    if r.distill is not None:
-        d["distill"] = to_dict(r.distill)
-    if r.gan is not None:
-        d["gan"] = to_dict(r.gan)
+    for sec in OPTIONAL:
+        if getattr(r, sec) is not None:
+            d[sec] = to_dict(getattr(r, sec))
     return d
 
 
@@ -134,7 +135,7 @@ def train(recipe, overrides: Sequence[str] = (), out_dir: Optional[str | Path] =
     denoiser, dataset = build_for_training(task, r)
     trainer = Trainer(denoiser, dataset, r.train, run, training_loss(task, r), config=cfg,
                       cond_drop_prob=r.diffusion.cond_drop_prob, null_cond=task.null_cond,
-                      sample_fn=make_sample_fn(task, r))
+                      sample_fn=None if r.classifier else make_sample_fn(task, r))
     trainer.resume_changes = changes
     if trainer.acc.is_main_process:
         run.mkdir(parents=True, exist_ok=True)
@@ -144,8 +145,10 @@ def train(recipe, overrides: Sequence[str] = (), out_dir: Optional[str | Path] =
 
 
 def training_loss(task, r: Recipe):
-    """The recipe's objective: the diffusion loss, or with a `gan` section the DDGAN objective with the task's
-    discriminator (core.ddgan)."""
+    """The recipe's objective: the diffusion loss, with a `gan` section the DDGAN objective with the task's
+    discriminator (core.ddgan), with a `classifier` section the noise-aware classifier's cross-entropy."""
+    if r.classifier is not None:
+        return ClassifierLoss()
     if r.gan is None:
         return build_loss(r.diffusion)
     from diffsuite.core.ddgan import DenoisingDiffusionGAN
@@ -167,11 +170,7 @@ def build_for_training(task, r: Recipe):
     except ValueError as e:
         raise ConfigError(str(e)) from e
     torch.manual_seed(r.train.seed)
-    try:
-        net = task.build_net(r.model, r.diffusion)
-    except ValueError as e:  # sizes the network cannot be built with (checked by its constructor)
-        raise ConfigError(f"model: {e}") from e
-    denoiser = build_denoiser(net, r.diffusion)
+    denoiser = build_model(task, r)
     try:
         dataset = task.build_dataset(r.data, "train")
     except (ValueError, FileNotFoundError) as e:  # the user's data: missing, empty, unreadable, or too small
@@ -180,6 +179,24 @@ def build_for_training(task, r: Recipe):
         raise ConfigError(f"data: the training split of {r.name}'s data is empty")
     dry_run(denoiser, dataset, r.diffusion.T)
     return denoiser, dataset
+
+
+def build_model(task, r: Recipe, for_sampling: bool = False):
+    """The recipe's trainable model: the task's network in a Denoiser, or with a `classifier` section the task's
+    classifier network in a NoisyClassifier (on the same schedule)."""
+    try:
+        if r.classifier is None:
+            return build_denoiser(task.build_net(r.model, r.diffusion), r.diffusion, for_sampling)
+        if r.gan is not None or r.distill is not None:
+            raise ConfigError("classifier: a noise-aware classifier recipe cannot also have a gan or distill section")
+        if r.diffusion.cond_drop_prob:
+            raise ConfigError(f"classifier: the labels are the classifier's targets and are never dropped; set "
+                              f"diffusion.cond_drop_prob=0 (got {r.diffusion.cond_drop_prob})")
+        return NoisyClassifier(task.build_classifier(r.model, r.data, r.classifier), build_schedule(r.diffusion))
+    except ValueError as e:  # sizes the network cannot be built with (checked by its constructor)
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"model: {e}") from e
 
 
 def dry_run(denoiser, dataset, T: int) -> None:
@@ -225,6 +242,26 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"no checkpoint at {p}: expected a checkpoint folder (with state.json) or a run folder")
 
 
+def _read(path, ema: bool):
+    """(checkpoint folder, weights of the chosen group, trainer state, saved config); non-finite weights are refused."""
+    ckpt = resolve_checkpoint(path)
+    group = "ema" if ema else "model"
+    tensors, state, config = load_checkpoint(ckpt, groups=(group,))
+    bad = [k for k, v in tensors[group].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{ckpt}/{group}.safetensors: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                              f"(first: {bad[0]}): this checkpoint is from a diverged run; use an earlier one")
+    return ckpt, f"{ckpt}/{group}.safetensors", tensors[group], state, config
+
+
+def _load_weights(module, weights: dict, where: str):
+    sd = module.state_dict()
+    try:
+        module.load_state_dict({k: v.to(sd[k].dtype) if k in sd else v for k, v in weights.items()})
+    except RuntimeError as e:
+        raise CheckpointError(f"{where} does not match the network its config builds: {e}") from e
+
+
 def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu", precision: str = "fp32",
          task: Optional[str] = None, command: str = "this command", sample_overrides: Sequence[str] = ()) -> Loaded:
     """Load a checkpoint without its recipe: the config saved beside the weights rebuilds the model.
@@ -234,13 +271,10 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
     sample_overrides: `sample.key=value` settings applied to the loaded recipe's sample section (checked)."""
     if precision not in SAMPLING_PRECISIONS:
         raise ConfigError(f"--precision {precision!r}: valid values are {list(SAMPLING_PRECISIONS)}")
-    ckpt = resolve_checkpoint(path)
-    group = "ema" if ema else "model"
-    tensors, state, config = load_checkpoint(ckpt, groups=(group,))
-    bad = [k for k, v in tensors[group].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise CheckpointError(f"{ckpt}/{group}.safetensors: {len(bad)} weight tensor(s) hold NaN or infinite values "
-                              f"(first: {bad[0]}): this checkpoint is from a diverged run; use an earlier one")
+    ckpt, where, weights, state, config = _read(path, ema)
+    if config.get("classifier") is not None:
+        raise ConfigError(f"{path} is a noise-aware classifier, not a diffusion model: {command} needs a diffusion "
+                          "checkpoint (give the classifier to --classifier)")
     if task is not None and config.get("task") != task:
         raise ConfigError(f"{command} needs a {task} checkpoint, but {path} is a {config.get('task')!r} checkpoint")
     bad = [o for o in sample_overrides if not o.startswith("sample.")]
@@ -248,18 +282,31 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
         raise ConfigError(f"{command}: only sample.* settings can be changed when loading a checkpoint, got {bad}")
     r = load_recipe(config, sample_overrides)
     task = get_task(r.task)
-    net = task.build_net(r.model, r.diffusion)
-    try:
-        net.load_state_dict({k: v.to(net.state_dict()[k].dtype) if k in net.state_dict() else v
-                             for k, v in tensors[group].items()})
-    except RuntimeError as e:
-        raise CheckpointError(f"{ckpt}/{group}.safetensors does not match the network its config builds: {e}") from e
-    den = build_denoiser(net, r.diffusion, for_sampling=True).to(device).eval()
+    den = build_model(task, r, for_sampling=True)
+    _load_weights(den.net, weights, where)
+    den = den.to(device).eval()
     chosen = choose_precision(precision, device, quiet=precision == "fp32")
     den.autocast_dtype = chosen.dtype
     if r.distill is not None and r.distill.method == "consistency":  # the student is the consistency function f
         den = ConsistencyFunction(den, r.distill.sigma_data).eval()
     return Loaded(task, r, den, ckpt, state["step"], chosen)
+
+
+def load_classifier(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
+                    for_model: Optional[Loaded] = None) -> NoisyClassifier:
+    """A noise-aware classifier checkpoint (a run trained from a recipe with a `classifier` section), in eval mode;
+    for_model: the diffusion checkpoint it will guide, whose task and schedule it must share."""
+    ckpt, where, weights, _, config = _read(path, ema)
+    if config.get("classifier") is None:
+        raise ConfigError(f"--classifier {path}: not a noise-aware classifier (its recipe has no classifier section)")
+    r = load_recipe(config)
+    if for_model is not None and r.task != for_model.recipe.task:
+        raise ConfigError(f"--classifier {path} is a {r.task!r} classifier but the model is a "
+                          f"{for_model.recipe.task!r} checkpoint")
+    clf = build_model(get_task(r.task), r)
+    _load_weights(clf.net, weights, where)
+    clf.recipe = r  # (what labels it takes: `guided` asks the task for them with this recipe)
+    return clf.to(device).eval().requires_grad_(False)
 
 
 def sampler_options(s, sampler: str, eta: Optional[float] = None) -> dict:
@@ -284,11 +331,39 @@ def sampler_options(s, sampler: str, eta: Optional[float] = None) -> dict:
     return opts
 
 
+def guided(denoiser, task, recipe: Recipe, n: int, w: float, cond=None, generator=None,
+           classifier: Optional[NoisyClassifier] = None, classifier_scale: float = 0.0, unconditional: bool = False):
+    """(the denoiser a sampler runs, the conditions of n samples): classifier-free guidance at w (when the task has a
+    null condition), then classifier guidance by `classifier` at scale s toward the conditions (labels cycling over the
+    classifier's classes when the model takes none). unconditional: the model sees the null condition and only the
+    classifier sees the labels (Dhariwal & Nichol's guided unconditional model)."""
+    if cond is None:
+        cond = task.sample_cond(n, recipe, generator)
+    model_cond = cond is not None
+    if unconditional and (classifier is None or not model_cond or task.null_cond is None or w):
+        raise ConfigError("--unconditional runs a conditional model with its null condition under classifier guidance: "
+                          "it needs --classifier, a model with a null condition, and no --guidance")
+    den = denoiser
+    if w and model_cond and task.null_cond is not None:
+        den = ClassifierFreeGuidance(denoiser, w, task.null_cond)
+    if classifier is None:
+        return den, cond
+    if not model_cond:  # the labels the classifier's own recipe samples (its classes, cycling)
+        cond = task.sample_cond(n, classifier.recipe, generator)
+    null = task.null_cond if unconditional else (None if model_cond else (lambda c: None))
+    try:
+        return classifier_guidance(den, classifier, classifier_scale, null), cond
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
 @torch.no_grad()
 def generate(denoiser, task, recipe: Recipe, n: Optional[int] = None, sampler: Optional[str] = None,
              steps: Optional[int] = None, seed: Optional[int] = None, guidance: Optional[float] = None,
-             eta: Optional[float] = None, cond=None, hooks=(), progress: bool = True, device=None):
-    """Sample n items with the recipe's defaults, any of which can be overridden; returns (x, cond)."""
+             eta: Optional[float] = None, cond=None, hooks=(), progress: bool = True, device=None,
+             classifier: Optional[NoisyClassifier] = None, classifier_scale: float = 0.0, unconditional: bool = False):
+    """Sample n items with the recipe's defaults, any of which can be overridden; returns (x, cond). See `guided` for
+    the guidance arguments."""
     s = recipe.sample
     n = n or s.n
     sampler, steps = sampler or s.sampler, steps or s.steps
@@ -296,12 +371,8 @@ def generate(denoiser, task, recipe: Recipe, n: Optional[int] = None, sampler: O
     w = s.guidance if guidance is None else guidance
     device = device or next(denoiser.parameters()).device
     g = torch.Generator().manual_seed(seed)
-    if cond is None:
-        cond = task.sample_cond(n, recipe, g)
+    den, cond = guided(denoiser, task, recipe, n, w, cond, g, classifier, classifier_scale, unconditional)
     cond = cond.to(device) if isinstance(cond, torch.Tensor) else cond
-    den = denoiser
-    if w and cond is not None and task.null_cond is not None:
-        den = ClassifierFreeGuidance(denoiser, w, task.null_cond)
     opts = sampler_options(s, sampler, eta)
     shape = (n, *task.sample_shape(recipe.model, recipe.data))
     x = sample(den, shape, sampler, steps, generator=g, cond=cond, hooks=hooks, device=device,

@@ -119,3 +119,27 @@ def test_the_classify_command_on_a_split_a_file_and_bad_input(tmp_path, monkeypa
     toy = run.train(recipe("toy2d", tmp_path, steps=2), out_dir=tmp_path / "toy")
     assert cli.main(["classify", str(toy), "--input", "test"]) == 2
     assert "does not support classify" in capsys.readouterr().err
+
+
+def test_per_input_candidates_and_several_conditions_per_class():
+    """Per-input candidates (B, K, ...) rank as shared ones when every input has the same; a class standing for several
+    conditions takes its likeliest one."""
+    from diffsuite.core.classify import Candidates
+    den, mix = _classes()
+    x = mix.sample(12, torch.Generator().manual_seed(3)).float()
+    shared = classify(den, x, torch.arange(3), budget=6, generator=torch.Generator().manual_seed(0))
+    own = classify(den, x, torch.arange(3).expand(12, 3), budget=6, generator=torch.Generator().manual_seed(0),
+                   per_input=True)
+    assert torch.equal(shared.errors, own.errors) and torch.equal(shared.top1, own.top1)
+    # conditions 0, 1, 2, 0 again, but the class list groups {0, 1} as class "a" and {2} as class "b"
+    c = Candidates(x, torch.tensor([0, 1, 2, 0]), ["a", "b"], class_of=torch.tensor([0, 0, 1, 0]))
+    r = classify(den, x, c.conditions, rounds=[(8, None)], generator=torch.Generator().manual_seed(0))
+    ce = c.class_errors(r.errors)
+    torch.testing.assert_close(ce[:, 0], r.errors[:, [0, 1, 3]].min(1).values)
+    torch.testing.assert_close(ce[:, 1], r.errors[:, 2])
+    assert torch.equal(c.predict(r), torch.tensor([0, 0, 1, 0])[r.top1])
+    assert torch.equal(c.first(5).x, x[:5])
+    with pytest.raises(ValueError, match="class_of"):
+        Candidates(x, torch.arange(3), ["a", "b"], class_of=torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="per-input candidates"):
+        Candidates(x, torch.zeros(5, 3), ["a", "b", "c"], per_input=True)

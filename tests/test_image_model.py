@@ -144,3 +144,18 @@ def test_frechet_distance_closed_form():
     assert abs(frechet_distance(np.array([1.0, 0]), s1, np.zeros(2), s2) - 3.0) < 1e-9
     a = np.random.default_rng(0).normal(size=(500, 3))
     assert abs(frechet_distance(*feature_stats(a), *feature_stats(a))) < 1e-6
+
+
+@pytest.mark.parametrize("pool", ["attention", "avg"])
+def test_the_classifier_is_the_unets_down_path_with_a_pooling_head(pool):
+    from diffsuite.modalities.image.unet import build_encoder, build_unet, preset
+    spec = preset("tiny", num_classes=10)
+    enc, unet = build_encoder(spec, 7, pool), build_unet(spec)
+    down = {k for k in unet.state_dict() if k.startswith(("input_blocks", "middle_block", "time_embed"))}
+    assert down == {k for k in enc.state_dict() if k.startswith(("input_blocks", "middle_block", "time_embed"))}
+    assert not any(k.startswith(("output_blocks", "label_emb")) for k in enc.state_dict())
+    out = enc(torch.randn(3, 1, 16, 16), torch.tensor([0.0, 500.0, 999.0]))
+    assert out.shape == (3, 7) and torch.isfinite(out).all()
+    if pool == "attention":
+        with pytest.raises(ValueError, match="positions"):
+            enc(torch.randn(1, 1, 32, 32), torch.zeros(1))

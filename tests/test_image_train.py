@@ -145,3 +145,63 @@ def test_sample_inpaint_on_a_task_without_inpainting_exits_2(tmp_path, capsys):
                  "--out", str(tmp_path / "s")]) == 2
     assert "task 'toy2d' does not support inpainting" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+# classifier guidance: a noise-aware classifier run (a recipe with a classifier section) guides `diffsuite sample`
+
+def _classifier_recipe(T=20, **diffusion):
+    r = _recipe(T)
+    r.update(name="image_classifier_test", classifier={"pool": "attention"})
+    r["diffusion"] = {"schedule": "cosine", "T": T, **diffusion}
+    r.pop("sample")
+    return r
+
+
+def test_classifier_guided_sampling_end_to_end(quick_image_run, tmp_path, monkeypatch, capsys):
+    from diffsuite.recipes.cli import main
+    run_dir, cache = quick_image_run
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(cache))
+    clf_dir = run.train(_classifier_recipe(), out_dir=tmp_path / "clf")
+    clf = run.load_classifier(clf_dir)
+    assert clf(torch.zeros(2, 1, 16, 16), torch.tensor([0.0, 19.0])).shape == (2, 10)
+    a = run.load(run_dir)
+    x0, c0 = run.generate(a.denoiser, a.task, a.recipe, guidance=0.0, seed=1, progress=False)
+    x1, c1 = run.generate(a.denoiser, a.task, a.recipe, guidance=0.0, seed=1, progress=False, classifier=clf,
+                          classifier_scale=0.0)
+    assert torch.equal(x0, x1) and torch.equal(c0, c1)  # s = 0 is the unguided model
+    x2, _ = run.generate(a.denoiser, a.task, a.recipe, guidance=0.0, seed=1, progress=False, classifier=clf,
+                         classifier_scale=5.0)
+    assert not torch.equal(x0, x2) and torch.isfinite(x2).all()
+    out = tmp_path / "s"
+    assert main(["sample", str(run_dir), "--classifier", str(clf_dir), "--classifier-scale", "2", "--unconditional",
+                 "--guidance", "0", "--n", "4", "--out", str(out)]) == 0
+    info = json.loads((out / "sample.json").read_text())
+    assert info["classifier_scale"] == 2.0 and info["unconditional"] and (out / "samples.png").exists()
+    # mistakes get one line each
+    capsys.readouterr()
+    assert main(["sample", str(clf_dir), "--out", str(tmp_path / "x")]) == 2
+    assert "is a noise-aware classifier, not a diffusion model" in capsys.readouterr().err
+    assert main(["sample", str(run_dir), "--classifier", str(run_dir), "--out", str(tmp_path / "x")]) == 2
+    assert "not a noise-aware classifier" in capsys.readouterr().err
+    assert main(["sample", str(run_dir), "--unconditional", "--out", str(tmp_path / "x")]) == 2
+    assert "--unconditional needs --classifier" in capsys.readouterr().err
+    assert main(["sample", str(run_dir), "--classifier", str(clf_dir), "--unconditional", "--guidance", "2",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "no --guidance" in capsys.readouterr().err
+    other = run.train(_classifier_recipe(T=30), out_dir=tmp_path / "clf30")
+    assert main(["sample", str(run_dir), "--classifier", str(other), "--out", str(tmp_path / "x")]) == 2
+    assert "another noise schedule" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_classifier_recipe_that_drops_labels_is_refused(tmp_path, monkeypatch):
+    from diffsuite.core.config import ConfigError
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="cond_drop_prob=0"):
+        run.train(_classifier_recipe(cond_drop_prob=0.1), out_dir=tmp_path / "c")
+    r = _classifier_recipe()
+    r["data"]["class_cond"] = False
+    r["model"].pop("num_classes")
+    with pytest.raises(ConfigError, match="labelled data"):
+        run.train(r, out_dir=tmp_path / "c2")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c2").exists()

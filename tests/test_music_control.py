@@ -134,3 +134,44 @@ def test_compose_cli_writes_files(den, tmp_path):
         args = parser.parse_args(["compose", "ckpt", "--out", str(tmp_path), "--infill", str(src), "--bars", "0-1"])
         args.load = lambda path, **kw: loaded
         args.func(args)
+
+
+def test_triad_classes_and_the_note_reading_rule():
+    import numpy as np
+    from diffsuite.modalities.music import chords
+    rows, class_of, names = chords.triad_conditions()
+    assert rows.shape == (108, 36) and len(names) == 108 and np.bincount(class_of).tolist() == [3] * 36
+    assert chords.triad_names()[:3] == ["C", "Cm", "Cdim"] and names[:3] == ["C", "C/E", "C/G"]
+    c_e = rows[1]  # C major over E: root C, chroma C E G, bass E
+    assert c_e[0] == 1 and set(np.nonzero(c_e[12:24])[0]) == {0, 4, 7} and c_e[24 + 4] == 1
+    chroma = lambda *pcs: np.isin(np.arange(12), pcs).astype(float)  # noqa: E731
+    assert chords.triad_class(chroma(0, 4, 7), 4) == 0  # C/E is C major
+    assert chords.triad_class(chroma(9, 0, 4), 9) == 3 * 9 + 1  # A minor
+    assert chords.triad_class(chroma(7, 11, 2, 5), 7) == 3 * 7  # G7 counts as G major
+    assert chords.triad_class(chroma(11, 2, 5), 11) == 3 * 11 + 2  # B diminished
+    assert chords.triad_class(chroma(), -1) == -1
+    assert chords.bass_rule_class(chroma(0, 4, 7), 0) == 0
+    assert chords.bass_rule_class(chroma(0, 4, 7), 4) != 0  # the rule misreads an inversion
+
+
+def test_chord_classification_inputs_of_a_split():
+    import numpy as np
+    import torch
+    from diffsuite.modalities.music import chords
+    from diffsuite.modalities.music.roll import from_model
+    from diffsuite.recipes.run import load_recipe
+    from diffsuite.recipes.registry import get_task
+    r = load_recipe("music_bach_quick")
+    task = get_task("music")
+    c = task.classification_inputs(r, "val").first(4)
+    assert c.per_input and c.conditions.shape[:2] == (4, 108) and len(c.names) == 36
+    for x, cond, label, b in zip(c.x, c.conditions, c.labels, c.where):
+        own = chords.extract(from_model(x[None])[0], r.data.pitch_lo, r.data.steps_per_beat)
+        others = [i for i in range(len(own)) if i != b]
+        assert np.allclose(cond[:, others].numpy(), own[None, others])  # the rest of the progression is the window's
+        chroma, bass = chords.chroma_bass(from_model(x[None])[0], r.data.pitch_lo, r.data.steps_per_beat)
+        assert int(label) == chords.triad_class(chroma[b], int(bass[b])) >= 0
+        assert torch.equal(torch.unique(c.class_of), torch.arange(36))
+    from diffsuite.core.config import ConfigError
+    with pytest.raises(ConfigError, match="train, val or test"):
+        task.classification_inputs(r, "song.mid")

@@ -18,15 +18,16 @@ from . import edit, metrics
 
 def sample_images(denoiser, task, recipe, n: int, sampler: str | None = None, steps: int | None = None,
                   guidance: float | None = None, seed: int = 0, cond=None, hooks=(), eta: float | None = None,
-                  progress: bool = False, batch: int = 500):
-    """n images with the recipe's sampling defaults (each overridable), classifier-free guided when w != 0."""
-    from diffsuite.recipes.run import sampler_options
+                  progress: bool = False, batch: int = 500, classifier=None, classifier_scale: float = 0.0,
+                  unconditional: bool = False):
+    """n images with the recipe's sampling defaults (each overridable), classifier-free guided when w != 0 and
+    classifier guided with `classifier` (see recipes.run.guided)."""
+    from diffsuite.recipes.run import guided, sampler_options
     s = recipe.sample
     sampler, steps = sampler or s.sampler, steps or s.steps
     w = s.guidance if guidance is None else guidance
     g = torch.Generator().manual_seed(seed)
-    cond = task.sample_cond(n, recipe, g) if cond is None else cond
-    den = ClassifierFreeGuidance(denoiser, w, task.null_cond) if w and cond is not None else denoiser
+    den, cond = guided(denoiser, task, recipe, n, w, cond, g, classifier, classifier_scale, unconditional)
     opts = sampler_options(s, sampler, eta)
     shape = task.sample_shape(recipe.model, recipe.data)
     xs = []
@@ -77,15 +78,19 @@ def _common(p) -> None:
 
 
 def evaluate(loaded, n: int = 500, sampler=None, steps=None, guidance=None, seed: int = 0, bpd_n: int = 64,
-             inception: str | None = None, progress: bool = False) -> dict:
+             inception: str | None = None, progress: bool = False, classifier=None, classifier_scale: float = 0.0,
+             unconditional: bool = False) -> dict:
     """All image metrics of a loaded checkpoint (see the module docstring); returns a JSON-able dict."""
     task, r, den = loaded.task, loaded.recipe, loaded.denoiser
     test = task.build_dataset(r.data, "test")
     t0 = time.time()
-    x, cond = sample_images(den, task, r, n, sampler, steps, guidance, seed, progress=progress)
+    x, cond = sample_images(den, task, r, n, sampler, steps, guidance, seed, progress=progress, classifier=classifier,
+                            classifier_scale=classifier_scale, unconditional=unconditional)
     res = {"n": n, "sampler": sampler or r.sample.sampler, "steps": steps or r.sample.steps,
            "guidance": r.sample.guidance if guidance is None else guidance, "seed": seed,
            "sample_seconds": round(time.time() - t0, 1)}
+    if classifier is not None:
+        res.update(classifier_scale=classifier_scale, unconditional=unconditional)
     if r.data.source == "digits":
         clf, info = metrics.digits_classifier(r.data.image_size, r.data.digits_mode)
         res["digits_fid"] = metrics.fid(clf.features, test.x, x)
@@ -106,8 +111,12 @@ def evaluate(loaded, n: int = 500, sampler=None, steps=None, guidance=None, seed
 
 def cmd_eval(args) -> int:
     loaded = args.load(args.checkpoint, task="image", command="diffsuite eval")
+    clf = args.classifier_of(args, loaded)
     res = evaluate(loaded, args.n, args.sampler, args.steps, args.guidance, args.seed, args.bpd_n, args.inception,
-                   progress=True)
+                   progress=True, classifier=clf, classifier_scale=args.classifier_scale,
+                   unconditional=args.unconditional)
+    if clf is not None:
+        res["classifier"] = args.classifier
     res["checkpoint"] = str(loaded.checkpoint)
     ckpt = Path(loaded.checkpoint)  # outside the checkpoint folder, which pruning may delete
     out = Path(args.out) if args.out else ckpt.parent.parent / "eval" / f"{ckpt.name}.json"

@@ -9,12 +9,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffsuite.core.classify import Candidates
 from diffsuite.core.config import ConfigError, valid
 from diffsuite.core.task import Task
 from diffsuite.core.utils import atomic_write_json
 
 from . import data as D
-from .unet import PRESETS, UNetSpec, build_unet, preset
+from .unet import PRESETS, UNetSpec, build_encoder, build_unet, preset
 
 
 @dataclass
@@ -107,6 +108,16 @@ class ImageTask(Task):
         spec = unet_spec(model)
         return ConvDiscriminator(2, spec.in_channels, gan.d_width, gan.d_levels, num_classes=spec.num_classes)
 
+    def build_classifier(self, model: ModelConfig, data: DataConfig, classifier: Any) -> torch.nn.Module:
+        """ADM's noise-aware classifier: the down path of the U-Net the model section describes, then a pooling head
+        over model.num_classes classes (core.classifier; classifier.depth overrides num_res_blocks)."""
+        spec = unet_spec(model)
+        if not spec.num_classes or not data.class_cond:
+            raise ConfigError("classifier: a noise-aware classifier needs labelled data (data.class_cond=true) and "
+                              f"model.num_classes (got {spec.num_classes})")
+        spec = replace(spec, num_res_blocks=classifier.depth or spec.num_res_blocks)
+        return build_encoder(spec, spec.num_classes, classifier.pool)
+
     def classification_inputs(self, recipe, source: str):
         """Images of a split (with their labels) or one image file, and the model's classes as the candidates."""
         spec = unet_spec(recipe.model)
@@ -122,7 +133,7 @@ class ImageTask(Task):
             from .edit import load_known
             x, labels, names = load_known(source, d.image_size, d.channels, "--input"), None, []
         names = names or [str(i) for i in range(spec.num_classes)]
-        return x, labels, torch.arange(spec.num_classes), names
+        return Candidates(x, torch.arange(spec.num_classes), names, labels)
 
     def build_dataset(self, data: DataConfig, split: str = "train") -> torch.utils.data.Dataset:
         if data.source == "digits":

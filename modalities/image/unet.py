@@ -73,7 +73,7 @@ class UNet2D(nn.Module):
                  dropout: float = 0.0, num_heads: int = 1, num_head_channels: int | None = None,
                  use_scale_shift_norm: bool = False, resblock_updown: bool = False, conv_resample: bool = True,
                  num_classes: int | None = None, learn_sigma: bool = False, use_checkpoint: bool = False,
-                 pad_to_multiple: bool = False, z_channels: int = 0):
+                 pad_to_multiple: bool = False, z_channels: int = 0, encoder_only: bool = False):
         super().__init__()
         self.image_size, self.in_channels, self.model_channels = image_size, in_channels, model_channels
         self.z_channels = z_channels  # a DDGAN generator's latent, stacked after the image's channels (core.ddgan)
@@ -106,6 +106,9 @@ class UNet2D(nn.Module):
                 ds *= 2
 
         self.middle_block = TimestepEmbedSequential(res(ch, ch), AttentionBlock(ch, **self._attn), res(ch, ch))
+        self.trunk_channels = ch
+        if encoder_only:  # the down path alone (UNetEncoder)
+            return
 
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
@@ -155,7 +158,8 @@ class UNet2D(nn.Module):
             return checkpoint(block, h, emb, use_reentrant=False)
         return block(h, emb)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None):
+    def features(self, x: torch.Tensor, t: torch.Tensor, cond=None):
+        """The down path and the middle block: (h, skips, emb), h of size H / factor."""
         ph, pw = self._check_size(x)
         H, W = x.shape[-2:]
         h = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(H, W) > max(ph, pw) else "replicate") if ph or pw else x
@@ -164,7 +168,11 @@ class UNet2D(nn.Module):
         for block in self.input_blocks:
             h = self._run(block, h, emb)
             skips.append(h)
-        h = self._run(self.middle_block, h, emb)
+        return self._run(self.middle_block, h, emb), skips, emb
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None):
+        H, W = x.shape[-2:]
+        h, skips, emb = self.features(x, t, cond)
         for block in self.output_blocks:
             h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb)
         out = self.out(h)[..., :H, :W]
@@ -173,5 +181,53 @@ class UNet2D(nn.Module):
         return out
 
 
+class AttentionPool(nn.Module):
+    """ADM's attention pooling: the mean token, with learned positions, attends over every position (Dhariwal &
+    Nichol 2021, App. A, after CLIP's AttentionPool2d)."""
+
+    def __init__(self, channels: int, positions: int, heads: int, out_dim: int):
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(positions + 1, channels) / channels ** 0.5)
+        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+        self.proj = nn.Linear(channels, out_dim)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        tokens = h.flatten(2).transpose(1, 2)  # (B, N, C)
+        if tokens.shape[1] + 1 != self.pos.shape[0]:
+            raise ValueError(f"AttentionPool: built for {self.pos.shape[0] - 1} positions, got features of shape "
+                             f"{tuple(h.shape)}; classify images of the size the classifier was trained on")
+        tokens = torch.cat([tokens.mean(1, keepdim=True), tokens], 1) + self.pos
+        out, _ = self.attn(tokens[:, :1], tokens, tokens, need_weights=False)
+        return self.proj(out[:, 0])
+
+
+class UNetEncoder(UNet2D):
+    """ADM's noise-aware classifier: the U-Net's down path and middle block, then a pooling head to logits (Dhariwal &
+    Nichol 2021, Sec. 4.1). net(x_t (B, C, H, W), t (B,)) -> (B, num_outputs)."""
+
+    def __init__(self, num_outputs: int, pool: str = "attention", **unet):
+        unet = {**unet, "num_classes": None, "learn_sigma": False, "z_channels": 0, "encoder_only": True}
+        super().__init__(**unet)
+        ch = self.trunk_channels
+        self.norm_out = nn.Sequential(norm(ch), nn.SiLU())
+        if pool == "attention":
+            side = -(-self.image_size // self.factor)
+            heads = max(1, ch // self._attn["head_dim"]) if self._attn["head_dim"] else self._attn["num_heads"]
+            self.head = AttentionPool(ch, side * side, heads, num_outputs)
+        elif pool == "avg":
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, num_outputs))
+        else:
+            raise ValueError(f"UNetEncoder: unknown pool {pool!r}; valid: attention, avg")
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        h, _, _ = self.features(x, t)
+        return self.head(self.norm_out(h))
+
+
 def build_unet(spec: UNetSpec) -> UNet2D:
     return UNet2D(**{f.name: getattr(spec, f.name) for f in fields(UNetSpec)})
+
+
+def build_encoder(spec: UNetSpec, num_outputs: int, pool: str = "attention") -> UNetEncoder:
+    """The classifier with the down path of the U-Net that `spec` describes."""
+    return UNetEncoder(num_outputs, pool, **{f.name: getattr(spec, f.name) for f in fields(UNetSpec)})

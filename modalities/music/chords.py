@@ -47,13 +47,20 @@ _ROOTED = np.stack([np.roll(t, r) for r in range(12) for t in _TEMPLATES])  # (1
 _ROOT_OF_ROW = np.repeat(np.arange(12), len(_TEMPLATES))
 
 
-def roots_of(chroma: np.ndarray, bass: np.ndarray) -> np.ndarray:
-    """Per beat, the root whose template best matches the chroma (matches - misses - extras / 2); bass wins ties."""
+def chords_of(chroma: np.ndarray, bass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per beat, (root, template index) of the rooted template that best matches the chroma (matches - misses -
+    extras / 2); bass wins ties."""
     t = _ROOTED[None]  # (1, R, 12)
     c = chroma[:, None, :]  # (n, 1, 12)
     score = (t * c).sum(-1) - (t * (1 - c)).sum(-1) - 0.5 * ((1 - t) * c).sum(-1)
     score = score + 0.1 * (_ROOT_OF_ROW[None] == bass[:, None])
-    return _ROOT_OF_ROW[np.argmax(score, axis=1)]
+    best = np.argmax(score, axis=1)
+    return _ROOT_OF_ROW[best], best % len(_TEMPLATES)
+
+
+def roots_of(chroma: np.ndarray, bass: np.ndarray) -> np.ndarray:
+    """Per beat, the root whose template best matches the chroma (see chords_of)."""
+    return chords_of(chroma, bass)[0]
 
 
 def root_of(chroma: np.ndarray, bass: int) -> int:
@@ -121,3 +128,46 @@ def accuracy(roll: np.ndarray, target: np.ndarray, pitch_lo: int, steps_per_beat
         root = int(target[b, :12].argmax())
         hits += bool(chroma[b].sum() > 0 and chroma[b][tc == 0].sum() == 0 and chroma[b][root] == 1)
     return hits / n if n else float("nan")
+
+
+# Triad classes for chord recognition (`diffsuite classify` on a music model): class = 3 root + quality.
+TRIADS = {"": (0, 4, 7), "m": (0, 3, 7), "dim": (0, 3, 6)}  # major, minor, diminished
+_TRIAD_OF_TEMPLATE = np.array([0, 1, 2, 0, 0, 1, 2])  # maj, min, dim, aug, 7, m7, m7b5 -> major, minor, diminished
+
+
+def triad_names() -> list[str]:
+    """The 36 triad classes' names, class 3 root + quality: C, Cm, Cdim, C#, ..."""
+    return [f"{NAMES[r]}{q}" for r in range(12) for q in TRIADS]
+
+
+def triad_class(chroma: np.ndarray, bass: int) -> int:
+    """The extractor's chord of one beat as a triad class (sevenths and augmented count as their triad), -1 if silent."""
+    if bass < 0:
+        return -1
+    root, template = chords_of(chroma[None], np.array([bass]))
+    return int(3 * root[0] + _TRIAD_OF_TEMPLATE[template[0]])
+
+
+def triad_conditions() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Every triad in root position and both inversions as one beat's chord condition: rows (108, 36), the class of
+    each row (108,), and the rows' names (C, C/E, C/G, ...)."""
+    rows, classes, names = [], [], []
+    for c, name in enumerate(triad_names()):
+        root, intervals = c // 3, list(TRIADS.values())[c % 3]
+        chroma = np.isin(np.arange(12), [(root + i) % 12 for i in intervals]).astype(float)
+        for inv, i in enumerate(intervals):
+            bass = (root + i) % 12
+            rows.append(encode(chroma[None], np.array([bass]), np.array([root]))[0])
+            classes.append(c)
+            names.append(name if inv == 0 else f"{name}/{NAMES[bass]}")
+    return np.stack(rows), np.array(classes), names
+
+
+def bass_rule_class(chroma: np.ndarray, bass: int) -> int:
+    """A note-reading recogniser that assumes root position: the bass is the root; a major third above it makes the
+    chord major, a minor third with a diminished fifth diminished, a minor third minor; no third: major."""
+    if bass < 0:
+        return -1
+    has = lambda k: bool(chroma[(bass + k) % 12])  # noqa: E731
+    q = 0 if has(4) else (2 if has(3) and has(6) and not has(7) else (1 if has(3) else 0))
+    return 3 * bass + q

@@ -15,13 +15,14 @@ from typing import Optional
 import numpy as np
 import torch
 
+from diffsuite.core.classify import Candidates
 from diffsuite.core.config import ConfigError, valid
 from diffsuite.core.task import Task
 from diffsuite.core.utils import atomic_write_json
 
 from . import chords
 from .data import RollWindows, cached_midi_folder, corpus_pieces, split_pieces
-from .roll import RollPiece, from_model, integrity_rate, piece_to_midi
+from .roll import RollPiece, from_model, integrity_rate, piece_to_midi, to_model
 
 NULL_CHORD = -1.0
 
@@ -119,6 +120,37 @@ class MusicTask(Task):
         """DDGAN's D(x_{t-1}, x_t, t): a time-conditional conv net over the two roll planes (core.ddgan)."""
         from diffsuite.core.ddgan import ConvDiscriminator
         return ConvDiscriminator(2, 2, gan.d_width, gan.d_levels)
+
+    def classification_inputs(self, recipe, source: str):
+        """Chord recognition from the model alone (core.classify): for each window of a split (in a fixed shuffled
+        order, so --n takes a random sample), the chord of one beat (the middle one, else the nearest sounding one),
+        labelled by the chord extractor as one of 36 triads (12 roots x major, minor, diminished; sevenths count as
+        their triad). Each window's candidates are its own chord condition with that beat replaced by each triad in
+        each inversion (108 conditions, 3 per class): the model sees the rest of the progression, as when sampling."""
+        if not recipe.model.chord_cond:
+            raise ConfigError("classify needs a chord-conditioned music model (model.chord_cond=true)")
+        if source not in ("train", "val", "test"):
+            raise ConfigError(f"classify --input {source!r}: a music model classifies the windows of a split: "
+                              "train, val or test")
+        d = recipe.data
+        ds = RollWindows(pieces_for(d, source), d.seg_len)
+        rows, class_of, _ = chords.triad_conditions()
+        xs, conds, labels, beats = [], [], [], []
+        for j in torch.randperm(len(ds), generator=torch.Generator().manual_seed(0)).tolist():
+            w = ds.window(j)
+            chroma, bass = chords.chroma_bass(w, d.pitch_lo, d.steps_per_beat)
+            sounding = np.nonzero(bass >= 0)[0]
+            if not len(sounding):
+                continue
+            b = int(sounding[np.argmin(np.abs(sounding - len(bass) // 2))])
+            c = np.repeat(chords.encode(chroma, bass)[None], len(rows), 0)
+            c[:, b] = rows
+            xs.append(to_model(w))
+            conds.append(torch.from_numpy(c))
+            labels.append(chords.triad_class(chroma[b], int(bass[b])))
+            beats.append(b)
+        return Candidates(torch.stack(xs), torch.stack(conds), chords.triad_names(), torch.tensor(labels),
+                          per_input=True, class_of=torch.from_numpy(class_of), where=beats)
 
     def build_dataset(self, data: MusicDataConfig, split: str = "train"):
         pieces = pieces_for(data, split)
