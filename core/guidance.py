@@ -7,19 +7,11 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
+from .conditions import cond_cat, drop_condition, null_like  # noqa: F401 (drop_condition: re-exported)
 from .denoiser import Prediction
 from .parameterization import eps_to_x0, q_sample
 from .samplers import SAMPLERS, SamplerHook, _call, _grid, ddim_step, ddpm_step, timesteps_for
 from .utils import append_dims, randn
-
-
-def drop_condition(cond: torch.Tensor, p: float, null, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Replace each sample's condition by `null` with probability p, for classifier-free training (Ho & Salimans 2022, Alg. 1)."""
-    if p <= 0:
-        return cond
-    u = torch.rand(cond.shape[0], generator=generator, device=generator.device if generator else cond.device)
-    keep = append_dims((u >= p).to(cond.device), cond.ndim)
-    return torch.where(keep, cond, torch.as_tensor(null, dtype=cond.dtype, device=cond.device))
 
 
 class ClassifierFreeGuidance(torch.nn.Module):
@@ -30,20 +22,13 @@ class ClassifierFreeGuidance(torch.nn.Module):
         self.denoiser, self.w, self.null_cond = denoiser, float(w), null_cond
         self.schedule = denoiser.schedule
 
-    def _null(self, cond):
-        return self.null_cond(cond) if callable(self.null_cond) else torch.full_like(cond, self.null_cond) \
-            if not isinstance(self.null_cond, torch.Tensor) else self.null_cond.expand_as(cond)
-
     def forward(self, x_t, t, cond=None, **kw) -> Prediction:
-        if self.w == 0:
+        if self.w == 0 or cond is None:
             return self.denoiser(x_t, t, cond, **kw)
-        null = self._null(cond)
-        if isinstance(cond, torch.Tensor):
-            kw2 = {k: None if v is None else torch.cat([v, v]) for k, v in kw.items()}  # e.g. a DDGAN latent z
-            both = self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, null]), **kw2)
-            eps_c, eps_u = both.eps.chunk(2)
-        else:
-            eps_c, eps_u = self.denoiser(x_t, t, cond, **kw).eps, self.denoiser(x_t, t, null, **kw).eps
+        null = null_like(cond, self.null_cond)
+        kw2 = {k: None if v is None else torch.cat([v, v]) for k, v in kw.items()}  # e.g. a DDGAN latent z
+        both = self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), cond_cat(cond, null), **kw2)
+        eps_c, eps_u = both.eps.chunk(2)
         eps = (1 + self.w) * eps_c - self.w * eps_u
         ab = self.schedule.alpha_bar_at(t.double()).to(x_t.dtype)
         x0 = eps_to_x0(x_t, eps, ab)
@@ -72,12 +57,7 @@ class GradientGuidance(torch.nn.Module):
         self.schedule = denoiser.schedule
 
     def _denoiser_cond(self, cond):
-        if self.null_cond is None or cond is None:
-            return cond
-        if callable(self.null_cond):
-            return self.null_cond(cond)
-        return torch.full_like(cond, self.null_cond) if not isinstance(self.null_cond, torch.Tensor) \
-            else self.null_cond.expand_as(cond)
+        return cond if self.null_cond is None or cond is None else null_like(cond, self.null_cond)
 
     def forward(self, x_t, t, cond=None) -> Prediction:
         pred = self.denoiser(x_t, t, self._denoiser_cond(cond))

@@ -30,6 +30,11 @@ class Task:
     #: value of the condition meaning "unconditional", for classifier-free guidance (None: no CFG)
     null_cond: Any = None
 
+    def null_condition(self, recipe: Any) -> Any:
+        """The null condition of this recipe's model (core.conditions.null_like: a value, or a dict by part when
+        conditions are dicts); default `null_cond`."""
+        return self.null_cond
+
     def build_net(self, model: Any, diffusion: Any) -> nn.Module:
         """The raw network net(x_t, t, cond) -> output (or (output, v_var) with learned variance)."""
         raise NotImplementedError

@@ -33,7 +33,7 @@ from .checkpoint import (CheckpointError, checkpoint_folders, flatten_optimizer_
 from .config import LR_SCHEDULES, TrainerConfig, to_dict
 from .ema import EMA
 from . import precision
-from .guidance import drop_condition
+from .conditions import cond_to, drop_condition
 from .utils import atomic_write_json
 
 def lr_lambda(cfg: TrainerConfig) -> Callable[[int], float]:
@@ -333,7 +333,7 @@ class Trainer:
     def _micro_step(self, batch, micro: int) -> torch.Tensor:
         x0, cond = split_batch(batch)
         x0 = x0.to(self.acc.device)
-        cond = cond.to(self.acc.device) if isinstance(cond, torch.Tensor) else cond
+        cond = cond_to(cond, self.acc.device)
         g = self._generator(micro)
         if self.cond_drop_prob > 0 and cond is not None:
             cond = drop_condition(cond, self.cond_drop_prob, self.null_cond, g)

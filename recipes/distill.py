@@ -71,8 +71,9 @@ def _finished(run_dir: Path, stage_steps: int) -> bool:
 def _teacher(loaded, guidance: float):
     """The stage's teacher denoiser: the EMA weights, guided when w != 0 and the task has a null condition."""
     den = loaded.denoiser.eval().requires_grad_(False)
-    if guidance and loaded.task.null_cond is not None:
-        return ClassifierFreeGuidance(den, guidance, loaded.task.null_cond)
+    null = loaded.task.null_condition(loaded.recipe)
+    if guidance and null is not None:
+        return ClassifierFreeGuidance(den, guidance, null)
     return den
 
 
@@ -136,7 +137,7 @@ def _train_stage(r, task, dataset, teacher_loaded, teacher, run_dir: Path) -> No
         loss = ProgressiveDistillation(teacher, d.steps, d.weighting)
     cfg = recipe_to_dict(r)
     trainer = Trainer(student, dataset, r.train, run_dir, loss, config=cfg,
-                      cond_drop_prob=r.diffusion.cond_drop_prob, null_cond=task.null_cond)
+                      cond_drop_prob=r.diffusion.cond_drop_prob, null_cond=task.null_condition(r))
     resume = resolve_checkpoint(run_dir) if checkpoint_folders(run_dir / "checkpoints") else None
     if trainer.acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)

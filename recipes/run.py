@@ -13,6 +13,7 @@ import yaml
 from diffsuite.core.build import build_denoiser, build_loss, build_schedule
 from diffsuite.core.checkpoint import CheckpointError, load_checkpoint, read_json
 from diffsuite.core.classifier import ClassifierLoss, NoisyClassifier, classifier_guidance
+from diffsuite.core.conditions import cond_to
 from diffsuite.core.config import (ClassifierConfig, ConfigError, DiffusionConfig, DistillConfig, GanConfig, SampleConfig,
                                    TrainerConfig, deep_merge, from_dict, load_yaml, parse_overrides, to_dict)
 from diffsuite.core.distill import ConsistencyFunction
@@ -134,7 +135,7 @@ def train(recipe, overrides: Sequence[str] = (), out_dir: Optional[str | Path] =
     ckpt, changes = safety.prepare_run_folder(run, resume, overwrite, cfg)
     denoiser, dataset = build_for_training(task, r)
     trainer = Trainer(denoiser, dataset, r.train, run, training_loss(task, r), config=cfg,
-                      cond_drop_prob=r.diffusion.cond_drop_prob, null_cond=task.null_cond,
+                      cond_drop_prob=r.diffusion.cond_drop_prob, null_cond=task.null_condition(r),
                       sample_fn=None if r.classifier else make_sample_fn(task, r))
     trainer.resume_changes = changes
     if trainer.acc.is_main_process:
@@ -340,17 +341,18 @@ def guided(denoiser, task, recipe: Recipe, n: int, w: float, cond=None, generato
     if cond is None:
         cond = task.sample_cond(n, recipe, generator)
     model_cond = cond is not None
-    if unconditional and (classifier is None or not model_cond or task.null_cond is None or w):
+    null_cond = task.null_condition(recipe)
+    if unconditional and (classifier is None or not model_cond or null_cond is None or w):
         raise ConfigError("--unconditional runs a conditional model with its null condition under classifier guidance: "
                           "it needs --classifier, a model with a null condition, and no --guidance")
     den = denoiser
-    if w and model_cond and task.null_cond is not None:
-        den = ClassifierFreeGuidance(denoiser, w, task.null_cond)
+    if w and model_cond and null_cond is not None:
+        den = ClassifierFreeGuidance(denoiser, w, null_cond)
     if classifier is None:
         return den, cond
     if not model_cond:  # the labels the classifier's own recipe samples (its classes, cycling)
         cond = task.sample_cond(n, classifier.recipe, generator)
-    null = task.null_cond if unconditional else (None if model_cond else (lambda c: None))
+    null = null_cond if unconditional else (None if model_cond else (lambda c: None))
     try:
         return classifier_guidance(den, classifier, classifier_scale, null), cond
     except ValueError as e:
@@ -372,7 +374,7 @@ def generate(denoiser, task, recipe: Recipe, n: Optional[int] = None, sampler: O
     device = device or next(denoiser.parameters()).device
     g = torch.Generator().manual_seed(seed)
     den, cond = guided(denoiser, task, recipe, n, w, cond, g, classifier, classifier_scale, unconditional)
-    cond = cond.to(device) if isinstance(cond, torch.Tensor) else cond
+    cond = cond_to(cond, device)
     opts = sampler_options(s, sampler, eta)
     shape = (n, *task.sample_shape(recipe.model, recipe.data))
     x = sample(den, shape, sampler, steps, generator=g, cond=cond, hooks=hooks, device=device,

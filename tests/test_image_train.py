@@ -205,3 +205,69 @@ def test_a_classifier_recipe_that_drops_labels_is_refused(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="labelled data"):
         run.train(r, out_dir=tmp_path / "c2")
     assert not (tmp_path / "c").exists() and not (tmp_path / "c2").exists()
+
+
+# image-to-image: SR3 on digits through the generic trainer and commands, and `diffsuite upscale`
+
+def _sr_recipe(**data):
+    r = _recipe(T=20)
+    r.update(name="image_sr_test")
+    r["model"].pop("num_classes")
+    r["data"].update(class_cond=False, degradation="sr", factor=4, **data)
+    r["diffusion"].pop("cond_drop_prob")
+    r["sample"].pop("guidance")
+    return r
+
+
+def test_sr3_trains_samples_and_upscales_any_size(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from PIL import Image
+    from diffsuite.recipes.cli import main
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    run_dir = run.train(_sr_recipe(), out_dir=tmp_path / "sr")
+    a = run.load(run_dir)
+    assert a.recipe.model.source_channels == 1
+    x, cond = run.generate(a.denoiser, a.task, a.recipe, n=3, progress=False)
+    test = a.task.build_dataset(a.recipe.data, "test")
+    want = torch.stack([test[i]["cond"]["source"] for i in range(3)])  # the first held-out digits, degraded
+    assert torch.equal(cond["source"], want)
+    files = a.task.save_samples(x, cond, tmp_path / "s", a.recipe)
+    assert Image.open(files["grid"]).size[1] < Image.open(files["grid"]).size[0]  # sources above samples
+    img = tmp_path / "low.png"
+    Image.fromarray((np.arange(5 * 7).reshape(5, 7) * 7).astype(np.uint8)).save(img)
+    out = tmp_path / "up" / "big.png"
+    assert main(["upscale", str(run_dir), "--image", str(img), "--out", str(out), "--samples", "2", "--steps", "3"]) == 0
+    assert Image.open(out).size == (28, 20) and (tmp_path / "up" / "big-1.png").exists()
+    assert json.loads(out.with_suffix(".json").read_text())["overlap"] == 4
+    # mistakes: one line each, nothing written
+    capsys.readouterr()
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(tmp_path / "dot.png")
+    assert main(["upscale", str(run_dir), "--image", str(tmp_path / "dot.png"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "too small to upscale" in capsys.readouterr().err
+    assert main(["upscale", str(run_dir), "--image", str(tmp_path / "none.png"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "image file not found" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_upscale_refuses_a_model_that_is_not_sr(quick_image_run, tmp_path, monkeypatch, capsys):
+    from diffsuite.recipes.cli import main
+    run_dir, cache = quick_image_run
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(cache))
+    assert main(["upscale", str(run_dir), "--image", "x.png", "--out", str(tmp_path / "x.png")]) == 2
+    assert "needs a super-resolution checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": {"source_channels": 3}}, "model.source_channels=3 but data.degradation=sr gives 1"),
+    ({"model": {"image_size": 18}, "data": {"image_size": 18}}, "multiples of 4, got 18x18"),
+    ({"data": {"degradation": "colorize"}}, "set data.channels=3"),
+])
+def test_img2img_recipe_mistakes_are_config_errors(tmp_path, monkeypatch, change, message):
+    from diffsuite.core.config import ConfigError
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    r = _sr_recipe()
+    for sec, kv in change.items():
+        r[sec].update(kv)
+    with pytest.raises(ConfigError, match=message):
+        run.train(r, out_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()

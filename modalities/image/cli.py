@@ -1,16 +1,21 @@
 """Image commands: `diffsuite eval` (digits-FID, conditional accuracy, bits/dim, optional Inception FID),
-`diffsuite image-inpaint` (fill a masked region) and `diffsuite image-path` (a denoising-path figure)."""
+`diffsuite image-inpaint` (fill a masked region), `diffsuite image-path` (a denoising-path figure) and
+`diffsuite upscale` (SR3 super-resolution of an image of any size)."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from diffsuite.core.conditions import cond_rows
 from diffsuite.core.config import ConfigError, nonnegative_int, positive_int
 from diffsuite.core.guidance import ClassifierFreeGuidance, repaint as repaint_sample
 from diffsuite.core.losses import variational_bound
 from diffsuite.core.samplers import sample
+from diffsuite.core.degrade import upsample
+from diffsuite.core.tiles import TiledDenoiser
 from diffsuite.core.utils import atomic_write_json
 
 from . import edit, metrics
@@ -32,7 +37,7 @@ def sample_images(denoiser, task, recipe, n: int, sampler: str | None = None, st
     shape = task.sample_shape(recipe.model, recipe.data)
     xs = []
     for i in range(0, n, batch):
-        c = None if cond is None else cond[i:i + batch]
+        c = cond_rows(cond, slice(i, i + batch))
         xs.append(sample(den, (min(batch, n - i), *shape), sampler, steps, generator=g, cond=c, hooks=hooks,
                          progress=progress, **opts))
     return torch.cat(xs), cond
@@ -61,12 +66,64 @@ def add_commands(subparsers) -> None:
     _common(p)
     p.set_defaults(func=cmd_inpaint)
 
+    u = subparsers.add_parser("upscale", help="image: super-resolve an image of any size with an SR3 checkpoint")
+    u.add_argument("checkpoint")
+    u.add_argument("--image", required=True, help="the low-resolution image (PNG / JPEG, any size)")
+    u.add_argument("--out", required=True, help="output PNG (the mean of the samples when --samples > 1)")
+    u.add_argument("--samples", type=positive_int, default=1)
+    u.add_argument("--sampler", default=None)
+    u.add_argument("--steps", type=positive_int, default=None)
+    u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--overlap", type=nonnegative_int, default=None, help="tile overlap in output pixels "
+                   "(default a quarter of the tile)")
+    u.set_defaults(func=cmd_upscale)
+
     q = subparsers.add_parser("image-path", help="image: figure of one sample's denoising path x_t")
     q.add_argument("checkpoint")
     q.add_argument("--frames", type=positive_int, default=8)
     q.add_argument("--label", type=int, default=None, help="class to draw (conditional models)")
     _common(q)
     q.set_defaults(func=cmd_path)
+
+
+def upscale(loaded, image: str, out: str | Path, samples: int = 1, sampler: str | None = None,
+            steps: int | None = None, seed: int = 0, overlap: int | None = None) -> dict:
+    """SR3 on an image of any size: its bicubic upsampling by the model's factor is the source of a canvas sampled
+    through overlapping tiles of the model's size, blended at every step (core.tiles: no seams). With samples > 1,
+    OUT is the per-pixel mean of the samples and OUT-<k>.png each sample."""
+    from diffsuite.recipes.run import sampler_options
+    r, d = loaded.recipe, loaded.recipe.data
+    if d.degradation != "sr":
+        raise ConfigError(f"upscale needs a super-resolution checkpoint (data.degradation=sr); {loaded.checkpoint} "
+                          f"was trained with data.degradation={d.degradation}")
+    low = edit.read_full(image, d.channels)
+    f, tile = d.factor, d.image_size
+    H, W = low.shape[2] * f, low.shape[3] * f
+    if min(low.shape[2:]) < 2:
+        raise ConfigError(f"--image {image}: {low.shape[3]}x{low.shape[2]} pixels is too small to upscale (at least 2x2)")
+    src = upsample(low, f)
+    src = F.pad(src, (0, max(0, tile - W), 0, max(0, tile - H)), mode="replicate")
+    den = TiledDenoiser(loaded.denoiser, tile, tile // 4 if overlap is None else overlap)
+    sampler, steps = sampler or r.sample.sampler, steps or r.sample.steps
+    x = sample(den, (samples, d.channels, *src.shape[2:]), sampler, steps, generator=torch.Generator().manual_seed(seed),
+               cond={"source": src.expand(samples, -1, -1, -1)}, **sampler_options(r.sample, sampler))[..., :H, :W]
+    out = Path(out)
+    files = {"image": str(edit.write_png(x.mean(0), out))}
+    if samples > 1:
+        files["samples"] = [str(edit.write_png(xi, out.with_name(f"{out.stem}-{k}{out.suffix}"))) for k, xi in enumerate(x)]
+    info = {"checkpoint": str(loaded.checkpoint), "input": str(image), "input_size": [low.shape[3], low.shape[2]],
+            "output_size": [W, H], "factor": f, "samples": samples, "sampler": sampler, "steps": steps, "seed": seed,
+            "tile": tile, "overlap": den.overlap, "files": files}
+    atomic_write_json(out.with_suffix(".json"), info)
+    return info
+
+
+def cmd_upscale(args) -> int:
+    loaded = args.load(args.checkpoint, task="image", command="diffsuite upscale")
+    info = upscale(loaded, args.image, args.out, args.samples, args.sampler, args.steps, args.seed, args.overlap)
+    print(f"{info['input_size'][0]}x{info['input_size'][1]} -> {info['output_size'][0]}x{info['output_size'][1]}: "
+          f"written {info['files']['image']}" + (f" (the mean of {args.samples} samples)" if args.samples > 1 else ""))
+    return 0
 
 
 def _common(p) -> None:
@@ -165,7 +222,7 @@ def inpaint(loaded, out: str | Path, image: str | None = None, mask: str | None 
     w = r.sample.guidance if guidance is None else guidance
     g = torch.Generator().manual_seed(seed)
     if repaint:
-        model = ClassifierFreeGuidance(den, w, loaded.task.null_cond) if w and cond is not None else den
+        model = ClassifierFreeGuidance(den, w, loaded.task.null_condition(loaded.recipe)) if w and cond is not None else den
         x = repaint_sample(model, torch.randn(known.shape, generator=g), steps or r.sample.steps, inpaint=hook,
                            cond=cond, generator=g)
     else:

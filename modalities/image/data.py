@@ -179,3 +179,26 @@ def digits(split: str = "train", image_size: int = 16, mode: str = "resize", hfl
     idx = z[split]
     return ArrayImages(z["images"][idx], z["labels"][idx] if class_cond else None, hflip,
                        [str(i) for i in range(10)] if class_cond else None)
+
+
+# ---------------------------------------------------------------- image-to-image pairs (SR3, Palette)
+
+class Degraded(torch.utils.data.Dataset):
+    """Pairs made on the fly from clean images: {"x0": clean, "cond": {"source": degrade(clean)[, "label": y]}};
+    `degrade` maps a batch (B, C, H, W) to its source, drawing any randomness (masks) from torch's global RNG, which
+    the trainer seeds per item."""
+
+    def __init__(self, base: ArrayImages, degrade):
+        self.base, self.degrade = base, degrade
+        self.x, self.labels, self.classes = base.x, base.labels, base.classes
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        item = self.base[i]
+        x, label = (item["x0"], item["cond"]) if isinstance(item, dict) else (item, None)
+        cond = {"source": self.degrade(x[None])[0]}
+        if label is not None:
+            cond["label"] = label
+        return {"x0": x, "cond": cond}

@@ -11,7 +11,7 @@ from diffsuite.core.config import ConfigError
 from diffsuite.core.guidance import Inpaint
 from diffsuite.core.samplers import SamplerHook
 
-from .data import load_image, to_model
+from .data import load_image, to_8bit, to_model, to_uint8
 
 PRESET_MASKS = ("left-half", "centre-box")
 
@@ -92,3 +92,26 @@ def path_figure(rec: RecordPath, out: Path, n_frames: int = 8, index: int = 0) -
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def read_full(path: str | Path, channels: int, what: str = "--image") -> torch.Tensor:
+    """An image at its own size, as (1, C, H, W) in [-1, 1]; a missing or unreadable file is a ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {path}: image file not found")
+    try:
+        with Image.open(p) as img:
+            arr = np.asarray(to_8bit(img).convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{what} {path}: cannot read it as an image ({type(e).__name__}); expected a PNG or "
+                          "JPEG file") from e
+    return to_model((arr[..., None] if arr.ndim == 2 else arr)[None].copy())
+
+
+def write_png(x: torch.Tensor, path: str | Path) -> Path:
+    """One image (C, H, W) in [-1, 1] as a PNG (its folder created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    u8 = to_uint8(x[None])[0]
+    Image.fromarray(u8[..., 0] if u8.shape[-1] == 1 else u8).save(path)
+    return path

@@ -11,6 +11,8 @@ from PIL import Image
 
 from diffsuite.core.classify import Candidates
 from diffsuite.core.config import ConfigError, valid
+from diffsuite.core.degrade import (border_mask, box_mask, check_factor, free_form_mask, inpaint_source, sr_source,
+                                    to_grayscale)
 from diffsuite.core.task import Task
 from diffsuite.core.utils import atomic_write_json
 
@@ -40,6 +42,11 @@ class ModelConfig:
     pad_to_multiple: bool = False  # pad sizes not divisible by the downsampling factor instead of an error
     channels_last: bool = False
     z_channels: int = valid(0, min=0)  # a DDGAN generator's latent channels (core.ddgan; 0: a plain denoiser)
+    source_channels: Optional[int] = valid(None, min=0)  # image-to-image source channels (None: what data.degradation gives)
+
+
+DEGRADATIONS = ("sr", "colorize", "inpaint", "uncrop")
+MASKS = ("mixed", "box", "free")
 
 
 @dataclass
@@ -54,6 +61,40 @@ class DataConfig:
     hflip: bool = False
     class_cond: bool = True  # items carry their class label when the source has labels
     digits_mode: str = valid("resize", choices=("resize", "pad"))  # digits 8x8 -> image_size: resize | pad
+    # image-to-image (SR3 / Palette): the model is given degrade(x) as a source image (core.degrade)
+    degradation: Optional[str] = valid(None, choices=DEGRADATIONS)
+    factor: int = valid(4, min=2)  # sr: the downsampling factor
+    mask: str = valid("mixed", choices=MASKS)  # inpaint: random box, free-form strokes, or either
+    border: float = valid(0.25, above=0, max=0.75)  # uncrop: the hidden fraction of the right side
+
+
+def source_channels(data: DataConfig) -> int:
+    """The source image's channels a degradation gives (0: none)."""
+    return {None: 0, "sr": data.channels, "colorize": 1, "inpaint": data.channels + 1,
+            "uncrop": data.channels + 1}[data.degradation]
+
+
+def degrader(data: DataConfig):
+    """The data's degradation as a batch function x (B, C, H, W) -> source (core.degrade; masks drawn from torch's
+    global RNG), or None."""
+    d = data.degradation
+    size = (data.image_size, data.image_size)
+    if d == "sr":
+        check_factor(size, data.factor, "data.image_size")
+        return lambda x: sr_source(x, data.factor)
+    if d == "colorize":
+        if data.channels != 3:
+            raise ConfigError(f"data.degradation=colorize makes grayscale sources from RGB images: set data.channels=3 "
+                              f"(got {data.channels})")
+        return to_grayscale
+    if d == "inpaint":
+        def inpaint(x):
+            kind = data.mask if data.mask != "mixed" else ("box", "free")[int(torch.randint(2, ()))]
+            return inpaint_source(x, box_mask(size) if kind == "box" else free_form_mask(size))
+        return inpaint
+    if d == "uncrop":
+        return lambda x: inpaint_source(x, border_mask(size, "right", data.border))
+    return None
 
 
 def unet_spec(model: ModelConfig, learn_sigma: bool = False) -> UNetSpec:
@@ -66,8 +107,11 @@ def unet_spec(model: ModelConfig, learn_sigma: bool = False) -> UNetSpec:
 
 
 def check_formats(model: ModelConfig, data: DataConfig) -> None:
-    """The data's image size and channels must be those the network is built for."""
+    """The data's image size and channels (and source channels) must be those the network is built for."""
     spec = unet_spec(model)
+    if model.source_channels is not None and model.source_channels != source_channels(data):
+        raise ValueError(f"image recipe: model.source_channels={model.source_channels} but data.degradation="
+                         f"{data.degradation} gives {source_channels(data)}-channel sources")
     if spec.image_size != data.image_size or spec.in_channels != data.channels:
         raise ValueError(f"image recipe: model (preset {model.preset!r}) is built for {spec.in_channels}x"
                          f"{spec.image_size}x{spec.image_size} but data gives {data.channels}x{data.image_size}x"
@@ -136,6 +180,11 @@ class ImageTask(Task):
         return Candidates(x, torch.arange(spec.num_classes), names, labels)
 
     def build_dataset(self, data: DataConfig, split: str = "train") -> torch.utils.data.Dataset:
+        base = self._images(data, split)
+        degrade = degrader(data)
+        return base if degrade is None else D.Degraded(base, degrade)
+
+    def _images(self, data: DataConfig, split: str) -> D.ArrayImages:
         if data.source == "digits":
             if data.channels != 1:
                 raise ValueError(f"data.channels: the digits are grayscale (1 channel), got {data.channels}")
@@ -149,8 +198,14 @@ class ImageTask(Task):
         raise ValueError(f"data.source must be 'digits' or 'folder', got {data.source!r}")
 
     def configure(self, model: ModelConfig, data: DataConfig) -> ModelConfig:
-        """model.num_classes from the data when unset (10 digits, or an image folder's class sub-folders); a count
-        that differs from the data's, or classes the data will not label, are errors."""
+        """model.num_classes from the data when unset (10 digits, or an image folder's class sub-folders), and
+        model.source_channels from data.degradation; a count that differs from the data's, or classes the data will
+        not label, are errors."""
+        want = source_channels(data)
+        if model.source_channels is not None and model.source_channels != want:
+            raise ConfigError(f"model.source_channels={model.source_channels} but data.degradation="
+                              f"{data.degradation} gives {want}-channel sources: leave model.source_channels unset")
+        model = replace(model, source_channels=want)
         if data.source == "folder":
             if not data.path:
                 raise ConfigError("data.path: source 'folder' needs the image folder's path")
@@ -179,15 +234,33 @@ class ImageTask(Task):
         check_formats(model, data)
         return (data.channels, data.image_size, data.image_size)
 
+    def null_condition(self, recipe: Any) -> Any:
+        """-1 (the null class) for labels; with a source image, {"source": 0, "label": -1}: a dropped source is zeros."""
+        if not unet_spec(recipe.model).source_channels:
+            return self.null_cond
+        return {"source": 0.0, **({"label": self.null_cond} if recipe.model.num_classes else {})}
+
     def sample_cond(self, n: int, cfg: Any, generator: Optional[torch.Generator] = None):
-        """Class labels cycling 0..K-1 (so a grid with K columns has one class per column), or None."""
+        """Class labels cycling 0..K-1 (so a grid with K columns has one class per column), or None; an image-to-image
+        model's sources are the first n held-out (test) images degraded (masks from the generator's seed)."""
         k = cfg.model.num_classes
-        return torch.arange(n) % k if k else None
+        labels = torch.arange(n) % k if k else None
+        if not cfg.data.degradation:
+            return labels
+        test = self._images(cfg.data, "test")
+        x = test.x[torch.arange(n) % len(test.x)]
+        seed = int(torch.randint(2**31, (), generator=generator)) if generator is not None else 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            src = torch.cat([degrader(cfg.data)(x[i:i + 1]) for i in range(n)])
+        return {"source": src, **({"label": labels} if labels is not None else {})}
 
     def save_samples(self, x: torch.Tensor, cond, out_dir: Path, cfg: Any) -> dict:
         """A PNG grid (one row per class when conditional) and a JSON of labels, beside the raw tensor."""
         out_dir = Path(out_dir)
         files = super().save_samples(x, cond, out_dir, cfg)
+        if isinstance(cond, dict):  # image-to-image: rows of (source, sample) pairs
+            return {**files, **save_pairs(cond["source"], x, out_dir)}
         k = cfg.model.num_classes
         nrow = int(np.ceil(np.sqrt(len(x))))
         if cond is not None and k:
@@ -208,6 +281,21 @@ class ImageTask(Task):
         from .cli import inpaint
         return inpaint(loaded, out_dir, image=image, mask=mask, n=n, repaint=repaint, sampler=sampler, steps=steps,
                        guidance=guidance, seed=seed, eta=eta)
+
+
+def show_source(source: torch.Tensor, channels: int) -> torch.Tensor:
+    """A source image as a picture with the sample's channels: the known pixels (a mask channel dropped; the hole
+    mid-gray), a grayscale source repeated to RGB."""
+    if source.shape[1] == channels + 1:  # inpaint / uncrop: the known values (0 in the hole) and the mask
+        source = source[:, :-1]
+    return source.expand(-1, channels, -1, -1) if source.shape[1] == 1 else source
+
+
+def save_pairs(source: torch.Tensor, x: torch.Tensor, out_dir: Path) -> dict:
+    """samples.png: the sources in the top row, each sample below its source."""
+    pairs = torch.cat([show_source(source.cpu(), x.shape[1]), x.cpu()])
+    scale = max(1, 128 // x.shape[-1])
+    return {"grid": str(save_grid(pairs, Path(out_dir) / "samples.png", len(x), scale=scale))}
 
 
 def rows_by_class(x: torch.Tensor, cond: torch.Tensor, k: int):

@@ -1,7 +1,8 @@
 """The 2-D U-Net of DDPM (Ho et al. 2020, App. B) and ADM (Dhariwal & Nichol 2021, Sec. 3).
 
-net(x_t (B, C, H, W), t (B,) float, cond (B,) long class labels or None) -> eps/x0/v output of x_t's shape,
-or (output, v_var) with learn_sigma. Class index `num_classes` is the null class for classifier-free guidance.
+net(x_t (B, C, H, W), t (B,) float, cond) -> eps/x0/v output of x_t's shape, or (output, v_var) with learn_sigma.
+cond: None, class labels (B,) long (index `num_classes` or -1 is the null class for classifier-free guidance), a
+source image (B, source_channels, H, W) concatenated to x_t (SR3 / Palette), or a dict with "label" and / or "source".
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class UNetSpec:
     use_checkpoint: bool = False
     pad_to_multiple: bool = False
     z_channels: int = 0
+    source_channels: int = 0
 
 
 PRESETS = {
@@ -73,10 +75,12 @@ class UNet2D(nn.Module):
                  dropout: float = 0.0, num_heads: int = 1, num_head_channels: int | None = None,
                  use_scale_shift_norm: bool = False, resblock_updown: bool = False, conv_resample: bool = True,
                  num_classes: int | None = None, learn_sigma: bool = False, use_checkpoint: bool = False,
-                 pad_to_multiple: bool = False, z_channels: int = 0, encoder_only: bool = False):
+                 pad_to_multiple: bool = False, z_channels: int = 0, source_channels: int = 0,
+                 encoder_only: bool = False):
         super().__init__()
         self.image_size, self.in_channels, self.model_channels = image_size, in_channels, model_channels
         self.z_channels = z_channels  # a DDGAN generator's latent, stacked after the image's channels (core.ddgan)
+        self.source_channels = source_channels  # an image-to-image source, stacked after those (SR3 / Palette)
         self.num_classes, self.learn_sigma, self.use_checkpoint = num_classes, learn_sigma, use_checkpoint
         self.pad_to_multiple = pad_to_multiple
         self.factor = 2 ** (len(channel_mult) - 1)
@@ -88,7 +92,7 @@ class UNet2D(nn.Module):
         res = lambda i, o, **kw: ResBlock(i, o, emb_dim, dropout, use_scale_shift_norm, **kw)
         attn_at = {image_size // r for r in attention_resolutions}  # downsampling factors with attention
 
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels + z_channels, model_channels, 3,
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels + z_channels + source_channels, model_channels, 3,
                                                                                   padding=1))])
         chans, ch, ds = [model_channels], model_channels, 1
         for level, mult in enumerate(channel_mult):
@@ -158,9 +162,30 @@ class UNet2D(nn.Module):
             return checkpoint(block, h, emb, use_reentrant=False)
         return block(h, emb)
 
+    def _split_cond(self, x: torch.Tensor, cond):
+        """(class labels or None, source image or None) from cond, checked against the model."""
+        if isinstance(cond, dict):
+            label, source = cond.get("label"), cond.get("source")
+        elif isinstance(cond, torch.Tensor) and cond.ndim == 4:
+            label, source = None, cond
+        else:
+            label, source = cond, None
+        want = (x.shape[0], self.source_channels, *x.shape[2:])
+        if self.source_channels and (source is None or tuple(source.shape) != want):
+            got = "none" if source is None else tuple(source.shape)
+            raise ValueError(f"UNet2D: built with source_channels={self.source_channels}: the condition must carry a "
+                             f"source image of shape {want}, got {got}")
+        if source is not None and not self.source_channels:
+            raise ValueError(f"UNet2D: got a source image of shape {tuple(source.shape)} but the model was built "
+                             "with source_channels=0")
+        return label, source
+
     def features(self, x: torch.Tensor, t: torch.Tensor, cond=None):
         """The down path and the middle block: (h, skips, emb), h of size H / factor."""
         ph, pw = self._check_size(x)
+        cond, source = self._split_cond(x, cond)
+        if source is not None:
+            x = torch.cat([x, source.to(x.dtype)], 1)
         H, W = x.shape[-2:]
         h = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(H, W) > max(ph, pw) else "replicate") if ph or pw else x
         emb = self._embed(t, cond, x.shape[0])
@@ -206,7 +231,8 @@ class UNetEncoder(UNet2D):
     Nichol 2021, Sec. 4.1). net(x_t (B, C, H, W), t (B,)) -> (B, num_outputs)."""
 
     def __init__(self, num_outputs: int, pool: str = "attention", **unet):
-        unet = {**unet, "num_classes": None, "learn_sigma": False, "z_channels": 0, "encoder_only": True}
+        unet = {**unet, "num_classes": None, "learn_sigma": False, "z_channels": 0, "source_channels": 0,
+                "encoder_only": True}
         super().__init__(**unet)
         ch = self.trunk_channels
         self.norm_out = nn.Sequential(norm(ch), nn.SiLU())
