@@ -238,6 +238,7 @@ def test_sr3_trains_samples_and_upscales_any_size(tmp_path, monkeypatch, capsys)
     out = tmp_path / "up" / "big.png"
     assert main(["upscale", str(run_dir), "--image", str(img), "--out", str(out), "--samples", "2", "--steps", "3"]) == 0
     assert Image.open(out).size == (28, 20) and (tmp_path / "up" / "big-1.png").exists()
+    assert Image.open(tmp_path / "up" / "big-mean.png").size == (28, 20)
     assert json.loads(out.with_suffix(".json").read_text())["overlap"] == 4
     # mistakes: one line each, nothing written
     capsys.readouterr()
@@ -271,3 +272,70 @@ def test_img2img_recipe_mistakes_are_config_errors(tmp_path, monkeypatch, change
     with pytest.raises(ConfigError, match=message):
         run.train(r, out_dir=tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def _palette_recipe(degradation, **data):
+    r = _sr_recipe()
+    r.update(name=f"image_{degradation}_test")
+    r["data"].pop("factor")
+    r["data"].update(degradation=degradation, **data)
+    return r
+
+
+def test_palette_inpaint_and_uncrop_restore_any_image_keeping_known_pixels(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from PIL import Image
+    from diffsuite.recipes.cli import main
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    img = tmp_path / "in.png"
+    pixels = (np.arange(20 * 26).reshape(20, 26) % 251).astype(np.uint8)
+    Image.fromarray(pixels).save(img)
+    inp = run.train(_palette_recipe("inpaint", mask="mixed"), out_dir=tmp_path / "inp")
+    assert run.load(inp).recipe.model.source_channels == 2
+    out = tmp_path / "o" / "filled.png"
+    assert main(["restore", str(inp), "--task", "inpaint", "--image", str(img), "--mask", "left-half", "--out", str(out),
+                 "--steps", "3"]) == 0
+    got = np.asarray(Image.open(out))
+    assert got.shape == (20, 26) and np.array_equal(got[:, :13], pixels[:, :13])  # the known half, exactly
+    unc = run.train(_palette_recipe("uncrop", border=0.25), out_dir=tmp_path / "unc")
+    out2 = tmp_path / "o" / "wider.png"
+    assert main(["restore", str(unc), "--task", "uncrop", "--image", str(img), "--out", str(out2), "--steps", "3"]) == 0
+    got = np.asarray(Image.open(out2))
+    assert got.shape == (20, 26 + 9) and np.array_equal(got[:, :26], pixels)  # 26 * 0.25 / 0.75 -> 9 new columns
+    capsys.readouterr()
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "m.png")
+    assert main(["restore", str(inp), "--task", "inpaint", "--image", str(img), "--mask", str(tmp_path / "m.png"),
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "5x5 pixels but the image is 26x20" in capsys.readouterr().err
+    assert main(["restore", str(inp), "--task", "colorize", "--image", str(img), "--out", str(tmp_path / "x.png")]) == 2
+    assert "needs a checkpoint trained with data.degradation=colorize" in capsys.readouterr().err
+    assert main(["restore", str(unc), "--task", "uncrop", "--image", str(img), "--mask", "left-half",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "--mask is for --task inpaint" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_photo_patches_split_by_photograph_and_colorize(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+    from diffsuite.modalities.image import data as D
+    from diffsuite.recipes.cli import main
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    names = [set(v) for v in D.PHOTO_SPLITS.values()]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+    train, test = D.photos("train", 32, 3), D.photos("test", 32, 3)
+    torch.manual_seed(0)
+    a = train[0]
+    torch.manual_seed(1)
+    assert a.shape == (3, 32, 32) and not torch.equal(a, train[0])  # a random crop per draw
+    assert test.x.shape[1:] == (3, 32, 32) and len(test) == len(D.photos("test", 32, 3))  # a fixed grid
+    r = _palette_recipe("colorize")
+    r["model"].update(image_size=32, in_channels=3)
+    r["data"].update(source="photos", image_size=32, channels=3)
+    run_dir = run.train(r, out_dir=tmp_path / "col")
+    gray = tmp_path / "gray.png"
+    Image.fromarray((np.arange(40 * 50).reshape(40, 50) % 256).astype(np.uint8)).save(gray)
+    out = tmp_path / "c.png"
+    assert main(["restore", str(run_dir), "--task", "colorize", "--image", str(gray), "--out", str(out),
+                 "--steps", "2", "--samples", "2"]) == 0
+    assert np.asarray(Image.open(out)).shape == (40, 50, 3) and (tmp_path / "c-mean.png").exists()

@@ -1,6 +1,7 @@
 """Image commands: `diffsuite eval` (digits-FID, conditional accuracy, bits/dim, optional Inception FID),
 `diffsuite image-inpaint` (fill a masked region), `diffsuite image-path` (a denoising-path figure) and
-`diffsuite upscale` (SR3 super-resolution of an image of any size)."""
+`diffsuite upscale` (SR3 super-resolution of an image of any size) and `diffsuite restore` (Palette: colorize,
+inpaint, uncrop an image of any size)."""
 from __future__ import annotations
 
 import time
@@ -14,7 +15,7 @@ from diffsuite.core.config import ConfigError, nonnegative_int, positive_int
 from diffsuite.core.guidance import ClassifierFreeGuidance, repaint as repaint_sample
 from diffsuite.core.losses import variational_bound
 from diffsuite.core.samplers import sample
-from diffsuite.core.degrade import upsample
+from diffsuite.core.degrade import inpaint_source, to_grayscale, upsample
 from diffsuite.core.tiles import TiledDenoiser
 from diffsuite.core.utils import atomic_write_json
 
@@ -69,7 +70,7 @@ def add_commands(subparsers) -> None:
     u = subparsers.add_parser("upscale", help="image: super-resolve an image of any size with an SR3 checkpoint")
     u.add_argument("checkpoint")
     u.add_argument("--image", required=True, help="the low-resolution image (PNG / JPEG, any size)")
-    u.add_argument("--out", required=True, help="output PNG (the mean of the samples when --samples > 1)")
+    u.add_argument("--out", required=True, help="output PNG (with --samples N > 1 also OUT-<k>.png and OUT-mean.png)")
     u.add_argument("--samples", type=positive_int, default=1)
     u.add_argument("--sampler", default=None)
     u.add_argument("--steps", type=positive_int, default=None)
@@ -77,6 +78,23 @@ def add_commands(subparsers) -> None:
     u.add_argument("--overlap", type=nonnegative_int, default=None, help="tile overlap in output pixels "
                    "(default a quarter of the tile)")
     u.set_defaults(func=cmd_upscale)
+
+    rs = subparsers.add_parser("restore", help="image: colorize, inpaint or uncrop an image with a Palette checkpoint")
+    rs.add_argument("checkpoint")
+    rs.add_argument("--task", required=True, choices=RESTORE_TASKS)
+    rs.add_argument("--image", required=True, help="the image (PNG / JPEG, any size)")
+    rs.add_argument("--mask", default=None, help=f"inpaint: a mask image of the image's size (white = keep) or one of "
+                    f"{list(edit.PRESET_MASKS)} (default centre-box)")
+    rs.add_argument("--extend", type=positive_int, default=None, help="uncrop: pixels to add on the right (default: "
+                    "the share of the border the model was trained on)")
+    rs.add_argument("--out", required=True, help="output PNG (with --samples N > 1 also OUT-<k>.png and OUT-mean.png)")
+    rs.add_argument("--samples", type=positive_int, default=1)
+    rs.add_argument("--sampler", default=None)
+    rs.add_argument("--steps", type=positive_int, default=None)
+    rs.add_argument("--seed", type=int, default=0)
+    rs.add_argument("--overlap", type=nonnegative_int, default=None, help="tile overlap in pixels (default a quarter "
+                    "of the tile)")
+    rs.set_defaults(func=cmd_restore)
 
     q = subparsers.add_parser("image-path", help="image: figure of one sample's denoising path x_t")
     q.add_argument("checkpoint")
@@ -86,35 +104,57 @@ def add_commands(subparsers) -> None:
     q.set_defaults(func=cmd_path)
 
 
-def upscale(loaded, image: str, out: str | Path, samples: int = 1, sampler: str | None = None,
-            steps: int | None = None, seed: int = 0, overlap: int | None = None) -> dict:
-    """SR3 on an image of any size: its bicubic upsampling by the model's factor is the source of a canvas sampled
-    through overlapping tiles of the model's size, blended at every step (core.tiles: no seams). With samples > 1,
-    OUT is the per-pixel mean of the samples and OUT-<k>.png each sample."""
+def tiled_samples(loaded, source: torch.Tensor, size: tuple, samples: int = 1, sampler: str | None = None,
+                  steps: int | None = None, seed: int = 0, overlap: int | None = None):
+    """`samples` images of `size` (H, W) given a source image of that size (1, S, H, W), sampled through overlapping
+    tiles of the model's size blended at every step (core.tiles: no seams); a canvas smaller than a tile is padded.
+    Returns (samples (N, C, H, W), the overlap used)."""
     from diffsuite.recipes.run import sampler_options
     r, d = loaded.recipe, loaded.recipe.data
-    if d.degradation != "sr":
-        raise ConfigError(f"upscale needs a super-resolution checkpoint (data.degradation=sr); {loaded.checkpoint} "
-                          f"was trained with data.degradation={d.degradation}")
-    low = edit.read_full(image, d.channels)
-    f, tile = d.factor, d.image_size
-    H, W = low.shape[2] * f, low.shape[3] * f
-    if min(low.shape[2:]) < 2:
-        raise ConfigError(f"--image {image}: {low.shape[3]}x{low.shape[2]} pixels is too small to upscale (at least 2x2)")
-    src = upsample(low, f)
-    src = F.pad(src, (0, max(0, tile - W), 0, max(0, tile - H)), mode="replicate")
+    H, W = size
+    tile = d.image_size
+    src = F.pad(source, (0, max(0, tile - W), 0, max(0, tile - H)), mode="replicate")
     den = TiledDenoiser(loaded.denoiser, tile, tile // 4 if overlap is None else overlap)
     sampler, steps = sampler or r.sample.sampler, steps or r.sample.steps
     x = sample(den, (samples, d.channels, *src.shape[2:]), sampler, steps, generator=torch.Generator().manual_seed(seed),
-               cond={"source": src.expand(samples, -1, -1, -1)}, **sampler_options(r.sample, sampler))[..., :H, :W]
+               cond={"source": src.expand(samples, -1, -1, -1)}, **sampler_options(r.sample, sampler))
+    return x[..., :H, :W], den.overlap
+
+
+def write_results(x: torch.Tensor, out: str | Path, info: dict) -> dict:
+    """OUT.png (the first sample); with several samples also OUT-<k>.png each and OUT-mean.png (their per-pixel mean);
+    OUT.json beside them."""
     out = Path(out)
-    files = {"image": str(edit.write_png(x.mean(0), out))}
-    if samples > 1:
+    files = {"image": str(edit.write_png(x[0], out))}
+    if len(x) > 1:
         files["samples"] = [str(edit.write_png(xi, out.with_name(f"{out.stem}-{k}{out.suffix}"))) for k, xi in enumerate(x)]
+        files["mean"] = str(edit.write_png(x.mean(0), out.with_name(f"{out.stem}-mean{out.suffix}")))
+    atomic_write_json(out.with_suffix(".json"), {**info, "files": files})
+    return files
+
+
+def _check_task(loaded, degradation: str, command: str) -> None:
+    got = loaded.recipe.data.degradation
+    if got != degradation:
+        raise ConfigError(f"{command} needs a checkpoint trained with data.degradation={degradation}; "
+                          f"{loaded.checkpoint} was trained with data.degradation={got}")
+
+
+def upscale(loaded, image: str, out: str | Path, samples: int = 1, sampler: str | None = None,
+            steps: int | None = None, seed: int = 0, overlap: int | None = None) -> dict:
+    """SR3 on an image of any size: its bicubic upsampling by the model's factor is the source (write_results names
+    the files)."""
+    _check_task(loaded, "sr", "upscale")
+    d = loaded.recipe.data
+    low = edit.read_full(image, d.channels)
+    if min(low.shape[2:]) < 2:
+        raise ConfigError(f"--image {image}: {low.shape[3]}x{low.shape[2]} pixels is too small to upscale (at least 2x2)")
+    H, W = low.shape[2] * d.factor, low.shape[3] * d.factor
+    x, overlap = tiled_samples(loaded, upsample(low, d.factor), (H, W), samples, sampler, steps, seed, overlap)
     info = {"checkpoint": str(loaded.checkpoint), "input": str(image), "input_size": [low.shape[3], low.shape[2]],
-            "output_size": [W, H], "factor": f, "samples": samples, "sampler": sampler, "steps": steps, "seed": seed,
-            "tile": tile, "overlap": den.overlap, "files": files}
-    atomic_write_json(out.with_suffix(".json"), info)
+            "output_size": [W, H], "factor": d.factor, "samples": samples, "sampler": sampler or loaded.recipe.sample.sampler,
+            "steps": steps or loaded.recipe.sample.steps, "seed": seed, "tile": d.image_size, "overlap": overlap}
+    info["files"] = write_results(x, out, info)
     return info
 
 
@@ -122,7 +162,60 @@ def cmd_upscale(args) -> int:
     loaded = args.load(args.checkpoint, task="image", command="diffsuite upscale")
     info = upscale(loaded, args.image, args.out, args.samples, args.sampler, args.steps, args.seed, args.overlap)
     print(f"{info['input_size'][0]}x{info['input_size'][1]} -> {info['output_size'][0]}x{info['output_size'][1]}: "
-          f"written {info['files']['image']}" + (f" (the mean of {args.samples} samples)" if args.samples > 1 else ""))
+          f"written {info['files']['image']}")
+    return 0
+
+
+RESTORE_TASKS = ("colorize", "inpaint", "uncrop")
+
+
+def restore_source(task: str, img: torch.Tensor, mask: str | None, border: float, extend: int | None):
+    """(source, known values, known mask or None) for Palette's tasks on an image (1, C, H, W): colorize gives its
+    grayscale; inpaint the known pixels and the mask; uncrop a canvas extended on the right by `extend` pixels (default
+    the share of the border the model was trained to fill), the image known."""
+    H, W = img.shape[2:]
+    if task == "colorize":
+        return to_grayscale(img), img, None
+    if task == "inpaint":
+        m = edit.read_mask(mask, H, W)
+    else:
+        e = extend if extend is not None else max(1, round(W * border / (1 - border)))
+        img = F.pad(img, (0, e))
+        m = torch.ones(1, 1, H, W + e)
+        m[..., W:] = 0
+    return inpaint_source(img, m), img, m
+
+
+def restore(loaded, task: str, image: str, out: str | Path, mask: str | None = None, samples: int = 1,
+            sampler: str | None = None, steps: int | None = None, seed: int = 0, overlap: int | None = None,
+            extend: int | None = None) -> dict:
+    """Palette on an image of any size (colorize, inpaint, uncrop), through tiles like `upscale`; known pixels are
+    kept exactly."""
+    if task not in RESTORE_TASKS:
+        raise ConfigError(f"restore --task {task!r}: valid tasks are {list(RESTORE_TASKS)}")
+    _check_task(loaded, task, f"restore --task {task}")
+    if mask is not None and task != "inpaint":
+        raise ConfigError(f"restore: --mask is for --task inpaint, not {task}")
+    d = loaded.recipe.data
+    img = edit.read_full(image, d.channels)
+    source, known, m = restore_source(task, img, mask, d.border, extend)
+    x, overlap = tiled_samples(loaded, source, tuple(known.shape[2:]), samples, sampler, steps, seed, overlap)
+    if m is not None:
+        x = m * known + (1 - m) * x
+    info = {"checkpoint": str(loaded.checkpoint), "task": task, "input": str(image), "mask": mask,
+            "input_size": [img.shape[3], img.shape[2]], "output_size": [x.shape[3], x.shape[2]], "samples": samples,
+            "sampler": sampler or loaded.recipe.sample.sampler, "steps": steps or loaded.recipe.sample.steps,
+            "seed": seed, "tile": d.image_size, "overlap": overlap}
+    info["files"] = write_results(x, out, info)
+    return info
+
+
+def cmd_restore(args) -> int:
+    loaded = args.load(args.checkpoint, task="image", command="diffsuite restore")
+    info = restore(loaded, args.task, args.image, args.out, args.mask, args.samples, args.sampler, args.steps,
+                   args.seed, args.overlap, args.extend)
+    print(f"{args.task}: {info['input_size'][0]}x{info['input_size'][1]} -> {info['output_size'][0]}x"
+          f"{info['output_size'][1]}: written {info['files']['image']}")
     return 0
 
 

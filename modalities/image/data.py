@@ -202,3 +202,77 @@ class Degraded(torch.utils.data.Dataset):
         if label is not None:
             cond["label"] = label
         return {"x0": x, "cond": cond}
+
+
+# ---------------------------------------------------------------- photographs, as patches
+
+#: scikit-image's bundled photographs (no download), split by photograph; the two motorcycle views are one scene
+PHOTO_SPLITS = {
+    "train": ["astronaut", "hubble_deep_field", "ihc", "motorcycle_left", "motorcycle_right", "retina", "brick", "coins",
+              "gravel", "moon", "cell", "microaneurysms"],
+    "val": ["coffee", "grass"],
+    "test": ["chelsea", "rocket", "camera"],
+}
+GRAY_PHOTOS = {"brick", "coins", "gravel", "moon", "cell", "microaneurysms", "grass", "camera"}
+
+
+def _fit_short_side(img: Image.Image, short: int) -> Image.Image:
+    s = short / min(img.size)
+    return img if s >= 1 else img.resize((round(img.width * s), round(img.height * s)), Image.BICUBIC)
+
+
+def photo_arrays(split: str, channels: int, short_side: int = 256) -> list[np.ndarray]:
+    """The split's bundled photographs as uint8 (H, W, C), each resized so its shorter side is at most short_side;
+    RGB (channels 3) takes only the colour photographs."""
+    import skimage.data
+    folder = Path(skimage.data.__file__).parent  # the files ship in the wheel: read them, never fetch
+    names = [n for n in PHOTO_SPLITS[split] if channels == 1 or n not in GRAY_PHOTOS]
+    out = []
+    for n in names:
+        f = next(folder.glob(f"{n}.*"), None)
+        if f is None:
+            raise FileNotFoundError(f"photos: {n} is not among scikit-image's bundled photographs in {folder}")
+        with Image.open(f) as img:
+            img = img.convert("RGB" if channels == 3 else "L")
+            a = np.array(_fit_short_side(img, short_side), dtype=np.uint8)
+        out.append(a[..., None] if a.ndim == 2 else a)
+    return out
+
+
+class Patches(torch.utils.data.Dataset):
+    """Random size x size crops of whole photographs (with horizontal flips): item i is a crop of the photograph
+    whose grid cell i is, at a random offset (torch's global RNG, seeded per item by the trainer)."""
+
+    def __init__(self, photos: list[np.ndarray], size: int, hflip: bool = True):
+        small = [p.shape[:2] for p in photos if min(p.shape[:2]) < size]
+        if small:
+            raise ValueError(f"photographs smaller than the {size}x{size} patch: {small}")
+        self.photos = [to_model(p[None])[0] for p in photos]
+        self.size, self.hflip = size, hflip
+        self.owner = [k for k, p in enumerate(photos) for _ in range((p.shape[0] // size) * (p.shape[1] // size))]
+        self.x, self.labels, self.classes = None, None, []
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def __getitem__(self, i):
+        p = self.photos[self.owner[i]]
+        top = int(torch.randint(p.shape[1] - self.size + 1, ()))
+        left = int(torch.randint(p.shape[2] - self.size + 1, ()))
+        x = p[:, top:top + self.size, left:left + self.size]
+        return x.flip(-1) if self.hflip and torch.rand(()) < 0.5 else x
+
+
+def grid_patches(photos: list[np.ndarray], size: int) -> ArrayImages:
+    """Every non-overlapping size x size tile of the photographs (a fixed evaluation set)."""
+    tiles = [p[r:r + size, c:c + size] for p in photos for r in range(0, p.shape[0] - size + 1, size)
+             for c in range(0, p.shape[1] - size + 1, size)]
+    return ArrayImages(np.stack(tiles))
+
+
+def photos(split: str, size: int, channels: int, hflip: bool = True):
+    """The bundled photographs as patches: random crops for training, the tiles of a fixed grid for val / test."""
+    if split not in PHOTO_SPLITS:
+        raise ValueError(f"photos: split must be one of {sorted(PHOTO_SPLITS)}, got {split!r}")
+    arrays = photo_arrays(split, channels)
+    return Patches(arrays, size, hflip) if split == "train" else grid_patches(arrays, size)

@@ -16,14 +16,15 @@ from .data import load_image, to_8bit, to_model, to_uint8
 PRESET_MASKS = ("left-half", "centre-box")
 
 
-def preset_mask(name: str, size: int) -> torch.Tensor:
-    """A (1, 1, S, S) mask, 1 where pixels are KNOWN: 'left-half' keeps the left half, 'centre-box' hides the centre."""
-    m = torch.ones(1, 1, size, size)
+def preset_mask(name: str, size: int, width: int | None = None) -> torch.Tensor:
+    """A (1, 1, S, W) mask (W = S by default), 1 where pixels are KNOWN: 'left-half' keeps the left half, 'centre-box'
+    hides the centre."""
+    W = width or size
+    m = torch.ones(1, 1, size, W)
     if name == "left-half":
-        m[..., size // 2:] = 0
+        m[..., W // 2:] = 0
     elif name == "centre-box":
-        lo, hi = size // 4, size - size // 4
-        m[..., lo:hi, lo:hi] = 0
+        m[..., size // 4:size - size // 4, W // 4:W - W // 4] = 0
     else:
         raise ValueError(f"unknown preset mask {name!r}; valid: {list(PRESET_MASKS)} or a mask image path")
     return m
@@ -115,3 +116,15 @@ def write_png(x: torch.Tensor, path: str | Path) -> Path:
     u8 = to_uint8(x[None])[0]
     Image.fromarray(u8[..., 0] if u8.shape[-1] == 1 else u8).save(path)
     return path
+
+
+def read_mask(mask: str | None, H: int, W: int) -> torch.Tensor:
+    """(1, 1, H, W) in {0, 1} (1 = known): a preset name (default centre-box) or a mask image of exactly H x W pixels
+    (white = keep)."""
+    if mask is None or mask in PRESET_MASKS:
+        return preset_mask(mask or "centre-box", H, W)
+    m = read_full(mask, 1, "--mask")
+    if m.shape[2:] != (H, W):
+        raise ConfigError(f"--mask {mask}: {m.shape[3]}x{m.shape[2]} pixels but the image is {W}x{H}; give a mask of the "
+                          f"image's size or one of {list(PRESET_MASKS)}")
+    return (m >= 0).float()

@@ -46,14 +46,14 @@ class ModelConfig:
 
 
 DEGRADATIONS = ("sr", "colorize", "inpaint", "uncrop")
-MASKS = ("mixed", "box", "free")
+MASKS = ("mixed", "box", "free", "half")
 
 
 @dataclass
 class DataConfig:
     """Where the images come from and how they are prepared."""
 
-    source: str = valid("digits", choices=("digits", "folder"))
+    source: str = valid("digits", choices=("digits", "folder", "photos"))  # photos: scikit-image's, as patches
     path: Optional[str] = None  # folder: the image folder (class labels from its sub-folders)
     eval_path: Optional[str] = None  # folder: images for the val/test splits (default: the training folder)
     image_size: int = valid(16, min=1)
@@ -64,7 +64,7 @@ class DataConfig:
     # image-to-image (SR3 / Palette): the model is given degrade(x) as a source image (core.degrade)
     degradation: Optional[str] = valid(None, choices=DEGRADATIONS)
     factor: int = valid(4, min=2)  # sr: the downsampling factor
-    mask: str = valid("mixed", choices=MASKS)  # inpaint: random box, free-form strokes, or either
+    mask: str = valid("mixed", choices=MASKS)  # inpaint: a random box, free-form strokes, a half, or any of them
     border: float = valid(0.25, above=0, max=0.75)  # uncrop: the hidden fraction of the right side
 
 
@@ -88,9 +88,12 @@ def degrader(data: DataConfig):
                               f"(got {data.channels})")
         return to_grayscale
     if d == "inpaint":
+        masks = {"box": box_mask, "free": free_form_mask,
+                 "half": lambda s: border_mask(s, ("left", "right", "top", "bottom")[int(torch.randint(4, ()))], 0.5)}
+
         def inpaint(x):
-            kind = data.mask if data.mask != "mixed" else ("box", "free")[int(torch.randint(2, ()))]
-            return inpaint_source(x, box_mask(size) if kind == "box" else free_form_mask(size))
+            kind = data.mask if data.mask != "mixed" else tuple(masks)[int(torch.randint(len(masks), ()))]
+            return inpaint_source(x, masks[kind](size))
         return inpaint
     if d == "uncrop":
         return lambda x: inpaint_source(x, border_mask(size, "right", data.border))
@@ -189,13 +192,15 @@ class ImageTask(Task):
             if data.channels != 1:
                 raise ValueError(f"data.channels: the digits are grayscale (1 channel), got {data.channels}")
             return D.digits(split, data.image_size, data.digits_mode, data.hflip, data.class_cond)
+        if data.source == "photos":
+            return D.photos(split, data.image_size, data.channels, data.hflip)
         if data.source == "folder":
             if not data.path:
                 raise ValueError("data.path: source 'folder' needs the image folder's path")
             path = data.path if split == "train" or not data.eval_path else data.eval_path
             return D.image_folder(path, data.image_size, data.channels, data.hflip and split == "train",
                                   data.class_cond)
-        raise ValueError(f"data.source must be 'digits' or 'folder', got {data.source!r}")
+        raise ValueError(f"data.source must be 'digits', 'folder' or 'photos', got {data.source!r}")
 
     def configure(self, model: ModelConfig, data: DataConfig) -> ModelConfig:
         """model.num_classes from the data when unset (10 digits, or an image folder's class sub-folders), and
@@ -214,11 +219,12 @@ class ImageTask(Task):
             except ValueError as e:
                 raise ConfigError(str(e)) from e
         else:
-            classes = [str(i) for i in range(10)]
+            classes = [str(i) for i in range(10)] if data.source == "digits" else []  # photos: no labels
         k = model.num_classes or None
         if not data.class_cond or not classes:
             if k:
-                why = "data.class_cond=false" if not data.class_cond else f"{data.path} has no class sub-folders"
+                why = "data.class_cond=false" if not data.class_cond else (
+                    f"{data.path} has no class sub-folders" if data.source == "folder" else "the photos have no labels")
                 raise ConfigError(f"model.num_classes={k} but {why}: the model would never see a label; set "
                                   "data.class_cond=true (with class sub-folders) or leave model.num_classes unset")
             return model
