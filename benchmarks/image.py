@@ -5,6 +5,10 @@ speed:   training throughput (images/s) and peak memory of the ddpm-cifar10 U-Ne
          precision, each model in its own subprocess so peak RSS is its own. CPU always; CUDA if available.
 quality: digits-FID and conditional accuracy of a trained digits checkpoint for several samplers and
          guidance scales (--checkpoint RUN_OR_CKPT).
+img2img: SR3 / Palette checkpoints on held-out data (--sr RUN [--regression RUN], --inpaint RUN --uncond RUN,
+         --colorize RUN): super-resolution PSNR / SSIM of one sample and of the mean of 8 against bicubic and a regression
+         U-Net, consistency, digits accuracy; inpainting class consistency and digits-FID against replacement
+         inpainting and RePaint on an unconditional model; colourfulness and PSNR against a grayscale copy.
 guidance: classifier guidance by a noise-aware classifier run (--classifier, e.g. image_digits_classifier) beside
          classifier-free guidance on the same class-conditional digits model, same samplers and steps: digits-FID
          and conditional accuracy per scale, for the guided unconditional model (the model sees the null label), the
@@ -13,6 +17,7 @@ guidance: classifier guidance by a noise-aware classifier run (--classifier, e.g
     python benchmarks/image.py speed --batch 4 --steps 3
     python benchmarks/image.py quality --checkpoint runs/image_digits --n 300
     python benchmarks/image.py guidance --checkpoint runs/image_digits --classifier runs/image_digits_classifier
+    python benchmarks/image.py img2img --sr runs/digits_sr3 --regression runs/digits_sr3_l2 --out sr_digits
 Writes benchmarks/results/image_speed.json / image_quality.json / guidance_digits.json (and
 docs/figures/guidance_digits.png) and prints a table.
 """
@@ -245,6 +250,178 @@ def plot_guidance(rows: list[dict], floor: list[float], path: Path) -> Path:
     return path
 
 
+def _draws(den, x_shape, cond, sampler: str, steps: int, k: int, seed: int = 0, hooks=()) -> "torch.Tensor":
+    """k independent sample sets (k, N, ...) of a conditional denoiser, 500 images per batch."""
+    import torch
+    from diffsuite.core.conditions import cond_rows
+    from diffsuite.core.samplers import sample
+    out = []
+    for j in range(k):
+        g = torch.Generator().manual_seed(seed + j)
+        out.append(torch.cat([sample(den, (min(500, x_shape[0] - i), *x_shape[1:]), sampler, steps, generator=g,
+                                     cond=cond_rows(cond, slice(i, i + 500)), hooks=hooks)
+                              for i in range(0, x_shape[0], 500)]))
+    return torch.stack(out)
+
+
+def _scores(y, ref, extra=None) -> dict:
+    from diffsuite.modalities.image import metrics
+    r = {"psnr": float(metrics.psnr(y, ref).mean()), "ssim": float(metrics.ssim(y, ref).mean())}
+    return {**r, **(extra or {})}
+
+
+def _digit_labels(loaded):
+    from dataclasses import replace
+    d = loaded.recipe.data
+    return loaded.task._images(replace(d, class_cond=True), "test").labels if d.source == "digits" else None
+
+
+def sr_rows(args, out: Path) -> dict:
+    """Super-resolution on the test split: bicubic, SR3 (one sample, mean of k), a regression U-Net (see docstring)."""
+    import time
+    import torch
+    from diffsuite.core.degrade import consistency_error, downsample, upsample
+    from diffsuite.modalities.image import metrics
+    from diffsuite.recipes.run import load
+    loaded = load(args.sr)
+    d, f = loaded.recipe.data, loaded.recipe.data.factor
+    x = loaded.task.build_dataset(d, "test").x[:args.n]
+    low = downsample(x, f)
+    src = upsample(low, f)
+    steps = args.steps or loaded.recipe.sample.steps
+    t0 = time.time()
+    ys = _draws(loaded.denoiser, x.shape, {"source": src}, "ddim", steps, args.samples)
+    seconds = time.time() - t0
+    outs = {"bicubic": src, "sr3, one sample": ys[0], f"sr3, mean of {args.samples}": ys.mean(0)}
+    if args.regression:
+        reg = load(args.regression)
+        outs["regression U-Net (L2)"] = _draws(reg.denoiser, x.shape, {"source": src}, "ddim", 1, 1)[0]
+    labels = _digit_labels(loaded)
+    clf = metrics.digits_classifier(d.image_size, d.digits_mode)[0] if labels is not None else None
+    rows = []
+    for name, y in outs.items():
+        extra = {"consistency_rms": float(consistency_error(y, low, f).mean())}
+        if clf is not None:
+            extra["digits_accuracy"] = metrics.accuracy(clf, y, labels[:len(y)])
+        rows.append({"method": name, **_scores(y, x, extra)})
+        print(f"SR {name:28s} " + "  ".join(f"{k} {v:.4f}" for k, v in rows[-1].items() if k != "method"), flush=True)
+    res = {"checkpoint": str(loaded.checkpoint), "regression": args.regression, "n": len(x), "factor": f,
+           "sampler": "ddim", "steps": steps, "samples": args.samples, "sr3_seconds": round(seconds, 1), "rows": rows}
+    if clf is not None:
+        res["digits_accuracy_clean"] = metrics.accuracy(clf, x, labels[:len(x)])
+    res["picture"] = str(_picture([src[:8], ys[0, :8], ys.mean(0)[:8], x[:8]], out.with_suffix(".png")))
+    return res
+
+
+def inpaint_rows(args, out: Path) -> dict:
+    """Palette against replacement inpainting and RePaint on an unconditional model, digits, two masks (docstring)."""
+    import math
+    import time
+    import torch
+    from diffsuite.core.degrade import box_mask, free_form_mask, inpaint_source
+    from diffsuite.core.guidance import Inpaint, repaint, repaint_positions
+    from diffsuite.modalities.image import metrics
+    from diffsuite.modalities.image.edit import preset_mask
+    from diffsuite.recipes.run import load
+    pal, unc = load(args.inpaint), load(args.uncond)
+    d = pal.recipe.data
+    test = pal.task._images(d, "test")
+    labels = _digit_labels(pal)
+    reps = math.ceil(args.n / len(test.x))
+    x, y = test.x.repeat(reps, 1, 1, 1)[:args.n], labels.repeat(reps)[:args.n]
+    clf = metrics.digits_classifier(d.image_size, d.digits_mode)[0]
+    g = torch.Generator().manual_seed(0)
+    size = x.shape[-2:]
+    masks = {"left-half": preset_mask("left-half", size[0]).expand(len(x), 1, *size),
+             "random": torch.stack([(box_mask if i % 2 else free_form_mask)(tuple(size), g) for i in range(len(x))])}
+    # RePaint's resampling at about 10x Palette's evaluations: 20 steps, jumps of 5, the repeats that come closest
+    r_steps, jl = 20, 5
+    nfe_of = lambda j: sum(b > a for a, b in zip(repaint_positions(r_steps, jl, j)[:-1],  # noqa: E731
+                                                 repaint_positions(r_steps, jl, j)[1:]))
+    jn = min(range(1, 11), key=lambda j: abs(nfe_of(j) - 10 * args.palette_steps))
+    nfe_rp = nfe_of(jn)
+    res = {"palette": str(pal.checkpoint), "uncond": str(unc.checkpoint), "n": len(x), "rows": [],
+           "repaint": {"steps": r_steps, "jump_length": jl, "jump_n_sample": jn}}
+    for mname, m in masks.items():
+        known = x * m + 0 * (1 - m)
+        paste = lambda z: m * x + (1 - m) * z  # noqa: E731
+        runs = {f"Palette, DDIM {args.palette_steps}": (args.palette_steps, lambda: _draws(
+                    pal.denoiser, x.shape, {"source": inpaint_source(x, m)}, "ddim", args.palette_steps, 1)[0]),
+                f"Palette, DDIM {10 * args.palette_steps}": (10 * args.palette_steps, lambda: _draws(
+                    pal.denoiser, x.shape, {"source": inpaint_source(x, m)}, "ddim", 10 * args.palette_steps, 1)[0]),
+                f"replacement, DDPM {10 * args.palette_steps}": (10 * args.palette_steps, lambda: _draws(
+                    unc.denoiser, x.shape, None, "ddpm", 10 * args.palette_steps, 1,
+                    hooks=[Inpaint(unc.denoiser.schedule, m, x)])[0]),
+                f"RePaint, {nfe_rp} evaluations": (nfe_rp, lambda: torch.cat([repaint(
+                    unc.denoiser, torch.randn((min(500, len(x) - i), *x.shape[1:]), generator=g), r_steps,
+                    inpaint=Inpaint(unc.denoiser.schedule, m[i:i + 500], x[i:i + 500]), generator=g,
+                    jump_length=jl, jump_n_sample=jn) for i in range(0, len(x), 500)]))}
+        floor = {"method": "the masked input (hole mid-gray)", "mask": mname, "nfe": 0,
+                 "class_consistency": metrics.accuracy(clf, known, y), "digits_fid": metrics.fid(clf.features, test.x, known)}
+        res["rows"].append(floor)
+        pics = [known[:8]]
+        for name, (nfe, fn) in runs.items():
+            t0 = time.time()
+            z = paste(fn())
+            row = {"method": name, "mask": mname, "nfe": nfe, "seconds": round(time.time() - t0, 1),
+                   "class_consistency": metrics.accuracy(clf, z, y), "digits_fid": metrics.fid(clf.features, test.x, z)}
+            res["rows"].append(row)
+            pics.append(z[:8])
+            print(f"inpaint {mname:9s} {name:28s} class consistency {row['class_consistency']:.3f}  digits-FID "
+                  f"{row['digits_fid']:.2f}  ({row['seconds']} s)", flush=True)
+        res[f"picture_{mname}"] = str(_picture(pics + [x[:8]], out.with_name(f"{out.stem}_{mname}.png")))
+    res["ceiling"] = {"class_consistency": metrics.accuracy(clf, x, y), "digits_fid_real_floor": real_floor(pal, len(x))}
+    return res
+
+
+def colorize_rows(args, out: Path) -> dict:
+    """Colourfulness and PSNR of colorized test patches against the originals and a grayscale copy."""
+    import numpy as np
+    from diffsuite.core.degrade import to_grayscale
+    from diffsuite.modalities.image import metrics
+    from diffsuite.recipes.run import load
+    loaded = load(args.colorize)
+    x = loaded.task.build_dataset(loaded.recipe.data, "test").x[:args.n]
+    gray = to_grayscale(x)
+    ys = _draws(loaded.denoiser, x.shape, {"source": gray}, "ddim", args.steps or loaded.recipe.sample.steps,
+                args.samples)
+    outs = {"grayscale copy": gray.expand(-1, 3, -1, -1), "Palette, one sample": ys[0],
+            f"Palette, mean of {args.samples}": ys.mean(0), "original": x}
+    rows = [{"method": k, "psnr": float(metrics.psnr(v, x).mean()) if k != "original" else None,
+             "colourfulness": float(np.mean(metrics.colourfulness(v)))} for k, v in outs.items()]
+    for r in rows:
+        print(f"colorize {r['method']:24s} PSNR {r['psnr']}  colourfulness {r['colourfulness']:.2f}", flush=True)
+    return {"checkpoint": str(loaded.checkpoint), "n": len(x), "rows": rows,
+            "picture": str(_picture([gray.expand(-1, 3, -1, -1)[:8], ys[0, :8], x[:8]], out.with_suffix(".png")))}
+
+
+def _picture(rows: list, path: Path) -> Path:
+    """A PNG grid: one row per list entry (e.g. input / samples / target), 8 images each."""
+    import torch
+    from diffsuite.modalities.image.task import save_grid
+    n = min(len(r) for r in rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_grid(torch.cat([r[:n] for r in rows]), path, n, scale=max(1, 64 // rows[0].shape[-1]))
+
+
+def img2img(args) -> dict:
+    """The image-to-image benchmarks of the checkpoints given (see the module docstring); JSON in results/."""
+    import torch
+    torch.set_num_threads(args.threads)
+    out = RESULTS / f"img2img_{args.out}.json"
+    res = {"args": {k: v for k, v in vars(args).items()}}
+    if args.sr:
+        res["sr"] = sr_rows(args, out.with_name(f"img2img_{args.out}_sr"))
+    if args.inpaint:
+        res["inpaint"] = inpaint_rows(args, out.with_name(f"img2img_{args.out}_inpaint"))
+    if args.colorize:
+        res["colorize"] = colorize_rows(args, out.with_name(f"img2img_{args.out}_colorize"))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    print(f"written {out}")
+    return res
+
+
 def main(argv=None):
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_one":
         import torch
@@ -278,8 +455,20 @@ def main(argv=None):
     gd.add_argument("--s-cond", type=float, nargs="*", default=[1.0, 4.0])
     gd.add_argument("--threads", type=int, default=1)
     gd.add_argument("--figure", type=Path, default=RESULTS.parent.parent / "docs" / "figures" / "guidance_digits.png")
+    ii = sub.add_parser("img2img")
+    ii.add_argument("--sr", help="an SR3 run (data.degradation=sr)")
+    ii.add_argument("--regression", help="the regression U-Net of the same size (see docs/image.md)")
+    ii.add_argument("--inpaint", help="a Palette inpainting run on digits")
+    ii.add_argument("--uncond", help="an unconditional digits run for replacement inpainting and RePaint")
+    ii.add_argument("--colorize", help="a Palette colorization run")
+    ii.add_argument("--n", type=int, default=1077, help="test images (inpainting: repeated to reach n)")
+    ii.add_argument("--samples", type=int, default=8)
+    ii.add_argument("--steps", type=int, default=None, help="SR3 / colorization DDIM steps (default the recipe's)")
+    ii.add_argument("--palette-steps", type=int, default=10)
+    ii.add_argument("--threads", type=int, default=1)
+    ii.add_argument("--out", default="digits", help="results/img2img_<out>.json")
     args = p.parse_args(argv)
-    {"speed": speed, "quality": quality, "guidance": guidance}[args.what](args)
+    {"speed": speed, "quality": quality, "guidance": guidance, "img2img": img2img}[args.what](args)
 
 
 if __name__ == "__main__":

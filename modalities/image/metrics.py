@@ -149,3 +149,32 @@ def inception_features(path: str | Path) -> Callable[[torch.Tensor], torch.Tenso
             out = model(x)
         return out.reshape(len(x), -1)
     return fn
+
+
+# ---------------------------------------------------------------- restoration (image-to-image) metrics
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().float().cpu().clamp(-1, 1).numpy()
+
+
+def psnr(x: torch.Tensor, ref: torch.Tensor) -> np.ndarray:
+    """Per image: PSNR in dB of images in [-1, 1] (peak-to-peak range 2) against the references (scikit-image)."""
+    from skimage.metrics import peak_signal_noise_ratio
+    return np.array([peak_signal_noise_ratio(r, a, data_range=2.0) for a, r in zip(_np(x), _np(ref))])
+
+
+def ssim(x: torch.Tensor, ref: torch.Tensor) -> np.ndarray:
+    """Per image: SSIM (Wang et al. 2004; scikit-image, 7x7 windows or the image's size if smaller)."""
+    from skimage.metrics import structural_similarity
+    win = min(7, x.shape[-1], x.shape[-2]) // 2 * 2 + 1 if min(x.shape[-2:]) >= 3 else 3
+    return np.array([structural_similarity(r, a, data_range=2.0, channel_axis=0, win_size=win)
+                     for a, r in zip(_np(x), _np(ref))])
+
+
+def colourfulness(x: torch.Tensor) -> np.ndarray:
+    """Per RGB image: Hasler & Suesstrunk's (2003) colourfulness, sigma_rgyb + 0.3 mu_rgyb on the 0-255 scale."""
+    u = (_np(x) + 1) * 127.5
+    rg, yb = u[:, 0] - u[:, 1], 0.5 * (u[:, 0] + u[:, 1]) - u[:, 2]
+    sd = np.sqrt(rg.reshape(len(u), -1).std(1) ** 2 + yb.reshape(len(u), -1).std(1) ** 2)
+    mu = np.sqrt(rg.reshape(len(u), -1).mean(1) ** 2 + yb.reshape(len(u), -1).mean(1) ** 2)
+    return sd + 0.3 * mu
