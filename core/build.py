@@ -5,7 +5,7 @@ from functools import partial
 
 from .config import DiffusionConfig
 from .denoiser import Denoiser, clip_x0, dynamic_threshold
-from .losses import DiffusionLoss, ImportanceTimesteps
+from .losses import ContinuousTimesteps, DiffusionLoss, ImportanceTimesteps
 from .schedules import Schedule, make_schedule
 
 X0_TRANSFORMS = {"none": None, "clip": clip_x0, "dynamic": dynamic_threshold}
@@ -21,9 +21,10 @@ def build_denoiser(net, cfg: DiffusionConfig, for_sampling: bool = False) -> Den
     if cfg.clip_x0 not in X0_TRANSFORMS:
         raise ValueError(f"diffusion.clip_x0: unknown {cfg.clip_x0!r}; valid: {sorted(X0_TRANSFORMS)}")
     return Denoiser(net, build_schedule(cfg), cfg.prediction, cfg.learned_variance,
-                    X0_TRANSFORMS[cfg.clip_x0] if for_sampling else None)
+                    X0_TRANSFORMS[cfg.clip_x0] if for_sampling else None, cfg.time_input)
 
 
 def build_loss(cfg: DiffusionConfig) -> DiffusionLoss:
-    return DiffusionLoss(cfg.weighting, cfg.min_snr_gamma, cfg.vlb_weight,
-                         ImportanceTimesteps(cfg.T) if cfg.importance_sampling else None)
+    timesteps = ImportanceTimesteps(cfg.T) if cfg.importance_sampling else \
+        ContinuousTimesteps(cfg.T) if cfg.continuous_t else None
+    return DiffusionLoss(cfg.weighting, cfg.min_snr_gamma, cfg.vlb_weight, timesteps)

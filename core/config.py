@@ -123,8 +123,15 @@ class DiffusionConfig:
     importance_sampling: bool = False
     cond_drop_prob: float = valid(0.0, min=0, max=1)
     clip_x0: str = valid("none", choices=CLIP_X0)
+    # SR3's noise-level conditioning (Saharia et al. 2021, Sec. 2.4): train on continuous levels between the steps, and
+    # let the network's time embedding read the noise level 1000 sqrt(alpha_bar) instead of the step t
+    continuous_t: bool = False
+    time_input: str = valid("t", choices=("t", "noise_level"))
 
     def __post_init__(self):
+        if self.continuous_t and (self.learned_variance or self.importance_sampling):
+            raise ConfigError("diffusion.continuous_t trains on noise levels between the steps: it does not combine "
+                              "with learned_variance or importance_sampling, which need integer steps")
         if self.schedule == "custom" and not self.betas:
             raise ConfigError("diffusion.schedule=custom needs diffusion.betas (a list of T values in (0, 1))")
         if self.betas is not None:

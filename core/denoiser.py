@@ -48,10 +48,13 @@ class Denoiser(nn.Module):
     """Wrap a raw network: (x_t, t, cond) -> Prediction(x0, eps), for any parameterization and shape."""
 
     def __init__(self, net: nn.Module, schedule: Schedule, prediction: str = "eps",
-                 learned_variance: bool = False, x0_transform: Optional[Callable] = None):
+                 learned_variance: bool = False, x0_transform: Optional[Callable] = None, time_input: str = "t"):
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"Denoiser: unknown prediction {prediction!r}; valid: {PREDICTIONS}")
+        if time_input not in ("t", "noise_level"):
+            raise ValueError(f"Denoiser: time_input must be 't' or 'noise_level', got {time_input!r}")
+        self.time_input = time_input  # what the network's time embedding reads: t, or SR3's 1000 sqrt(alpha_bar_t)
         self.net = net
         self.schedule = schedule
         self.prediction = prediction
@@ -75,8 +78,10 @@ class Denoiser(nn.Module):
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
         x_in = self._with_latent(x_t, z)
+        t_net = t if self.time_input == "t" else \
+            1000 * self.schedule.alpha_bar_at(t.double().cpu()).sqrt().to(t.device, torch.float32)
         with autocast(x_t.device.type, self.autocast_dtype):
-            raw = self.net(x_in, t, cond)
+            raw = self.net(x_in, t_net, cond)
         v_var = None
         if self.learned_variance:
             if not (isinstance(raw, (tuple, list)) and len(raw) == 2):

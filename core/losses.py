@@ -120,6 +120,15 @@ class UniformTimesteps:
         pass
 
 
+class ContinuousTimesteps(UniformTimesteps):
+    """t ~ U[0, T - 1], fractional: the noise level is continuous between the schedule's steps (SR3's noise-level
+    training, Saharia et al. 2021, Sec. 2.4; alpha_bar interpolated by Schedule.alpha_bar_at); weight 1."""
+
+    def sample(self, B, generator=None, device=None):
+        u = torch.rand(B, generator=generator, device=generator.device if generator else device, dtype=torch.float64)
+        return (u * (self.T - 1)).to(device), torch.ones(B, device=device)
+
+
 class ImportanceTimesteps(UniformTimesteps):
     """Importance sampling of t with p_t proportional to sqrt(E[L_t^2]) over a history of 10 (Nichol & Dhariwal 2021, eq. 17)."""
 
@@ -167,13 +176,17 @@ class DiffusionLoss:
         B = x0.shape[0]
         t, w_is = sampler.sample(B, generator, x0.device)
         eps = randn(x0.shape, generator, x0.device, x0.dtype)
-        ab = sch.alpha_bar.to(x0.device, torch.float32)[t].to(x0.dtype)
+        if t.is_floating_point():  # continuous noise levels
+            ab64 = sch.alpha_bar_at(t.double().cpu()).to(x0.device)
+            ab, snr = ab64.to(x0.dtype), (ab64 / (1 - ab64)).float()
+        else:
+            ab, snr = sch.alpha_bar.to(x0.device, torch.float32)[t].to(x0.dtype), sch.snr.to(x0.device, torch.float32)[t]
         x_t = q_sample(x0, ab, eps)
         pred = denoiser(x_t, t.float(), cond)
         inner = denoiser.module if hasattr(denoiser, "module") else denoiser
         target = target_for(inner.prediction, x0, eps, ab)
         mse = mean_flat((pred.out.float() - target.float()) ** 2)
-        loss = mse * loss_weight(self.weighting, inner.prediction, sch.snr.to(x0.device, torch.float32)[t], self.gamma)
+        loss = mse * loss_weight(self.weighting, inner.prediction, snr, self.gamma)
         if pred.v_var is not None:
             x0_sg = pred.x0.detach()  # stop-gradient on the mean in the vlb term
             loss = loss + self.vlb_weight * sch.T * vlb_term(sch, x0.float(), x_t.float(), t, x0_sg.float(), pred.v_var.float())

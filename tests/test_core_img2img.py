@@ -160,3 +160,37 @@ def test_overlap_blending_removes_the_seams_of_a_conv_net_on_a_constant_image():
 
     abut, blended = seam(0), seam(8)
     assert abut > 1e-3 and blended < 0.35 * abut, (abut, blended)
+
+
+class _Recorder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x_t, t, cond=None):
+        self.seen.append((x_t.clone(), t.clone()))
+        return torch.zeros_like(x_t)
+
+
+def test_sr3_noise_level_options():
+    """continuous_t: t ~ U[0, T-1] fractional and x_t drawn at the interpolated alpha_bar; time_input=noise_level: the
+    network reads 1000 sqrt(alpha_bar_t) (Saharia et al. 2021, Sec. 2.4)."""
+    from diffsuite.core.config import ConfigError, DiffusionConfig
+    from diffsuite.core.build import build_denoiser, build_loss
+    from diffsuite.core.losses import ContinuousTimesteps
+    cfg = DiffusionConfig(schedule="cosine", T=1000, prediction="eps", continuous_t=True, time_input="noise_level")
+    net = _Recorder()
+    den, loss = build_denoiser(net, cfg), build_loss(cfg)
+    assert isinstance(loss.timesteps, ContinuousTimesteps)
+    x0 = torch.randn(256, 3)
+    g = torch.Generator().manual_seed(0)
+    per, t = loss(den, x0, None, g)
+    assert per.shape == (256,) and t.is_floating_point() and 0 <= float(t.min()) and float(t.max()) <= 999
+    assert (t != t.floor()).float().mean() > 0.99 and abs(float(t.mean()) - 499.5) < 40
+    x_t, t_net = net.seen[-1]
+    ab = den.schedule.alpha_bar_at(t.double())
+    torch.testing.assert_close(t_net, (1000 * ab.sqrt()).float(), rtol=1e-4, atol=1e-3)  # (t passes as float32)
+    eps = (x_t.double() - ab.sqrt()[:, None] * x0.double()) / (1 - ab).sqrt()[:, None]
+    torch.testing.assert_close(per.double(), (eps ** 2).mean(1), rtol=1e-4, atol=1e-5)  # the net predicts eps = 0
+    with pytest.raises(ConfigError, match="continuous_t"):
+        DiffusionConfig(continuous_t=True, learned_variance=True)

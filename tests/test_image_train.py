@@ -339,3 +339,13 @@ def test_photo_patches_split_by_photograph_and_colorize(tmp_path, monkeypatch):
     assert main(["restore", str(run_dir), "--task", "colorize", "--image", str(gray), "--out", str(out),
                  "--steps", "2", "--samples", "2"]) == 0
     assert np.asarray(Image.open(out)).shape == (40, 50, 3) and (tmp_path / "c-mean.png").exists()
+
+
+def test_sr3_with_continuous_noise_levels_trains_and_samples(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    r = _sr_recipe()
+    r["diffusion"].update(continuous_t=True, time_input="noise_level")
+    a = run.load(run.train(r, out_dir=tmp_path / "sr"))
+    assert a.denoiser.time_input == "noise_level"
+    x, _ = run.generate(a.denoiser, a.task, a.recipe, n=2, progress=False)
+    assert torch.isfinite(x).all()
