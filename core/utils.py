@@ -115,3 +115,9 @@ def cache_dir(*parts: str) -> Path:
     p = root.joinpath(*parts)
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def split_of(name: str, val_fraction: float = 0.1, test_fraction: float = 0.1) -> str:
+    """Stable split by name (a piece, a photograph): a hash in [0, 1) decides train / val / test."""
+    u = int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 16 ** 8
+    return "val" if u < val_fraction else "test" if u < val_fraction + test_fraction else "train"

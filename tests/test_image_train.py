@@ -349,3 +349,28 @@ def test_sr3_with_continuous_noise_levels_trains_and_samples(tmp_path, monkeypat
     assert a.denoiser.time_input == "noise_level"
     x, _ = run.generate(a.denoiser, a.task, a.recipe, n=2, progress=False)
     assert torch.isfinite(x).all()
+
+
+def test_a_folder_of_photographs_as_patches(tmp_path, monkeypatch):
+    """data.patches: one's own photographs cut into random patches, split by file name like the bundled photos."""
+    import numpy as np
+    from PIL import Image
+    from diffsuite.core.utils import split_of
+    from diffsuite.recipes.registry import get_task
+    from diffsuite.recipes.run import load_recipe
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"p{i}.png" for i in range(40)]
+    for n in names:
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / n)
+    (folder / "broken.png").write_bytes(b"not an image")
+    r = load_recipe("image_photos_sr3", ["data.source=folder", f"data.path={folder}", "data.patches=true",
+                                         "data.image_size=32", "model.image_size=32"])
+    task = get_task("image")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        train = task.build_dataset(r.data, "train")
+    assert train[0]["x0"].shape == (3, 32, 32) and train[0]["cond"]["source"].shape == (3, 32, 32)
+    assert split_of("broken.png") == "train"  # (so the training split is where the warning comes from)
+    test = task.build_dataset(r.data, "test")
+    assert len(test) == sum(split_of(n) == "test" for n in names) >= 1  # one 32x32 tile per 40x50 photograph

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffsuite.core.utils import atomic_write_json, cache_dir, sha256_file
+from diffsuite.core.utils import atomic_write_json, cache_dir, sha256_file, split_of
 
 EXTENSIONS = {".png", ".jpg", ".jpeg"}
 DIGITS_VERSION = 1
@@ -221,6 +221,13 @@ def _fit_short_side(img: Image.Image, short: int) -> Image.Image:
     return img if s >= 1 else img.resize((round(img.width * s), round(img.height * s)), Image.BICUBIC)
 
 
+def _photo(path: Path, channels: int, short_side: int) -> np.ndarray:
+    with Image.open(path) as img:
+        img = to_8bit(img).convert("RGB" if channels == 3 else "L")
+        a = np.array(_fit_short_side(img, short_side), dtype=np.uint8)
+    return a[..., None] if a.ndim == 2 else a
+
+
 def photo_arrays(split: str, channels: int, short_side: int = 256) -> list[np.ndarray]:
     """The split's bundled photographs as uint8 (H, W, C), each resized so its shorter side is at most short_side;
     RGB (channels 3) takes only the colour photographs."""
@@ -232,10 +239,7 @@ def photo_arrays(split: str, channels: int, short_side: int = 256) -> list[np.nd
         f = next(folder.glob(f"{n}.*"), None)
         if f is None:
             raise FileNotFoundError(f"photos: {n} is not among scikit-image's bundled photographs in {folder}")
-        with Image.open(f) as img:
-            img = img.convert("RGB" if channels == 3 else "L")
-            a = np.array(_fit_short_side(img, short_side), dtype=np.uint8)
-        out.append(a[..., None] if a.ndim == 2 else a)
+        out.append(_photo(f, channels, short_side))
     return out
 
 
@@ -270,9 +274,34 @@ def grid_patches(photos: list[np.ndarray], size: int) -> ArrayImages:
     return ArrayImages(np.stack(tiles))
 
 
-def photos(split: str, size: int, channels: int, hflip: bool = True):
+def _as_patches(arrays: list[np.ndarray], split: str, size: int, hflip: bool):
+    return Patches(arrays, size, hflip) if split == "train" else grid_patches(arrays, size)
+
+
+def photos(split: str, size: int, channels: int, hflip: bool = True, short_side: int = 256):
     """The bundled photographs as patches: random crops for training, the tiles of a fixed grid for val / test."""
     if split not in PHOTO_SPLITS:
         raise ValueError(f"photos: split must be one of {sorted(PHOTO_SPLITS)}, got {split!r}")
-    arrays = photo_arrays(split, channels)
-    return Patches(arrays, size, hflip) if split == "train" else grid_patches(arrays, size)
+    return _as_patches(photo_arrays(split, channels, short_side), split, size, hflip)
+
+
+def folder_patches(root: str | Path, split: str, size: int, channels: int, hflip: bool = True, short_side: int = 256):
+    """A folder of one's own photographs as patches, like `photos`: split by file name (a stable hash: 10% val, 10%
+    test), unreadable files skipped with a warning."""
+    files = [f for f in scan_folder(root)[0] if split_of(f.name) == split]
+    if not files:
+        raise ValueError(f"image folder {str(root)!r}: none of its photographs falls in the {split!r} split (split by "
+                         "file name: about 10% val, 10% test); add photographs")
+    arrays, bad = [], []
+    for f in files:
+        try:
+            arrays.append(_photo(f, channels, short_side))
+        except (OSError, ValueError):
+            bad.append(f.name)
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) under {root}: {', '.join(bad[:5])}")
+    small = [a.shape[:2] for a in arrays if min(a.shape[:2]) < size]
+    if small:
+        raise ValueError(f"image folder {str(root)!r}: {len(small)} photograph(s) smaller than the {size}x{size} patch "
+                         f"(e.g. {small[0][1]}x{small[0][0]} after shrinking to a {short_side}-pixel short side)")
+    return _as_patches(arrays, split, size, hflip)

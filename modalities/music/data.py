@@ -17,19 +17,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffsuite.core.utils import atomic_write_bytes, atomic_write_json, cache_dir, sha256_file
+from diffsuite.core.utils import atomic_write_bytes, atomic_write_json, cache_dir, sha256_file, split_of
 
 from . import chords
 from .roll import Note, RollPiece, clean_window, load_midi, notes_to_roll, segments, to_model
 
 CACHE_VERSION = 1
 SPLITS = ("train", "val", "test")
-
-
-def split_of(name: str, val_fraction: float = 0.1, test_fraction: float = 0.1) -> str:
-    """Stable split by piece name: a hash in [0, 1) decides train / val / test."""
-    u = int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 16 ** 8
-    return "val" if u < val_fraction else "test" if u < val_fraction + test_fraction else "train"
 
 
 # ---------------------------------------------------------------- MIDI folder
