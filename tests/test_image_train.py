@@ -255,7 +255,7 @@ def test_upscale_refuses_a_model_that_is_not_sr(quick_image_run, tmp_path, monke
     run_dir, cache = quick_image_run
     monkeypatch.setenv("DIFFSUITE_CACHE", str(cache))
     assert main(["upscale", str(run_dir), "--image", "x.png", "--out", str(tmp_path / "x.png")]) == 2
-    assert "needs a super-resolution checkpoint" in capsys.readouterr().err
+    assert "needs a super-resolution (SR3) checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("change, message", [
@@ -308,7 +308,7 @@ def test_palette_inpaint_and_uncrop_restore_any_image_keeping_known_pixels(tmp_p
                  "--out", str(tmp_path / "x.png")]) == 2
     assert "5x5 pixels but the image is 26x20" in capsys.readouterr().err
     assert main(["restore", str(inp), "--task", "colorize", "--image", str(img), "--out", str(tmp_path / "x.png")]) == 2
-    assert "needs a checkpoint trained with data.degradation=colorize" in capsys.readouterr().err
+    assert "needs a colorization checkpoint (data.degradation=colorize)" in capsys.readouterr().err
     assert main(["restore", str(unc), "--task", "uncrop", "--image", str(img), "--mask", "left-half",
                  "--out", str(tmp_path / "x.png")]) == 2
     assert "--mask is for --task inpaint" in capsys.readouterr().err

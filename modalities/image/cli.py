@@ -133,10 +133,13 @@ def write_results(x: torch.Tensor, out: str | Path, info: dict) -> dict:
     return files
 
 
+KINDS = {"sr": "super-resolution (SR3)", "colorize": "colorization", "inpaint": "inpainting", "uncrop": "uncropping"}
+
+
 def _check_task(loaded, degradation: str, command: str) -> None:
     got = loaded.recipe.data.degradation
     if got != degradation:
-        raise ConfigError(f"{command} needs a checkpoint trained with data.degradation={degradation}; "
+        raise ConfigError(f"{command} needs a {KINDS[degradation]} checkpoint (data.degradation={degradation}); "
                           f"{loaded.checkpoint} was trained with data.degradation={got}")
 
 
