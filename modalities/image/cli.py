@@ -248,11 +248,14 @@ def evaluate(loaded, n: int = 500, sampler=None, steps=None, guidance=None, seed
         clf, info = metrics.digits_classifier(r.data.image_size, r.data.digits_mode)
         res["digits_fid"] = metrics.fid(clf.features, test.x, x)
         res["classifier_test_accuracy"] = info["test_accuracy"]
-        if cond is not None:
-            res["conditional_accuracy"] = metrics.accuracy(clf, x, cond)
+        labels = cond.get("label") if isinstance(cond, dict) else cond
+        if labels is not None:
+            res["conditional_accuracy"] = metrics.accuracy(clf, x, labels)
     if inception:
         res["fid_inception"] = metrics.fid(metrics.inception_features(inception), test.x, x)
-    if bpd_n:
+    if bpd_n and r.data.degradation:  # the bound of p(x | source) needs each image's source: not computed here
+        res["bits_per_dim"] = None
+    elif bpd_n:
         xb = test.x[:bpd_n]
         cb = None if test.labels is None or not r.model.num_classes else test.labels[:bpd_n]
         with torch.no_grad():
