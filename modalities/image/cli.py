@@ -70,13 +70,7 @@ def add_commands(subparsers) -> None:
     u = subparsers.add_parser("upscale", help="image: super-resolve an image of any size with an SR3 checkpoint")
     u.add_argument("checkpoint")
     u.add_argument("--image", required=True, help="the low-resolution image (PNG / JPEG, any size)")
-    u.add_argument("--out", required=True, help="output PNG (with --samples N > 1 also OUT-<k>.png and OUT-mean.png)")
-    u.add_argument("--samples", type=positive_int, default=1)
-    u.add_argument("--sampler", default=None)
-    u.add_argument("--steps", type=positive_int, default=None)
-    u.add_argument("--seed", type=int, default=0)
-    u.add_argument("--overlap", type=nonnegative_int, default=None, help="tile overlap in output pixels "
-                   "(default a quarter of the tile)")
+    _tiled(u)
     u.set_defaults(func=cmd_upscale)
 
     rs = subparsers.add_parser("restore", help="image: colorize, inpaint or uncrop an image with a Palette checkpoint")
@@ -87,13 +81,7 @@ def add_commands(subparsers) -> None:
                     f"{list(edit.PRESET_MASKS)} (default centre-box)")
     rs.add_argument("--extend", type=positive_int, default=None, help="uncrop: pixels to add on the right (default: "
                     "the share of the border the model was trained on)")
-    rs.add_argument("--out", required=True, help="output PNG (with --samples N > 1 also OUT-<k>.png and OUT-mean.png)")
-    rs.add_argument("--samples", type=positive_int, default=1)
-    rs.add_argument("--sampler", default=None)
-    rs.add_argument("--steps", type=positive_int, default=None)
-    rs.add_argument("--seed", type=int, default=0)
-    rs.add_argument("--overlap", type=nonnegative_int, default=None, help="tile overlap in pixels (default a quarter "
-                    "of the tile)")
+    _tiled(rs)
     rs.set_defaults(func=cmd_restore)
 
     q = subparsers.add_parser("image-path", help="image: figure of one sample's denoising path x_t")
@@ -220,6 +208,17 @@ def cmd_restore(args) -> int:
     print(f"{args.task}: {info['input_size'][0]}x{info['input_size'][1]} -> {info['output_size'][0]}x"
           f"{info['output_size'][1]}: written {info['files']['image']}")
     return 0
+
+
+def _tiled(p) -> None:
+    """The options of the commands that sample an image of any size through tiles (upscale, restore)."""
+    p.add_argument("--out", required=True, help="output PNG (with --samples N > 1 also OUT-<k>.png and OUT-mean.png)")
+    p.add_argument("--samples", type=positive_int, default=1)
+    p.add_argument("--sampler", default=None)
+    p.add_argument("--steps", type=positive_int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overlap", type=nonnegative_int, default=None, help="tile overlap in output pixels "
+                   "(default a quarter of the tile)")
 
 
 def _common(p) -> None:
