@@ -68,7 +68,7 @@ def _warn_skipped(folder, skipped: list, n: int) -> None:
 
 # ---------------------------------------------------------------- music21 corpus
 
-def _score_paths(collection: str) -> list[Path]:
+def score_paths(collection: str) -> list[Path]:
     from music21 import corpus
     paths = sorted(Path(p) for p in corpus.getComposer(collection))
     if not paths:
@@ -76,7 +76,7 @@ def _score_paths(collection: str) -> list[Path]:
     return paths
 
 
-def _pickup_ql(score) -> float:
+def pickup_ql(score) -> float:
     """Quarter lengths missing from the first bar (its left padding), so bar lines can be aligned."""
     part = score.parts[0] if score.parts else score
     measures = part.getElementsByClass("Measure")
@@ -87,7 +87,7 @@ def score_to_piece(score, steps_per_beat: int, n_pitch: int, pitch_lo: int) -> R
     """A music21 score -> RollPiece from note offsets and durations (ties merged), pickup padded to a full bar."""
     ts = score.recurse().getElementsByClass("TimeSignature")
     num, den = (ts[0].numerator, ts[0].denominator) if len(ts) else (4, 4)
-    pad_ql = _pickup_ql(score)
+    pad_ql = pickup_ql(score)
     notes, snapped = [], 0
     for n in score.stripTies().flatten().notes:
         s = Fraction(n.offset + pad_ql).limit_denominator(96) * steps_per_beat
@@ -147,7 +147,7 @@ def corpus_pieces(collection: str = "bach", steps_per_beat: int = 4, n_pitch: in
     base = cache_dir("music", f"{collection}-{key}") / "pieces"
     if base.with_suffix(".npz").exists() and base.with_suffix(".json").exists():
         return _load_pieces(base)
-    paths = _score_paths(collection)[:limit]
+    paths = score_paths(collection)[:limit]
     pieces = _parse_collection(paths, steps_per_beat, n_pitch, pitch_lo, metres)
     _save_pieces(base, pieces)
     atomic_write_json(base.parent / "manifest.json", {"settings": settings, "n_pieces": len(pieces),
