@@ -22,7 +22,7 @@ from .registry import MODALITY_CLIS, TASKS
 
 #: the commands that only sample: each takes --precision auto|fp32|bf16 (core.precision's rule)
 SAMPLING_COMMANDS = ("sample", "vocode", "compose", "plan", "eval", "image-inpaint", "image-path", "classify",
-                     "upscale", "restore")
+                     "upscale", "restore", "transfer")
 #: commands that sample with classifier guidance by a noise-aware classifier run (core.classifier)
 GUIDED_COMMANDS = ("sample", "eval")
 

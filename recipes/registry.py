@@ -9,6 +9,7 @@ TASKS = {
     "audio": "diffsuite.modalities.audio.task:AudioTask",
     "music": "diffsuite.modalities.music.task:MusicTask",
     "trajectory": "diffsuite.modalities.trajectory.task:TrajectoryTask",
+    "timbre": "diffsuite.modalities.audio.timbre:TimbreTask",
 }
 
 MODALITY_CLIS = [f"diffsuite.modalities.{m}.cli" for m in ("image", "audio", "music", "trajectory")]

@@ -20,8 +20,8 @@ def _librosa_mel(y, c):
     kw = dict(sr=c.sample_rate, n_fft=c.n_fft, hop_length=c.hop, win_length=c.win, power=1.0, n_mels=c.n_mels,
               fmin=c.fmin, fmax=c.f_max, htk=c.htk, norm=c.norm, window="hann")
     if c.center:
-        return librosa.feature.melspectrogram(y=y, center=True, pad_mode="reflect", **kw) / np.sqrt(
-            (librosa.filters.get_window("hann", c.win, fftbins=True) ** 2).sum())
+        norm = np.sqrt((librosa.filters.get_window("hann", c.win, fftbins=True) ** 2).sum()) if c.normalized else 1.0
+        return librosa.feature.melspectrogram(y=y, center=True, pad_mode="reflect", **kw) / norm
     pad = (c.n_fft - c.hop) // 2
     return librosa.feature.melspectrogram(y=np.pad(y, (pad, pad), mode="reflect"), center=False, **kw)
 
@@ -32,7 +32,7 @@ def test_linear_mel_agrees_with_librosa(name):
     y = _signal()
     ours = mel_magnitude(torch.from_numpy(y)[None], c)[0].numpy()
     ref = _librosa_mel(y, c)
-    assert ours.shape == ref.shape == (80, n_frames(len(y), c))
+    assert ours.shape == ref.shape == (c.n_mels, n_frames(len(y), c))
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-9 * ref.max())
 
 

@@ -29,6 +29,18 @@ def add_commands(subparsers) -> None:
     v.add_argument("--no-ema", action="store_true")
     v.set_defaults(func=cmd_vocode)
 
+    t = subparsers.add_parser("transfer", help="audio: play a recording as another instrument (a timbre checkpoint)")
+    t.add_argument("checkpoint", help="a timbre transfer run (task timbre)")
+    t.add_argument("--wav", required=True, help="the recording (WAV / FLAC, any length, rate or channel count)")
+    t.add_argument("--out", required=True, help="output WAV (a PNG of the spectrograms is written beside it)")
+    t.add_argument("--vocoder", default=None, help="a DiffWave run in the difftransfer mel convention (default: "
+                   "Griffin-Lim)")
+    t.add_argument("--target", default=None, help="the target recording, drawn beside the output for comparison")
+    t.add_argument("--steps", type=positive_int, default=None)
+    t.add_argument("--overlap", type=int, default=None, help="patch overlap in frames (default a quarter patch)")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_transfer)
+
 
 def _input_mel(args, model):
     """(mel tensor, input waveform or None, input path)."""
@@ -113,5 +125,16 @@ def _vocode(args) -> int:
                       model.hop_length)
     info = {"wav": str(out), "png": str(png), "seconds_audio": len(y) / model.sample_rate,
             "seconds_synthesis": seconds, "rtf": seconds / (len(y) / model.sample_rate), "sampler": sampler, "steps": steps}
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_transfer(args) -> int:
+    from .timbre import transfer
+    loaded = args.load(args.checkpoint, task="timbre", command="diffsuite transfer")
+    voc = args.load(args.vocoder, task="audio", command="diffsuite transfer --vocoder") if args.vocoder else None
+    if Path(args.out).resolve() == Path(args.wav).resolve():
+        raise ConfigError(f"--out {args.out}: it would write over the input; choose another file")
+    info = transfer(loaded, args.wav, args.out, voc, args.steps, args.seed, args.overlap, args.target)
     print(json.dumps(info, indent=2))
     return 0

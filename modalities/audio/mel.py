@@ -42,7 +42,12 @@ class MelConvention:
 CONVENTIONS = {
     "hifigan": MelConvention("hifigan"),
     "diffwave": MelConvention("diffwave", fmin=20.0, fmax=None, htk=True, norm=None, center=True, normalized=True),
+    # DiffTransfer (Comanducci et al. 2023): 16 kHz, n_fft 1024, window 640, hop 320, 128 mels up to 8 kHz (HTK scale,
+    # no norm, as torchaudio's MelSpectrogram), centred STFT, natural log of the magnitude clamped at 1e-5
+    "difftransfer": MelConvention("difftransfer", sample_rate=16000, hop=320, win=640, n_mels=128, htk=True, norm=None,
+                                  center=True),
 }
+LOG_COMPRESSED = ("hifigan", "difftransfer")  # natural log of clamp(x, 1e-5); the others: DiffWave's dB scaling
 
 
 def convention(name: str, sample_rate: int | None = None, n_mels: int | None = None, hop: int | None = None):
@@ -90,7 +95,7 @@ def mel_magnitude(audio: torch.Tensor, c: MelConvention) -> torch.Tensor:
 
 def compress(mel: torch.Tensor, name: str) -> torch.Tensor:
     """Dynamic-range compression of a linear mel: natural log (hifigan) or dB scaled to [0, 1] (diffwave)."""
-    if name == "hifigan":
+    if name in LOG_COMPRESSED:
         return torch.log(mel.clamp(min=LOG_CLAMP))
     db = 20 * torch.log10(mel.clamp(min=LOG_CLAMP)) - 20
     return ((db + 100) / 100).clamp(0.0, 1.0)

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .mel import MelConvention, LOG_CLAMP
+from .mel import LOG_CLAMP, LOG_COMPRESSED, MelConvention
 
 PRIORS = ("standard", "priorgrad")
 STD_MIN = 0.1  # PriorGrad's floor on the prior std (silence keeps some noise)
@@ -36,7 +36,7 @@ def check_prior(prior: str, level: Optional[float], conditional: bool, where: st
 
 def linear_mel(mel: torch.Tensor, c: MelConvention) -> torch.Tensor:
     """Undo the convention's compression (`mel.compress`): natural log (hifigan) or dB scaled to [0, 1] (diffwave)."""
-    if c.name == "hifigan":
+    if c.name in LOG_COMPRESSED:
         return mel.float().exp()
     return torch.pow(10.0, (mel.float() * 100 - 100 + 20) / 20).clamp(min=LOG_CLAMP)
 
