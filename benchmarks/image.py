@@ -182,6 +182,7 @@ GUIDANCE_METHODS = {  # name: (what the diffusion model sees, how the row is gui
     "cfg": "classifier-free guidance at w (w = 0: the conditional model)",
     "cg_uncond": "classifier guidance at s of the model under its null label (s = 0: the unconditional model)",
     "cg_cond": "classifier guidance at s of the conditional model (w = 0)",
+    "cg_unconditional_model": "classifier guidance at s of a model trained without labels (s = 0: that model)",
 }
 
 
@@ -196,14 +197,17 @@ def guidance(args) -> list[dict]:
     clf = load_classifier(args.classifier, for_model=loaded)
     floor = real_floor(loaded, args.n)
     test = loaded.task.build_dataset(loaded.recipe.data, "test")
-    clf_acc = {t: noisy_accuracy(clf, test.x, test.labels, t, torch.Generator().manual_seed(0))
+    clf_acc = {t: noisy_accuracy(clf, test.x, _digit_labels(loaded), t, torch.Generator().manual_seed(0))
                for t in (0, 250, 500, 750, 900, 999)}
     print(f"real training images vs test, {args.n} per set: digits-FID {floor}; noise-aware classifier accuracy on "
           f"noised test digits by t: {clf_acc}", flush=True)
     rows = []
+    labelled = bool(loaded.recipe.model.num_classes)
+    plan = (("cfg", args.w), ("cg_uncond", args.s), ("cg_cond", args.s_cond)) if labelled else \
+        (("cg_unconditional_model", args.s),)
     for spec in args.grid:
         sampler, steps = spec.split(":")
-        for method, scales in (("cfg", args.w), ("cg_uncond", args.s), ("cg_cond", args.s_cond)):
+        for method, scales in plan:
             for v in scales:
                 kw = {"guidance": v} if method == "cfg" else {
                     "guidance": 0.0, "classifier": clf, "classifier_scale": v, "unconditional": method == "cg_uncond"}
@@ -213,7 +217,7 @@ def guidance(args) -> list[dict]:
                 rows.append(r)
                 print(f"{sampler:9s} {steps:>4s} {method:9s} {v:<5} digits-FID {r['digits_fid']:8.3f}  cond-acc "
                       f"{r['conditional_accuracy']:.3f}  ({r['sample_seconds']} s)", flush=True)
-    out = RESULTS / "guidance_digits.json"
+    out = RESULTS / f"guidance_{args.out}.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
     res = {"checkpoint": str(loaded.checkpoint), "classifier": str(args.classifier),
            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -251,17 +255,11 @@ def plot_guidance(rows: list[dict], floor: list[float], path: Path) -> Path:
 
 
 def _draws(den, x_shape, cond, sampler: str, steps: int, k: int, seed: int = 0, hooks=()) -> "torch.Tensor":
-    """k independent sample sets (k, N, ...) of a conditional denoiser, 500 images per batch."""
+    """k independent sample sets (k, N, ...) of a conditional denoiser (each set one batch)."""
     import torch
-    from diffsuite.core.conditions import cond_rows
     from diffsuite.core.samplers import sample
-    out = []
-    for j in range(k):
-        g = torch.Generator().manual_seed(seed + j)
-        out.append(torch.cat([sample(den, (min(500, x_shape[0] - i), *x_shape[1:]), sampler, steps, generator=g,
-                                     cond=cond_rows(cond, slice(i, i + 500)), hooks=hooks)
-                              for i in range(0, x_shape[0], 500)]))
-    return torch.stack(out)
+    return torch.stack([sample(den, x_shape, sampler, steps, generator=torch.Generator().manual_seed(seed + j),
+                               cond=cond, hooks=hooks) for j in range(k)])
 
 
 def _scores(y, ref, extra=None) -> dict:
@@ -352,10 +350,9 @@ def inpaint_rows(args, out: Path) -> dict:
                 f"replacement, DDPM {10 * args.palette_steps}": (10 * args.palette_steps, lambda: _draws(
                     unc.denoiser, x.shape, None, "ddpm", 10 * args.palette_steps, 1,
                     hooks=[Inpaint(unc.denoiser.schedule, m, x)])[0]),
-                f"RePaint, {nfe_rp} evaluations": (nfe_rp, lambda: torch.cat([repaint(
-                    unc.denoiser, torch.randn((min(500, len(x) - i), *x.shape[1:]), generator=g), r_steps,
-                    inpaint=Inpaint(unc.denoiser.schedule, m[i:i + 500], x[i:i + 500]), generator=g,
-                    jump_length=jl, jump_n_sample=jn) for i in range(0, len(x), 500)]))}
+                f"RePaint, {nfe_rp} evaluations": (nfe_rp, lambda: repaint(
+                    unc.denoiser, torch.randn(x.shape, generator=g), r_steps, inpaint=Inpaint(unc.denoiser.schedule, m, x),
+                    generator=g, jump_length=jl, jump_n_sample=jn))}
         floor = {"method": "the masked input (hole mid-gray)", "mask": mname, "nfe": 0,
                  "class_consistency": metrics.accuracy(clf, known, y), "digits_fid": metrics.fid(clf.features, test.x, known)}
         res["rows"].append(floor)
@@ -455,6 +452,7 @@ def main(argv=None):
     gd.add_argument("--s-cond", type=float, nargs="*", default=[1.0, 4.0])
     gd.add_argument("--threads", type=int, default=1)
     gd.add_argument("--figure", type=Path, default=RESULTS.parent.parent / "docs" / "figures" / "guidance_digits.png")
+    gd.add_argument("--out", default="digits", help="results/guidance_<out>.json")
     ii = sub.add_parser("img2img")
     ii.add_argument("--sr", help="an SR3 run (data.degradation=sr)")
     ii.add_argument("--regression", help="the regression U-Net of the same size (see docs/image.md)")

@@ -349,7 +349,7 @@ def test_bad_values_are_caught_before_anything_is_written(override, message, tmp
 
 
 @pytest.mark.parametrize("recipe_name, override, message", [
-    ("image_digits", "data.source=web", "data.source: unknown value 'web'; valid: ['digits', 'folder']"),
+    ("image_digits", "data.source=web", "data.source: unknown value 'web'; valid: ['digits', 'folder', 'photos']"),
     ("audio_vocoder_quick", "data.source=youtube", "data.source: unknown value 'youtube'"),
     ("trajectory_umaze_quick", "data.condition=goal", "data.condition: unknown value 'goal'"),
     ("music_bach_quick", "data.n_pitch=0", "data.n_pitch: 0 is too small"),
