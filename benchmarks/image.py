@@ -277,7 +277,6 @@ def _digit_labels(loaded):
 def sr_rows(args, out: Path) -> dict:
     """Super-resolution on the test split: bicubic, SR3 (one sample, mean of k), a regression U-Net (see docstring)."""
     import time
-    import torch
     from diffsuite.core.degrade import consistency_error, downsample, upsample
     from diffsuite.modalities.image import metrics
     from diffsuite.recipes.run import load

@@ -1,8 +1,6 @@
 """Build core objects from a DiffusionConfig: the schedule, the denoiser wrapper and the loss."""
 from __future__ import annotations
 
-from functools import partial
-
 from .config import DiffusionConfig
 from .denoiser import Denoiser, clip_x0, dynamic_threshold
 from .losses import ContinuousTimesteps, DiffusionLoss, ImportanceTimesteps

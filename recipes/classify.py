@@ -9,7 +9,6 @@ the other, and back). JSON beside it all in --out (default <run>/classify/<input
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

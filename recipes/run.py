@@ -1,7 +1,6 @@
 """Recipes: YAML files loaded into typed configs; train a recipe, load a checkpoint, generate samples."""
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from diffsuite.core.guidance import ClassifierFreeGuidance
 from diffsuite.core.precision import SAMPLING_PRECISIONS, Resolved, choose as choose_precision
 from diffsuite.core.samplers import sample
 from diffsuite.core.trainer import Trainer
-from diffsuite.core.utils import atomic_write_bytes, atomic_write_json, check_finite
+from diffsuite.core.utils import atomic_write_bytes, check_finite
 
 from . import safety
 from .registry import get_task

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from diffsuite.core.analytic import ExactGMMNet, GaussianMixture
-from diffsuite.core.classify import Ranking, classify, default_rounds, expected_calibration_error, stratified_t
+from diffsuite.core.classify import classify, default_rounds, expected_calibration_error, stratified_t
 from diffsuite.core.denoiser import Denoiser
 from diffsuite.core.schedules import make_schedule
 

@@ -3,8 +3,6 @@
 The exact test: data x0 ~ N(source, s^2 I) given its source image, so the ideal denoiser is known in closed form; every
 sampler must then centre each sample on its own source, which proves the source reaches the network through every
 sampler and guidance wrapper without any of them knowing about it."""
-import math
-
 import pytest
 import torch
 from torch import nn
