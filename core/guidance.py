@@ -142,6 +142,7 @@ def repaint_positions(n: int, jump_length: int = 10, jump_n_sample: int = 10) ->
     return seq
 
 
+@torch.no_grad()  # (as core.samplers.sample: a sampler keeps no graph; guidance wrappers enable grad themselves)
 def repaint(denoiser, x, steps: int | None = None, *, inpaint: Inpaint, cond=None, generator=None, hooks=(),
             jump_length: int = 10, jump_n_sample: int = 10, step: str = "ddpm", eta: float = 1.0,
             spacing: str = "linspace", progress: bool = False):
