@@ -287,7 +287,8 @@ def sr_rows(args, out: Path) -> dict:
     src = upsample(low, f)
     steps = args.steps or loaded.recipe.sample.steps
     t0 = time.time()
-    ys = _draws(loaded.denoiser, x.shape, {"source": src}, "ddim", steps, args.samples)
+    ys = loaded.task.finish(_draws(loaded.denoiser, x.shape, {"source": src}, "ddim", steps, args.samples),
+                            {"source": src}, loaded.recipe)
     seconds = time.time() - t0
     outs = {"bicubic": src, "sr3, one sample": ys[0], f"sr3, mean of {args.samples}": ys.mean(0)}
     if args.regression:

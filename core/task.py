@@ -60,6 +60,11 @@ class Task:
         """A map-style dataset of x0 tensors or {"x0", "cond"} dicts; split is 'train', 'val' or 'test'."""
         raise NotImplementedError
 
+    def finish(self, x: torch.Tensor, cond, recipe: Any) -> torch.Tensor:
+        """What a sample means to the user, from what the sampler produced (default: itself; e.g. a residual over the
+        source image added back). Every command that returns samples calls it."""
+        return x
+
     def sample_shape(self, model: Any, data: Any) -> tuple:
         """Shape of one sample, without the batch dimension; raises if model and data disagree (train calls it
         first, so a mismatch fails before any training)."""

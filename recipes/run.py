@@ -379,7 +379,7 @@ def generate(denoiser, task, recipe: Recipe, n: Optional[int] = None, sampler: O
     x = sample(den, shape, sampler, steps, generator=g, cond=cond, hooks=hooks, device=device,
                progress=progress, **opts)
     check_finite(x, f"{sampler} ({steps} steps) samples", "try another sampler or more steps, or an earlier checkpoint")
-    return x, cond
+    return task.finish(x, cond, recipe), cond
 
 
 def load_yaml_tour(name: str) -> bool:

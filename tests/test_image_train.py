@@ -374,3 +374,20 @@ def test_a_folder_of_photographs_as_patches(tmp_path, monkeypatch):
     assert split_of("broken.png") == "train"  # (so the training split is where the warning comes from)
     test = task.build_dataset(r.data, "test")
     assert len(test) == sum(split_of(n) == "test" for n in names) >= 1  # one 32x32 tile per 40x50 photograph
+
+
+def test_residual_sr_generates_the_residual_over_the_source(tmp_path, monkeypatch):
+    """data.residual (SRDiff): the model's x0 is the clean image minus its source, and every output adds it back."""
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    r = _sr_recipe(residual=True)
+    a = run.load(run.train(r, out_dir=tmp_path / "sr"))
+    ds = a.task.build_dataset(a.recipe.data, "test")
+    clean = a.task._images(a.recipe.data, "test").x[0]
+    torch.testing.assert_close(ds[0]["x0"] + ds[0]["cond"]["source"], clean)
+    x, cond = run.generate(a.denoiser, a.task, a.recipe, n=2, progress=False)
+    raw = a.task.finish(x * 0, {"source": cond["source"]}, a.recipe)
+    assert torch.equal(raw, cond["source"].clamp(-1, 1)) and x.abs().max() <= 1
+    r["data"]["degradation"] = "inpaint"
+    from diffsuite.core.config import ConfigError
+    with pytest.raises(ConfigError, match="data.residual is for super-resolution"):
+        run.train(r, out_dir=tmp_path / "bad")

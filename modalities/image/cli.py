@@ -41,7 +41,7 @@ def sample_images(denoiser, task, recipe, n: int, sampler: str | None = None, st
         c = cond_rows(cond, slice(i, i + batch))
         xs.append(sample(den, (min(batch, n - i), *shape), sampler, steps, generator=g, cond=c, hooks=hooks,
                          progress=progress, **opts))
-    return torch.cat(xs), cond
+    return task.finish(torch.cat(xs), cond, recipe), cond
 
 
 def add_commands(subparsers) -> None:
@@ -104,9 +104,10 @@ def tiled_samples(loaded, source: torch.Tensor, size: tuple, samples: int = 1, s
     src = F.pad(source, (0, max(0, tile - W), 0, max(0, tile - H)), mode="replicate")
     den = TiledDenoiser(loaded.denoiser, tile, tile // 4 if overlap is None else overlap)
     sampler, steps = sampler or r.sample.sampler, steps or r.sample.steps
+    cond = {"source": src.expand(samples, -1, -1, -1)}
     x = sample(den, (samples, d.channels, *src.shape[2:]), sampler, steps, generator=torch.Generator().manual_seed(seed),
-               cond={"source": src.expand(samples, -1, -1, -1)}, **sampler_options(r.sample, sampler))
-    return x[..., :H, :W], den.overlap
+               cond=cond, **sampler_options(r.sample, sampler))
+    return loaded.task.finish(x, cond, r)[..., :H, :W], den.overlap
 
 
 def write_results(x: torch.Tensor, out: str | Path, info: dict) -> dict:

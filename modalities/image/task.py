@@ -67,6 +67,7 @@ class DataConfig:
     # image-to-image (SR3 / Palette): the model is given degrade(x) as a source image (core.degrade)
     degradation: Optional[str] = valid(None, choices=DEGRADATIONS)
     factor: int = valid(4, min=2)  # sr: the downsampling factor
+    residual: bool = False  # sr: generate x - source, the residual over the bicubic upsampling (SRDiff, Li et al. 2022)
     mask: str = valid("mixed", choices=MASKS)  # inpaint: a random box, free-form strokes, a half, or any of them
     border: float = valid(0.25, above=0, max=0.75)  # uncrop: the hidden fraction of the right side
 
@@ -188,7 +189,9 @@ class ImageTask(Task):
     def build_dataset(self, data: DataConfig, split: str = "train") -> torch.utils.data.Dataset:
         base = self._images(data, split)
         degrade = degrader(data)
-        return base if degrade is None else D.Degraded(base, degrade)
+        if data.residual and data.degradation != "sr":
+            raise ValueError(f"data.residual is for super-resolution (data.degradation=sr), got {data.degradation}")
+        return base if degrade is None else D.Degraded(base, degrade, residual=data.residual)
 
     def _images(self, data: DataConfig, split: str) -> D.ArrayImages:
         if data.source == "digits":
@@ -252,6 +255,12 @@ class ImageTask(Task):
         if not unet_spec(recipe.model).source_channels:
             return self.null_cond
         return {"source": 0.0, **({"label": self.null_cond} if recipe.model.num_classes else {})}
+
+    def finish(self, x: torch.Tensor, cond, recipe: Any) -> torch.Tensor:
+        """A residual super-resolution model's sample plus its source (data.residual); other samples as they are."""
+        if getattr(recipe.data, "residual", False) and isinstance(cond, dict):
+            return (x + cond["source"].to(x)).clamp(-1, 1)
+        return x
 
     def sample_cond(self, n: int, cfg: Any, generator: Optional[torch.Generator] = None):
         """Class labels cycling 0..K-1 (so a grid with K columns has one class per column), or None; an image-to-image
