@@ -282,7 +282,7 @@ def sr_rows(args, out: Path) -> dict:
     from diffsuite.recipes.run import load
     loaded = load(args.sr)
     d, f = loaded.recipe.data, loaded.recipe.data.factor
-    x = loaded.task.build_dataset(d, "test").x[:args.n]
+    x = loaded.task._images(d, args.split).x[:args.n]
     low = downsample(x, f)
     src = upsample(low, f)
     steps = args.steps or loaded.recipe.sample.steps
@@ -303,7 +303,7 @@ def sr_rows(args, out: Path) -> dict:
             extra["digits_accuracy"] = metrics.accuracy(clf, y, labels[:len(y)])
         rows.append({"method": name, **_scores(y, x, extra)})
         print(f"SR {name:28s} " + "  ".join(f"{k} {v:.4f}" for k, v in rows[-1].items() if k != "method"), flush=True)
-    res = {"checkpoint": str(loaded.checkpoint), "regression": args.regression, "n": len(x), "factor": f,
+    res = {"checkpoint": str(loaded.checkpoint), "regression": args.regression, "split": args.split, "n": len(x), "factor": f,
            "sampler": "ddim", "steps": steps, "samples": args.samples, "sr3_seconds": round(seconds, 1), "rows": rows}
     if clf is not None:
         res["digits_accuracy_clean"] = metrics.accuracy(clf, x, labels[:len(x)])
@@ -463,6 +463,7 @@ def main(argv=None):
     ii.add_argument("--samples", type=int, default=8)
     ii.add_argument("--steps", type=int, default=None, help="SR3 / colorization DDIM steps (default the recipe's)")
     ii.add_argument("--palette-steps", type=int, default=10)
+    ii.add_argument("--split", default="test", choices=("val", "test"), help="super-resolution: the split scored")
     ii.add_argument("--threads", type=int, default=1)
     ii.add_argument("--out", default="digits", help="results/img2img_<out>.json")
     args = p.parse_args(argv)
