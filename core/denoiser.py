@@ -79,7 +79,7 @@ class Denoiser(nn.Module):
             t = t.expand(x_t.shape[0])
         x_in = self._with_latent(x_t, z)
         t_net = t if self.time_input == "t" else \
-            1000 * self.schedule.alpha_bar_at(t.double().cpu()).sqrt().to(t.device, torch.float32)
+            1000 * self.schedule.alpha_bar_at(t.double()).sqrt().float()
         with autocast(x_t.device.type, self.autocast_dtype):
             raw = self.net(x_in, t_net, cond)
         v_var = None

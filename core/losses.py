@@ -177,7 +177,7 @@ class DiffusionLoss:
         t, w_is = sampler.sample(B, generator, x0.device)
         eps = randn(x0.shape, generator, x0.device, x0.dtype)
         if t.is_floating_point():  # continuous noise levels
-            ab64 = sch.alpha_bar_at(t.double().cpu()).to(x0.device)
+            ab64 = sch.alpha_bar_at(t.double())
             ab, snr = ab64.to(x0.dtype), (ab64 / (1 - ab64)).float()
         else:
             ab, snr = sch.alpha_bar.to(x0.device, torch.float32)[t].to(x0.dtype), sch.snr.to(x0.device, torch.float32)[t]

@@ -180,19 +180,17 @@ def read_recording(path: str | Path) -> tuple[np.ndarray, dict]:
     """A recording as 16 kHz mono float32 (stereo is averaged, another rate resampled; both noted), refusing one
     shorter than an STFT window."""
     import soundfile as sf
+    from .data import load_audio
     c = convention(MEL)
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--wav {path}: file not found")
     try:
-        y, sr = sf.read(str(p), dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile: any unreadable file
+        info = sf.info(str(p))
+        y = load_audio(p, c.sample_rate)  # the audio modality's reader: channel mean, polyphase resampling
+    except Exception as e:  # soundfile: any unreadable or empty file
         raise ConfigError(f"--wav {path}: cannot read it as audio ({type(e).__name__}); expected a WAV or FLAC file") from e
-    notes = {"channels": int(y.shape[1]), "sample_rate": int(sr)}
-    y = y.mean(axis=1)
-    if sr != c.sample_rate:
-        import librosa
-        y = librosa.resample(y, orig_sr=sr, target_sr=c.sample_rate, res_type="polyphase").astype(np.float32)
+    notes = {"channels": int(info.channels), "sample_rate": int(info.samplerate)}
     if len(y) < c.n_fft:
         raise ConfigError(f"--wav {path}: {len(y) / c.sample_rate:.3f} s of audio is too short to transfer (at least "
                           f"{c.n_fft} samples at {c.sample_rate} Hz)")

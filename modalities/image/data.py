@@ -93,12 +93,17 @@ def to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """One file as uint8 (size, size, channels), resized and centre-cropped (16-bit grayscale scaled to 8 bits)."""
+def read_pixels(path: Path, channels: int, fit=None) -> np.ndarray:
+    """One file as uint8 (H, W, channels) (16-bit grayscale scaled to 8 bits), after `fit` (a PIL image -> image)."""
     with Image.open(path) as img:
         img = to_8bit(img).convert("RGB" if channels == 3 else "L")
-        arr = np.asarray(resize_center_crop(img, size), dtype=np.uint8)
-    return arr[..., None] if channels == 1 else arr
+        arr = np.array(fit(img) if fit else img, dtype=np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def load_image(path: Path, size: int, channels: int) -> np.ndarray:
+    """One file as uint8 (size, size, channels), resized and centre-cropped."""
+    return read_pixels(path, channels, lambda img: resize_center_crop(img, size))
 
 
 def image_folder(root: str | Path, image_size: int, channels: int = 3, hflip: bool = False,
@@ -223,10 +228,7 @@ def _fit_short_side(img: Image.Image, short: int) -> Image.Image:
 
 
 def _photo(path: Path, channels: int, short_side: int) -> np.ndarray:
-    with Image.open(path) as img:
-        img = to_8bit(img).convert("RGB" if channels == 3 else "L")
-        a = np.array(_fit_short_side(img, short_side), dtype=np.uint8)
-    return a[..., None] if a.ndim == 2 else a
+    return read_pixels(path, channels, lambda img: _fit_short_side(img, short_side))
 
 
 def photo_arrays(split: str, channels: int, short_side: int = 256) -> list[np.ndarray]:

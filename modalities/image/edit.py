@@ -11,7 +11,7 @@ from diffsuite.core.config import ConfigError
 from diffsuite.core.guidance import Inpaint
 from diffsuite.core.samplers import SamplerHook
 
-from .data import load_image, to_8bit, to_model, to_uint8
+from .data import load_image, read_pixels, to_model, to_uint8
 
 PRESET_MASKS = ("left-half", "centre-box")
 
@@ -30,10 +30,11 @@ def preset_mask(name: str, size: int, width: int | None = None) -> torch.Tensor:
     return m
 
 
-def _read(path: str | Path, size: int, channels: int, what: str) -> np.ndarray:
-    """load_image, with an unreadable file reported as a ConfigError naming it."""
+def _read(path: str | Path, size: int | None, channels: int, what: str) -> np.ndarray:
+    """load_image (size None: the image at its own size), with an unreadable file reported as a ConfigError naming
+    it."""
     try:
-        return load_image(Path(path), size, channels)
+        return load_image(Path(path), size, channels) if size else read_pixels(Path(path), channels)
     except (OSError, ValueError) as e:  # PIL: UnidentifiedImageError is an OSError
         raise ConfigError(f"{what} {path}: cannot read it as an image ({type(e).__name__}); expected a PNG or "
                           "JPEG file") from e
@@ -97,16 +98,9 @@ def path_figure(rec: RecordPath, out: Path, n_frames: int = 8, index: int = 0) -
 
 def read_full(path: str | Path, channels: int, what: str = "--image") -> torch.Tensor:
     """An image at its own size, as (1, C, H, W) in [-1, 1]; a missing or unreadable file is a ConfigError."""
-    p = Path(path)
-    if not p.is_file():
+    if not Path(path).is_file():
         raise ConfigError(f"{what} {path}: image file not found")
-    try:
-        with Image.open(p) as img:
-            arr = np.asarray(to_8bit(img).convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{what} {path}: cannot read it as an image ({type(e).__name__}); expected a PNG or "
-                          "JPEG file") from e
-    return to_model((arr[..., None] if arr.ndim == 2 else arr)[None].copy())
+    return to_model(_read(path, None, channels, what)[None])
 
 
 def write_png(x: torch.Tensor, path: str | Path) -> Path:
