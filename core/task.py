@@ -65,6 +65,11 @@ class Task:
         source image added back). Every command that returns samples calls it."""
         return x
 
+    def measure(self, data: Any) -> Any:
+        """The data config with what is measured on the training data filled in (e.g. a residual's scale); `diffsuite
+        train` calls it first and saves the result, so sampling never needs the data. Default: unchanged."""
+        return data
+
     def sample_shape(self, model: Any, data: Any) -> tuple:
         """Shape of one sample, without the batch dimension; raises if model and data disagree (train calls it
         first, so a mismatch fails before any training)."""

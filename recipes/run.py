@@ -128,6 +128,7 @@ def train(recipe, overrides: Sequence[str] = (), out_dir: Optional[str | Path] =
     the diffusion or the data is refused before anything is written (safety.check_resume_config)."""
     r = load_recipe(recipe, overrides)
     task = get_task(r.task)
+    r.data = task.measure(r.data)
     r.model = task.configure(r.model, r.data)
     run = Path(out_dir) if out_dir else Path("runs") / f"{r.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = recipe_to_dict(r)

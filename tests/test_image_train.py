@@ -391,3 +391,24 @@ def test_residual_sr_generates_the_residual_over_the_source(tmp_path, monkeypatc
     from diffsuite.core.config import ConfigError
     with pytest.raises(ConfigError, match="data.residual is for super-resolution"):
         run.train(r, out_dir=tmp_path / "bad")
+
+
+def test_residual_scale_auto_is_measured_once_and_undone_by_finish(tmp_path, monkeypatch):
+    """data.residual_scale=auto: the training residuals get unit std, the number is saved with the run, and finish
+    divides it out again; a scale that is not a positive number is a ConfigError."""
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    r = _sr_recipe(residual=True, residual_scale="auto")
+    a = run.load(run.train(r, out_dir=tmp_path / "sr"))
+    s = a.recipe.data.residual_scale
+    assert isinstance(s, float) and s > 2  # digits' residuals have std well below 0.5
+    ds = a.task.build_dataset(a.recipe.data, "train")
+    torch.manual_seed(0)
+    x0 = torch.stack([ds[i]["x0"] for i in torch.randint(len(ds), (256,)).tolist()])
+    assert 0.8 < x0.std().item() < 1.25
+    item = ds[0]
+    torch.testing.assert_close(a.task.finish(item["x0"][None], {"source": item["cond"]["source"][None]}, a.recipe)[0],
+                               (item["x0"] / s + item["cond"]["source"]).clamp(-1, 1))
+    from diffsuite.core.config import ConfigError
+    r["data"]["residual_scale"] = -1.0
+    with pytest.raises(ConfigError, match="data.residual_scale"):
+        run.train(r, out_dir=tmp_path / "bad")

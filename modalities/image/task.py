@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -68,8 +68,21 @@ class DataConfig:
     degradation: Optional[str] = valid(None, choices=DEGRADATIONS)
     factor: int = valid(4, min=2)  # sr: the downsampling factor
     residual: bool = False  # sr: generate x - source, the residual over the bicubic upsampling (SRDiff, Li et al. 2022)
+    # residual: the model generates s * (x - source); "auto": s = 1 / std of the training residuals, measured when
+    # training starts and saved in the run's config (a residual's std is ~0.1: unscaled, most noise levels hide it)
+    residual_scale: Union[float, str] = 1.0
     mask: str = valid("mixed", choices=MASKS)  # inpaint: a random box, free-form strokes, a half, or any of them
     border: float = valid(0.25, above=0, max=0.75)  # uncrop: the hidden fraction of the right side
+
+
+def _scale(data: DataConfig) -> float:
+    """data.residual_scale as a number (a ConfigError while it is still "auto" or not positive)."""
+    s = data.residual_scale
+    if isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0:
+        return float(s)
+    if s == "auto":
+        raise ConfigError('data.residual_scale="auto" is measured when training starts; this recipe has no number yet')
+    raise ConfigError(f'data.residual_scale: expected a number > 0 or "auto", got {s!r}')
 
 
 def source_channels(data: DataConfig) -> int:
@@ -190,8 +203,19 @@ class ImageTask(Task):
         base = self._images(data, split)
         degrade = degrader(data)
         if data.residual and data.degradation != "sr":
-            raise ValueError(f"data.residual is for super-resolution (data.degradation=sr), got {data.degradation}")
-        return base if degrade is None else D.Degraded(base, degrade, residual=data.residual)
+            raise ConfigError(f"data.residual is for super-resolution (data.degradation=sr), got {data.degradation}")
+        return base if degrade is None else D.Degraded(base, degrade, data.residual and _scale(data))
+
+    def measure(self, data: DataConfig) -> DataConfig:
+        """data.residual_scale="auto" as a number: 1 / the std of 256 training residuals (seeded crops and flips)."""
+        if not (data.residual and data.residual_scale == "auto"):
+            _scale(data)
+            return data
+        ds = self.build_dataset(replace(data, residual_scale=1.0), "train")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            r = torch.stack([ds[i]["x0"] for i in torch.randint(len(ds), (256,)).tolist()])
+        return replace(data, residual_scale=float(f"{1 / r.std().item():.4g}"))
 
     def _images(self, data: DataConfig, split: str) -> D.ArrayImages:
         if data.source == "digits":
@@ -259,7 +283,7 @@ class ImageTask(Task):
     def finish(self, x: torch.Tensor, cond, recipe: Any) -> torch.Tensor:
         """A residual super-resolution model's sample plus its source (data.residual); other samples as they are."""
         if getattr(recipe.data, "residual", False) and isinstance(cond, dict):
-            return (x + cond["source"].to(x)).clamp(-1, 1)
+            return (x / _scale(recipe.data) + cond["source"].to(x)).clamp(-1, 1)
         return x
 
     def sample_cond(self, n: int, cfg: Any, generator: Optional[torch.Generator] = None):
