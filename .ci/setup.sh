@@ -11,6 +11,8 @@ $PIP install -q -c constraints.txt "torch==2.13.0"
 $PIP install -q -c constraints.txt -e ".[all]"
 # The offline General MIDI synthesiser of the timbre corpus: its playback dependency (pyaudio) is not needed.
 $PIP install -q -c constraints.txt --no-deps tinysoundfont
+# The multi-pitch estimator of benchmarks/timbre.py (essentia's MultiPitchMelodia; a CQT estimator stands in without it).
+$PIP install -q -c constraints.txt essentia
 # Optional reference implementations used by equivalence tests and benchmarks.
 # diffwave declares torchaudio (which would pull another torch): install without deps.
 $PIP install -q -c constraints.txt --no-deps diffwave==0.1.7 || echo "warning: diffwave reference not installed"

@@ -21,8 +21,9 @@ from .mel import LOG_CLAMP, LOG_COMPRESSED, MelConvention
 PRIORS = ("standard", "priorgrad")
 STD_MIN = 0.1  # PriorGrad's floor on the prior std (silence keeps some noise)
 # Frame energy E that gets the full unit prior, per mel convention: a frame RMS of about 0.33 in peak-normalised
-# speech (built-in corpus: E/RMS = 1.49 hifigan, 3.36 diffwave; the corpus's loudest frame has E = 0.54 hifigan).
-LEVEL = {"hifigan": 0.5, "diffwave": 1.1}
+# speech (built-in corpus: E/RMS = 1.49 hifigan, 3.36 diffwave; the corpus's loudest frame has E = 0.54 hifigan;
+# difftransfer's unnormalised filters on a 1024-point FFT: E/RMS = 37.5 on the rendered strings chorales).
+LEVEL = {"hifigan": 0.5, "diffwave": 1.1, "difftransfer": 12.4}
 
 
 def check_prior(prior: str, level: Optional[float], conditional: bool, where: str = "model") -> None:

@@ -136,3 +136,20 @@ def render_corpus(arrangement: tuple, limit: int = 60, sr: int = 16000, tempo: t
     with np.load(f, allow_pickle=False) as z:
         out = {k: z[k] for k in z.files}
     return out
+
+
+def corpus_wavs(arrangement: tuple, **kw) -> Path:
+    """The rendered corpus (render_corpus, same arguments) as a folder of 16-bit WAVs, one per chorale named
+    <chorale>.wav, written once beside the cache (a vocoder trains on it like any audio folder)."""
+    import soundfile as sf
+    clips = render_corpus(arrangement, **kw)
+    folder = cache_dir("timbre", "wav-" + hashlib.sha1(json.dumps([list(arrangement), sorted(kw.items())],
+                                                                  default=str).encode()).hexdigest()[:12])
+    done = folder / "manifest.json"
+    if not done.exists():
+        for name, y in clips.items():
+            tmp = folder / f"{name}.tmp.wav"
+            sf.write(str(tmp), y, kw.get("sr", 16000), subtype="PCM_16")
+            tmp.replace(folder / f"{name}.wav")
+        atomic_write_json(done, {"arrangement": list(arrangement), "clips": sorted(clips)})
+    return folder

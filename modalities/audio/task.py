@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -13,6 +13,7 @@ import torch
 from diffsuite.core.config import valid
 from diffsuite.core.samplers import sample
 from diffsuite.core.task import Task
+from diffsuite.core.utils import split_of
 
 from .diffwave import PRESETS, StepEmbedding, build_diffwave, preset
 from .mel import CONVENTIONS, MelConvention, check_mel, convention, mel_spectrogram
@@ -50,11 +51,14 @@ class ModelConfig:
 class DataConfig:
     """Where the audio comes from and how it is cut; the audio format must match the model's."""
 
-    source: str = valid("builtin", choices=("builtin", "folder", "ljspeech", "filelist"))
+    source: str = valid("builtin", choices=("builtin", "folder", "ljspeech", "filelist", "chorales"))
     path: Optional[str] = None
     eval_path: Optional[str] = None  # for source=filelist: the list used for the val/test splits
     corpus_size: int = valid(300, min=1)  # builtin corpus: number of utterances
     corpus_seed: int = 0
+    # chorales: Bach chorales rendered with these instruments (render.py; one per voice or one for all), split by
+    # chorale as the timbre corpus is (corpus_size chorales, 16 kHz)
+    instruments: list = field(default_factory=lambda: ["strings"])
     crop_samples: int = valid(16000 // 256 * 256, min=1)
     short: str = valid("pad", choices=("pad", "skip"))  # clips shorter than one crop: pad | skip
     mel: str = valid("hifigan", choices=MELS)
@@ -248,6 +252,11 @@ class AudioTask(Task):
         if data.source == "builtin":
             from .corpus import corpus_path
             return list_files("ljspeech", corpus_path(data.corpus_size, data.corpus_seed), split)
+        if data.source == "chorales":
+            from .render import corpus_wavs
+            folder = corpus_wavs(tuple(data.instruments), limit=data.corpus_size, sr=data.sample_rate,
+                                 seed=data.corpus_seed)
+            return sorted(p for p in folder.glob("*.wav") if split_of(p.stem) == split)
         if data.path is None:
             raise ValueError(f"data.path is required for data.source={data.source!r}")
         if data.source == "filelist":

@@ -197,38 +197,47 @@ def read_recording(path: str | Path) -> tuple[np.ndarray, dict]:
     return y, notes
 
 
-def transfer(loaded, wav: str, out: str | Path, vocoder=None, steps: Optional[int] = None, seed: int = 0,
-             overlap: Optional[int] = None, target: Optional[str] = None) -> dict:
-    """A recording of any length played by the model's target instrument: its log-mel is the source of a canvas of
-    the same length sampled through overlapping patches blended at every step (core.tiles: no seams), then vocoded
-    (`vocoder`: a DiffWave checkpoint in the difftransfer mel convention, or None for Griffin-Lim)."""
-    import soundfile as sf
+def transfer_mel(loaded, y: np.ndarray, steps: Optional[int] = None, seed: int = 0,
+                 overlap: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(source log-mel, output log-mel, settings) for 16 kHz audio y of any length: its normalised log-mel is the
+    source of a canvas of the same length sampled through overlapping patches blended at every step (core.tiles: no
+    seams); both mels (128, F) in natural-log units."""
     from diffsuite.core.samplers import sample
     from diffsuite.core.tiles import TiledDenoiser
-    from .task import save_spectrograms
-    c, r = convention(MEL), loaded.recipe
-    y, notes = read_recording(wav)
+    r = loaded.recipe
     src = normalise(log_mel(y))
-    F = src.shape[-1]
-    patch = r.data.patch
+    F, patch = src.shape[-1], r.data.patch
     canvas = torch.nn.functional.pad(src, (0, max(0, patch - F)), value=-1.0)[None, None]  # silence to one patch
     den = TiledDenoiser(loaded.denoiser, patch, patch // 4 if overlap is None else overlap)
     steps = steps or r.sample.steps
     with torch.no_grad():
         x = sample(den, tuple(canvas.shape), r.sample.sampler, steps, generator=torch.Generator().manual_seed(seed),
                    cond={"source": canvas}, eta=r.sample.eta)
-    mel_out = denormalise(x[0, 0, :, :F].float())
+    return denormalise(src), denormalise(x[0, 0, :, :F].float()), {"frames": F, "patch": patch,
+                                                                    "overlap": den.overlap, "steps": steps}
+
+
+def transfer(loaded, wav: str, out: str | Path, vocoder=None, steps: Optional[int] = None, seed: int = 0,
+             overlap: Optional[int] = None, target: Optional[str] = None) -> dict:
+    """A recording of any length played by the model's target instrument (transfer_mel), vocoded (`vocoder`: a
+    DiffWave checkpoint in the difftransfer mel convention, or None for Griffin-Lim), written as a WAV and a PNG of
+    source / output (/ target) spectrograms."""
+    import soundfile as sf
+    from .task import save_spectrograms
+    c = convention(MEL)
+    y, notes = read_recording(wav)
+    src, mel_out, info = transfer_mel(loaded, y, steps, seed, overlap)
     audio = griffin_lim(mel_out) if vocoder is None else vocode_with(vocoder, mel_out, seed)
     audio = np.pad(audio, (0, max(0, len(y) - len(audio))))[: len(y)]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(out), audio, c.sample_rate, subtype="PCM_16")
-    panels = [("source", denormalise(src).numpy()), ("output", mel_out.numpy())]
+    panels = [("source", src.numpy()), ("output", mel_out.numpy())]
     if target is not None:
         panels.append(("target", log_mel(read_recording(target)[0]).numpy()))
     save_spectrograms(out.with_suffix(".png"), panels, c.sample_rate, c.hop)
     return {"wav": str(out), "png": str(out.with_suffix(".png")), "input": str(wav), **{f"input_{k}": v for k, v in notes.items()},
-            "seconds": len(y) / c.sample_rate, "frames": F, "patch": patch, "overlap": den.overlap, "steps": steps,
+            "seconds": len(y) / c.sample_rate, **info,
             "vocoder": "griffin-lim" if vocoder is None else str(vocoder.checkpoint)}
 
 
