@@ -224,6 +224,29 @@ class ClassifierConfig:
     depth: Optional[int] = valid(None, min=1)  # residual blocks per level (None: the model's num_res_blocks)
 
 
+@dataclass
+class AutoencoderConfig:
+    """A KL-regularised autoencoder (core.autoencoder; Rombach et al. 2022): the first stage of latent diffusion, with
+    the encoder and decoder the task builds (`Task.build_autoencoder`)."""
+
+    latent_channels: int = valid(4, min=1)
+    factor: int = valid(2, min=1)  # f: each spatial side shrinks by f (a power of 2)
+    channels: int = valid(64, min=1)  # the widest level's channels
+    num_res_blocks: int = valid(1, min=1)  # residual blocks per level
+    kl_weight: float = valid(1.0e-6, min=0)  # LDM's weight (its KL and reconstruction summed over the image)
+    recon: str = valid("l1", choices=("l1", "l2"))
+    scale_batches: int = valid(16, min=1)  # training batches the latent scale factor is measured on
+
+
+@dataclass
+class LatentConfig:
+    """Diffuse in the latent space of a trained autoencoder (core.latent)."""
+
+    autoencoder: str = ""  # its run folder or checkpoint
+    cache: bool = True  # encode the training items once when training starts (false: per item, as drawn)
+    seed: int = 0  # the posterior samples of the cached latents
+
+
 def _type_ok(value, tp) -> bool:
     if tp is Any:
         return True

@@ -44,6 +44,21 @@ class Task:
         (core.ddgan; `gan` is the recipe's GanConfig). A task that supports DDGAN recipes overrides this."""
         raise ConfigError(f"task {self.name!r} has no discriminator: it cannot train a denoising diffusion GAN (gan:)")
 
+    def build_autoencoder(self, model: Any, data: Any, autoencoder: Any) -> tuple[nn.Module, nn.Module]:
+        """(encoder, decoder) of a KL autoencoder for this task's samples (core.autoencoder): the encoder maps a sample
+        to 2 * latent_channels maps (mean, log-variance) at 1/f of its size, the decoder back. A task whose samples
+        are images of some kind overrides this."""
+        raise ConfigError(f"task {self.name!r} has no autoencoder (autoencoder:)")
+
+    def data_shape(self, data: Any) -> tuple:
+        """The shape of one sample the data gives (without a batch dimension), whatever the model; latent diffusion
+        uses it."""
+        raise ConfigError(f"task {self.name!r} cannot run in an autoencoder's latent space (latent:)")
+
+    def latent_model(self, model: Any, shape: tuple) -> Any:
+        """The model config with its network sized for latent samples of `shape` (core.latent)."""
+        raise ConfigError(f"task {self.name!r} cannot run in an autoencoder's latent space (latent:)")
+
     def build_classifier(self, model: Any, data: Any, classifier: Any) -> nn.Module:
         """A noise-aware classifier's network net(x_t, t) -> logits (B, K) over the data's labels (core.classifier;
         `classifier` is the recipe's ClassifierConfig). A task whose data has labels overrides this."""

@@ -167,8 +167,9 @@ class Trainer:
 
     def __init__(self, denoiser, dataset, cfg: TrainerConfig, out_dir, loss_fn, *, config: Optional[dict] = None,
                  cond_drop_prob: float = 0.0, null_cond=None, sample_fn: Optional[Callable] = None,
-                 accelerator: Optional[Accelerator] = None):
+                 accelerator: Optional[Accelerator] = None, finish_fn: Optional[Callable] = None):
         self.cfg, self.out_dir, self.loss_fn = cfg, Path(out_dir), loss_fn
+        self.finish_fn = finish_fn  # finish_fn(trainer) once train.steps is reached, before the last checkpoint
         self.config = config or {"train": to_dict(cfg)}
         self.cond_drop_prob, self.null_cond, self.sample_fn = cond_drop_prob, null_cond, sample_fn
         machine = precision.probe_machine()
@@ -426,6 +427,8 @@ class Trainer:
                 break
         bar.close()
         log.close()
+        if self.finish_fn is not None and self.step == self.cfg.steps and not stop_request["signal"]:
+            self.finish_fn(self)
         self.save()
         return self.history
 

@@ -45,6 +45,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_train_autoencoder(args) -> int:
+    """`train` for recipes with an `autoencoder` section (the first stage of latent diffusion), refusing others."""
+    r = run.load_recipe(args.recipe, args.overrides)
+    if r.autoencoder is None:
+        raise ConfigError(f"train-autoencoder: {args.recipe} has no autoencoder section (train it with `diffsuite "
+                          "train`; an autoencoder recipe is e.g. image_digits_autoencoder)")
+    return cmd_train(args)
+
+
 def cmd_sample(args) -> int:
     if args.repaint and not (args.inpaint or args.mask):
         raise ConfigError("sample: --repaint needs --inpaint IMAGE and/or --mask MASK")
@@ -158,14 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a recipe", description="Train RECIPE (a path or a built-in name); "
                        "override any field with section.key=value, e.g. train.steps=100.")
-    t.add_argument("recipe")
-    t.add_argument("overrides", nargs="*", help="section.key=value")
-    t.add_argument("--out", help="run folder (default runs/<recipe>-<time>)")
-    t.add_argument("--resume", help="'auto' (the newest checkpoint in --out), a run folder or a checkpoint folder")
-    t.add_argument("--overwrite", action="store_true",
-                   help="train into a non-empty --out anyway: the old run is moved to <out>.replaced-<time>")
+    a = sub.add_parser("train-autoencoder", help="train a latent diffusion's autoencoder (a recipe with an "
+                       "autoencoder section)", description="Train the KL autoencoder of RECIPE; when it finishes, the "
+                       "latent scale factor is measured on the training data and stored in its checkpoint.")
+    for parser in (t, a):
+        parser.add_argument("recipe")
+        parser.add_argument("overrides", nargs="*", help="section.key=value")
+        parser.add_argument("--out", help="run folder (default runs/<recipe>-<time>)")
+        parser.add_argument("--resume", help="'auto' (the newest checkpoint in --out), a run folder or a checkpoint folder")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="train into a non-empty --out anyway: the old run is moved to <out>.replaced-<time>")
     t.set_defaults(func=cmd_train)
-
+    a.set_defaults(func=cmd_train_autoencoder)
     s = sub.add_parser("sample", help="sample from a checkpoint (or inpaint with --inpaint/--mask)",
                        description="Sample from CHECKPOINT (a run or checkpoint folder); with --inpaint and/or --mask, "
                        "fill the masked region instead (tasks that support it, e.g. image).")

@@ -13,7 +13,8 @@ from diffsuite.core.build import build_denoiser, build_loss, build_schedule
 from diffsuite.core.checkpoint import CheckpointError, load_checkpoint, read_json
 from diffsuite.core.classifier import ClassifierLoss, NoisyClassifier, classifier_guidance
 from diffsuite.core.conditions import cond_to
-from diffsuite.core.config import (ClassifierConfig, ConfigError, DiffusionConfig, DistillConfig, GanConfig, SampleConfig,
+from diffsuite.core.autoencoder import AutoencoderLoss, AutoencoderModel, KLAutoencoder, measure_scale
+from diffsuite.core.config import (AutoencoderConfig, ClassifierConfig, ConfigError, LatentConfig, DiffusionConfig, DistillConfig, GanConfig, SampleConfig,
                                    TrainerConfig, deep_merge, from_dict, load_yaml, parse_overrides, to_dict)
 from diffsuite.core.distill import ConsistencyFunction
 from diffsuite.core.guidance import ClassifierFreeGuidance
@@ -26,8 +27,10 @@ from . import safety
 from .registry import get_task
 
 RECIPE_DIR = Path(__file__).resolve().parent
-SECTIONS = ("task", "tour", "description", "model", "data", "diffusion", "train", "sample", "distill", "gan", "classifier")
-OPTIONAL = {"distill": DistillConfig, "gan": GanConfig, "classifier": ClassifierConfig}  # sections that mark a kind of run
+SECTIONS = ("task", "tour", "description", "model", "data", "diffusion", "train", "sample", "distill", "gan", "classifier",
+            "autoencoder", "latent")
+OPTIONAL = {"distill": DistillConfig, "gan": GanConfig, "classifier": ClassifierConfig,  # sections that mark a kind of run
+            "autoencoder": AutoencoderConfig, "latent": LatentConfig}
 
 
 @dataclass
@@ -43,9 +46,24 @@ class Recipe:
     distill: Optional[DistillConfig] = None  # set for a distilled student (and by `diffsuite distill`)
     gan: Optional[GanConfig] = None  # set for a denoising diffusion GAN (trained adversarially, core.ddgan)
     classifier: Optional[ClassifierConfig] = None  # set for a noise-aware classifier p(y | x_t, t) (core.classifier)
+    autoencoder: Optional[AutoencoderConfig] = None  # set for a latent diffusion's autoencoder (core.autoencoder)
+    latent: Optional[LatentConfig] = None  # set for a diffusion model in an autoencoder's latent space (core.latent)
     tour: bool = False
     description: str = ""
     name: str = "recipe"
+
+
+def task_of(r: Recipe):
+    """The recipe's task, in its autoencoder's latent space when the recipe has a `latent` section (core.latent)."""
+    task = get_task(r.task)
+    if r.latent is None:
+        return task
+    if not r.latent.autoencoder:
+        raise ConfigError("latent.autoencoder: give the autoencoder's run folder or checkpoint")
+    if r.autoencoder is not None or r.classifier is not None:
+        raise ConfigError("latent: a latent diffusion recipe cannot also have an autoencoder or classifier section")
+    from diffsuite.core.latent import LatentTask
+    return LatentTask(task, r.latent)
 
 
 def find_recipe(name_or_path: str | Path) -> Path:
@@ -127,7 +145,7 @@ def train(recipe, overrides: Sequence[str] = (), out_dir: Optional[str | Path] =
     does not change the model (train.lr, steps, logging, sampling, ...: applied and printed); a change to the model,
     the diffusion or the data is refused before anything is written (safety.check_resume_config)."""
     r = load_recipe(recipe, overrides)
-    task = get_task(r.task)
+    task = task_of(r)
     r.data = task.measure(r.data)
     r.model = task.configure(r.model, r.data)
     run = Path(out_dir) if out_dir else Path("runs") / f"{r.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -136,7 +154,8 @@ def train(recipe, overrides: Sequence[str] = (), out_dir: Optional[str | Path] =
     denoiser, dataset = build_for_training(task, r)
     trainer = Trainer(denoiser, dataset, r.train, run, training_loss(task, r), config=cfg,
                       cond_drop_prob=r.diffusion.cond_drop_prob, null_cond=task.null_condition(r),
-                      sample_fn=None if r.classifier else make_sample_fn(task, r))
+                      sample_fn=None if r.classifier or r.autoencoder else make_sample_fn(task, r),
+                      finish_fn=scale_measurer(dataset, r) if r.autoencoder else None)
     trainer.resume_changes = changes
     if trainer.acc.is_main_process:
         run.mkdir(parents=True, exist_ok=True)
@@ -150,6 +169,8 @@ def training_loss(task, r: Recipe):
     discriminator (core.ddgan), with a `classifier` section the noise-aware classifier's cross-entropy."""
     if r.classifier is not None:
         return ClassifierLoss()
+    if r.autoencoder is not None:
+        return AutoencoderLoss(r.autoencoder.kl_weight, r.autoencoder.recon)
     if r.gan is None:
         return build_loss(r.diffusion)
     from diffsuite.core.ddgan import DenoisingDiffusionGAN
@@ -161,6 +182,25 @@ def training_loss(task, r: Recipe):
     torch.manual_seed(r.train.seed + 1)
     D = task.build_discriminator(r.model, r.data, r.gan)
     return DenoisingDiffusionGAN(D, r.gan.r1_gamma, r.gan.d_lr, tuple(r.gan.d_betas))
+
+
+def scale_measurer(dataset, r: Recipe):
+    """The trainer's finish hook of an autoencoder run: the latent scale factor, 1 / std of posterior samples of
+    `autoencoder.scale_batches` training batches (seeded) under the EMA weights, stored in the net and its EMA."""
+    from torch.utils.data import default_collate
+    from diffsuite.core.trainer import split_batch
+
+    def fn(trainer):
+        ae = trainer.ema_denoiser().net
+        g = torch.Generator().manual_seed(r.train.seed)
+        n, bs = len(dataset), r.train.batch_size
+        idx = torch.randperm(n, generator=g)[: r.autoencoder.scale_batches * bs].tolist()
+        batches = [split_batch(default_collate([dataset[i] for i in idx[k:k + bs]]))[0] for k in range(0, len(idx), bs)]
+        scale = torch.tensor(measure_scale(ae, batches, g))
+        trainer.net.scale.fill_(scale)
+        trainer.ema.shadow["scale"].fill_(scale)
+        print(f"latent scale factor: {scale.item():.5g} (1 / std of the posterior samples of {len(idx)} training items)")
+    return fn
 
 
 def build_for_training(task, r: Recipe):
@@ -178,7 +218,8 @@ def build_for_training(task, r: Recipe):
         raise ConfigError(f"data: {e}") from e
     if len(dataset) == 0:
         raise ConfigError(f"data: the training split of {r.name}'s data is empty")
-    dry_run(denoiser, dataset, r.diffusion.T)
+    if r.autoencoder is None:
+        dry_run(denoiser, dataset, r.diffusion.T)
     return denoiser, dataset
 
 
@@ -186,6 +227,10 @@ def build_model(task, r: Recipe, for_sampling: bool = False):
     """The recipe's trainable model: the task's network in a Denoiser, or with a `classifier` section the task's
     classifier network in a NoisyClassifier (on the same schedule)."""
     try:
+        if r.autoencoder is not None:
+            a = r.autoencoder
+            enc, dec = task.build_autoencoder(r.model, r.data, a)
+            return AutoencoderModel(KLAutoencoder(enc, dec, a.factor, a.latent_channels))
         if r.classifier is None:
             return build_denoiser(task.build_net(r.model, r.diffusion), r.diffusion, for_sampling)
         if r.gan is not None or r.distill is not None:
@@ -276,13 +321,16 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
     if config.get("classifier") is not None:
         raise ConfigError(f"{path} is a noise-aware classifier, not a diffusion model: {command} needs a diffusion "
                           "checkpoint (give the classifier to --classifier)")
+    if config.get("autoencoder") is not None:
+        raise ConfigError(f"{path} is an autoencoder, not a diffusion model: {command} needs a diffusion checkpoint "
+                          "(a latent diffusion recipe names the autoencoder in latent.autoencoder)")
     if task is not None and config.get("task") != task:
         raise ConfigError(f"{command} needs a {task} checkpoint, but {path} is a {config.get('task')!r} checkpoint")
     bad = [o for o in sample_overrides if not o.startswith("sample.")]
     if bad:
         raise ConfigError(f"{command}: only sample.* settings can be changed when loading a checkpoint, got {bad}")
     r = load_recipe(config, sample_overrides)
-    task = get_task(r.task)
+    task = task_of(r)
     den = build_model(task, r, for_sampling=True)
     _load_weights(den.net, weights, where)
     den = den.to(device).eval()
@@ -291,6 +339,24 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
     if r.distill is not None and r.distill.method == "consistency":  # the student is the consistency function f
         den = ConsistencyFunction(den, r.distill.sigma_data).eval()
     return Loaded(task, r, den, ckpt, state["step"], chosen)
+
+
+def load_autoencoder(path: str | Path, ema: bool = True, task: Optional[str] = None) -> KLAutoencoder:
+    """A trained autoencoder (a run from a recipe with an `autoencoder` section), frozen, in eval mode, with the scale
+    factor measured when its training finished; `task`: the task it must belong to."""
+    ckpt, where, weights, _, config = _read(path, ema)
+    if config.get("autoencoder") is None:
+        raise ConfigError(f"latent.autoencoder {path}: not an autoencoder (its recipe has no autoencoder section)")
+    r = load_recipe(config)
+    if task is not None and r.task != task:
+        raise ConfigError(f"latent.autoencoder {path} is a {r.task!r} autoencoder, not a {task!r} one")
+    ae = build_model(get_task(r.task), r).net
+    _load_weights(ae, weights, where)
+    if not float(ae.scale) > 0:
+        raise ConfigError(f"latent.autoencoder {ckpt}: its latent scale factor was never measured (it is measured when "
+                          "training reaches train.steps): finish its training (--resume auto), or use a finished run")
+    ae.checkpoint = ckpt
+    return ae.eval().requires_grad_(False)
 
 
 def load_classifier(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",

@@ -270,6 +270,21 @@ class ImageTask(Task):
                               f"model.num_classes unset to use {len(classes)}, or set it to {len(classes)}")
         return model
 
+    def build_autoencoder(self, model: ModelConfig, data: DataConfig, ae) -> tuple:
+        """LDM's convolutional encoder / decoder (modalities.image.autoencoder) for the data's channels."""
+        from .autoencoder import build_decoder, build_encoder
+        args = (data.channels, ae.latent_channels, ae.factor, ae.channels, ae.num_res_blocks)
+        return build_encoder(*args), build_decoder(*args)
+
+    def data_shape(self, data: DataConfig) -> tuple:
+        return (data.channels, data.image_size, data.image_size)
+
+    def latent_model(self, model: ModelConfig, shape: tuple) -> ModelConfig:
+        """The U-Net on latents: shape[0] channels of shape[-1] x shape[-1] (no image-to-image source in latents)."""
+        if model.source_channels:
+            raise ConfigError("latent: image-to-image models (data.degradation) do not run in a latent space yet")
+        return replace(model, image_size=shape[-1], in_channels=shape[0])
+
     def sample_shape(self, model: ModelConfig, data: DataConfig) -> tuple:
         check_formats(model, data)
         return (data.channels, data.image_size, data.image_size)

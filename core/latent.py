@@ -1,0 +1,108 @@
+"""Latent diffusion (Rombach et al. 2022): any task whose samples are tensors, diffused in the latent space of a trained
+KL autoencoder (core.autoencoder).
+
+`LatentTask` wraps the task: its network runs on the latent shape (C_z, H / f, W / f) (the task adapts its model
+config: `Task.latent_model`), its training items are encoded to scaled latents scale * z, z ~ q(z | x) (once when
+training starts, or per item as drawn), and every sample is decoded, D(z / scale), before the task's own `finish`,
+so samplers, guidance, conditions and the CLI are unchanged. The autoencoder is frozen and read from its checkpoint,
+whose recorded scale factor is the one used (never a constant in a recipe).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .config import ConfigError
+from .task import Task
+
+
+class LatentItems(torch.utils.data.Dataset):
+    """A dataset's items with x0 replaced by its scaled latent: encoded once (`cached`, posterior samples from a
+    seeded generator, in batches) or per item as drawn (random crops and flips stay random)."""
+
+    def __init__(self, base, ae, cached: bool = True, seed: int = 0, batch: int = 256):
+        self.base, self.ae, self.cached = base, ae, cached
+        self.z = None
+        if cached:
+            g = torch.Generator().manual_seed(seed)
+            items = [base[i] for i in range(len(base))]
+            x = torch.stack([_x0(it) for it in items])
+            with torch.no_grad():
+                self.z = torch.cat([ae.latents(x[i:i + batch], g) for i in range(0, len(x), batch)])
+            self.conds = [it.get("cond") if isinstance(it, dict) else None for it in items]
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        if self.cached:
+            z, cond = self.z[i], self.conds[i]
+        else:
+            item = self.base[i]
+            with torch.no_grad():
+                z = self.ae.latents(_x0(item)[None])[0]
+            cond = item.get("cond") if isinstance(item, dict) else None
+        return z if cond is None else {"x0": z, "cond": cond}
+
+
+def _x0(item) -> torch.Tensor:
+    return item["x0"] if isinstance(item, dict) else item
+
+
+class LatentTask(Task):
+    """`base` in the latent space of the autoencoder checkpoint `cfg.autoencoder` (see the module docstring)."""
+
+    def __init__(self, base: Task, cfg: Any):
+        self.base, self.cfg = base, cfg
+        self.name, self.ModelConfig, self.DataConfig = base.name, base.ModelConfig, base.DataConfig
+        self.null_cond = base.null_cond
+        self._ae = None
+
+    @property
+    def ae(self):
+        """The frozen autoencoder (EMA weights, eval mode), loaded on first use."""
+        if self._ae is None:
+            from diffsuite.recipes.run import load_autoencoder
+            self._ae = load_autoencoder(self.cfg.autoencoder, task=self.base.name)
+        return self._ae
+
+    def latent_shape(self, data: Any) -> tuple:
+        shape = tuple(self.base.data_shape(data))
+        f = self.ae.factor
+        if any(s % f for s in shape[1:]):
+            raise ConfigError(f"latent.autoencoder {self.cfg.autoencoder}: the data's samples {shape} are not divisible "
+                              f"by its downsampling factor f={f}")
+        return (self.ae.latent_channels, *(s // f for s in shape[1:]))
+
+    def null_condition(self, recipe: Any) -> Any:
+        return self.base.null_condition(recipe)
+
+    def measure(self, data: Any) -> Any:
+        return self.base.measure(data)
+
+    def configure(self, model: Any, data: Any) -> Any:
+        return self.base.latent_model(self.base.configure(model, data), self.latent_shape(data))
+
+    def build_net(self, model: Any, diffusion: Any):
+        return self.base.build_net(model, diffusion)
+
+    def build_dataset(self, data: Any, split: str = "train"):
+        return LatentItems(self.base.build_dataset(data, split), self.ae, self.cfg.cache, self.cfg.seed)
+
+    def sample_shape(self, model: Any, data: Any) -> tuple:
+        return self.latent_shape(data)
+
+    def finish(self, x: torch.Tensor, cond, recipe: Any) -> torch.Tensor:
+        """Decode the latents, then the task's own finish."""
+        ae = self.ae.to(x.device)
+        with torch.no_grad():
+            out = torch.cat([ae.from_latents(x[i:i + 256].float()) for i in range(0, len(x), 256)])
+        return self.base.finish(out, cond, recipe)
+
+    def sample_cond(self, n: int, cfg: Any, generator: Optional[torch.Generator] = None):
+        return self.base.sample_cond(n, cfg, generator)
+
+    def save_samples(self, x: torch.Tensor, cond, out_dir: Path, cfg: Any) -> dict:
+        return self.base.save_samples(x, cond, out_dir, cfg)

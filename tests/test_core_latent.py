@@ -1,0 +1,120 @@
+"""Latent diffusion (core.autoencoder, core.latent): the KL autoencoder trains through the core trainer, its scale
+factor is measured and stored, and any tensor task runs in its latent space with decoded samples."""
+import pytest
+import torch
+
+from diffsuite.core.autoencoder import AutoencoderLoss, KLAutoencoder, kl_standard_normal, measure_scale
+from diffsuite.core.config import ConfigError
+from diffsuite.modalities.image.autoencoder import build_decoder, build_encoder
+from diffsuite.recipes import run
+
+torch.set_num_threads(1)
+
+
+def _ae_recipe(steps=40, **ae):
+    return {"task": "image", "name": "ae_test", "model": {"preset": "tiny"},
+            "data": {"source": "digits", "image_size": 16, "channels": 1, "class_cond": False},
+            "autoencoder": {"latent_channels": 2, "factor": 2, "channels": 16, "scale_batches": 4, **ae},
+            "train": {"steps": steps, "batch_size": 16, "lr": 2e-3, "log_every": 10, "progress": False,
+                      "tensorboard": False, "mixed_precision": "no"}}
+
+
+@pytest.fixture(scope="module")
+def ae_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ae")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DIFFSUITE_CACHE", str(root / "cache"))
+        return run.train(_ae_recipe(), out_dir=root / "ae"), root
+
+
+@pytest.mark.parametrize("factor,size", [(1, 12), (2, 16), (4, 24), (8, 32)])
+def test_encode_decode_shapes_for_any_size_divisible_by_f(factor, size):
+    ae = KLAutoencoder(build_encoder(3, 4, factor, 16, 1), build_decoder(3, 4, factor, 16, 1), factor, 4)
+    x = torch.randn(2, 3, size, size + factor)
+    mu, logvar = ae.encode(x)
+    assert mu.shape == logvar.shape == (2, 4, size // factor, (size + factor) // factor)
+    assert ae.decode(mu).shape == x.shape
+    if factor > 1:
+        with pytest.raises(ValueError, match=f"not divisible by its downsampling factor f={factor}"):
+            ae.encode(torch.randn(1, 3, size + 1, size))
+    with pytest.raises(ValueError, match="expected a power of 2"):
+        build_encoder(3, 4, 3, 16, 1)
+
+
+def test_loss_is_ldm_reconstruction_plus_weighted_kl():
+    ae = KLAutoencoder(build_encoder(1, 2, 2, 16, 1), build_decoder(1, 2, 2, 16, 1), 2, 2)
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    g = torch.Generator().manual_seed(0)
+    loss, _ = AutoencoderLoss(kl_weight=0.5, recon="l2")(lambda x, gen: ae(x, gen), x, None, g)
+    x_rec, mu, logvar = ae(x, torch.Generator().manual_seed(0))
+    want = (x_rec - x).pow(2).flatten(1).mean(1) + 0.5 * kl_standard_normal(mu, logvar) / 64
+    torch.testing.assert_close(loss, want)
+    assert kl_standard_normal(torch.zeros(1, 4), torch.zeros(1, 4)).item() == 0.0
+
+
+def test_the_scale_factor_gives_unit_variance_latents_and_is_stored(ae_run, monkeypatch):
+    path, root = ae_run
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(root / "cache"))
+    ae = run.load_autoencoder(path)
+    assert float(ae.scale) > 0
+    task = run.get_task("image")
+    x = task.build_dataset(run.load_recipe(_ae_recipe()).data, "train").x
+    z = ae.latents(x, torch.Generator().manual_seed(1))
+    assert 0.9 < z.std().item() < 1.1  # measured on 4 batches of 16, checked on all 1437 training digits
+    assert float(ae.scale) == pytest.approx(measure_scale(ae, [x[:64]], torch.Generator().manual_seed(0)), rel=0.2)
+
+
+def test_autoencoder_resumes_exactly(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    r = _ae_recipe(steps=6)
+    a = run.train(r, out_dir=tmp_path / "a")
+    run.train(r, out_dir=tmp_path / "b", stop_at=3)
+    b = run.train(r, out_dir=tmp_path / "b", resume="auto")
+    from diffsuite.core.checkpoint import load_checkpoint
+    ta, _, _ = load_checkpoint(run.resolve_checkpoint(a))
+    tb, _, _ = load_checkpoint(run.resolve_checkpoint(b))
+    for group in ("model", "ema"):
+        assert all(torch.equal(ta[group][k], tb[group][k]) for k in ta[group]), group
+    assert float(ta["model"]["scale"]) > 0
+
+
+def test_latent_diffusion_trains_and_samples_decoded_images(ae_run, tmp_path, monkeypatch):
+    path, root = ae_run
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(root / "cache"))
+    over = [f"latent.autoencoder={path}", "train.steps=4", "train.batch_size=8", "train.progress=false",
+            "train.tensorboard=false", "sample.n=4", "sample.steps=3"]
+    out = run.train("image_digits_latent", over, out_dir=tmp_path / "ld")
+    a = run.load(out)
+    assert a.recipe.model.image_size == 8 and a.recipe.model.in_channels == 2
+    assert a.task.sample_shape(a.recipe.model, a.recipe.data) == (2, 8, 8)
+    x, cond = run.generate(a.denoiser, a.task, a.recipe, n=4, steps=3, progress=False)
+    assert x.shape == (4, 1, 16, 16) and torch.isfinite(x).all()  # decoded to the data's pixels
+    files = a.task.save_samples(x, cond, tmp_path / "s", a.recipe)
+    assert (tmp_path / "s" / "samples.png").is_file() and "grid" in files
+
+
+def test_latent_mistakes_are_clear_errors(ae_run, tmp_path, monkeypatch):
+    path, root = ae_run
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(root / "cache"))
+    with pytest.raises(ConfigError, match="is an autoencoder, not a diffusion model"):
+        run.load(path)
+    with pytest.raises(ConfigError, match="not an autoencoder"):
+        run.train("image_digits_latent", [f"latent.autoencoder={_diffusion_run(tmp_path)}", "train.steps=1"],
+                  out_dir=tmp_path / "bad")
+    unfinished = tmp_path / "unfinished"
+    run.train(_ae_recipe(steps=4), out_dir=unfinished, stop_at=2)
+    with pytest.raises(ConfigError, match="scale factor was never measured"):
+        run.load_autoencoder(unfinished)
+    with pytest.raises(ConfigError, match="not divisible by its downsampling factor"):
+        run.train("image_digits_latent", [f"latent.autoencoder={path}", "data.image_size=15", "train.steps=1"],
+                  out_dir=tmp_path / "odd")
+
+
+def _diffusion_run(tmp_path):
+    return run.train("image_digits_quick", ["train.steps=1", "train.progress=false", "sample.n=1", "sample.steps=2"],
+                     out_dir=tmp_path / "pixel")
+
+
+def test_train_autoencoder_command_refuses_other_recipes(tmp_path):
+    from diffsuite.recipes.cli import main
+    assert main(["train-autoencoder", "image_digits_quick", "--out", str(tmp_path / "x")]) != 0
