@@ -101,6 +101,18 @@ class LatentTask(Task):
             out = torch.cat([ae.from_latents(x[i:i + 256].float()) for i in range(0, len(x), 256)])
         return self.base.finish(out, cond, recipe)
 
+    def known_latents(self, known: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inpainting in latent space: (scaled posterior means of the known images, the mask at the latents' size),
+        a latent cell known only where all its f x f pixels are (mask 1 = known)."""
+        f = self.ae.factor
+        if any(s % f for s in mask.shape[-2:]):
+            raise ValueError(f"inpaint: a mask of size {tuple(mask.shape[-2:])} is not divisible by the autoencoder's "
+                             f"factor f={f}")
+        with torch.no_grad():
+            z = self.ae.latents(known.float(), sample=False)
+        m = -torch.nn.functional.max_pool2d(-mask.float().reshape(-1, 1, *mask.shape[-2:]), f)
+        return z, m.reshape(*mask.shape[:-2], *m.shape[-2:])
+
     def sample_cond(self, n: int, cfg: Any, generator: Optional[torch.Generator] = None):
         return self.base.sample_cond(n, cfg, generator)
 

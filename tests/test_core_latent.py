@@ -118,3 +118,56 @@ def _diffusion_run(tmp_path):
 def test_train_autoencoder_command_refuses_other_recipes(tmp_path):
     from diffsuite.recipes.cli import main
     assert main(["train-autoencoder", "image_digits_quick", "--out", str(tmp_path / "x")]) != 0
+
+
+def test_inpainting_in_latent_space_keeps_the_known_region(ae_run, tmp_path, monkeypatch):
+    """The core's replacement inpainting on the latents, the mask downsampled (a latent cell is known where all its
+    pixels are): the decoded known region stays within the autoencoder's own reconstruction error of it + 0.1."""
+    import json
+    from diffsuite.modalities.image.cli import inpaint
+    from diffsuite.modalities.image.edit import preset_mask
+    path, root = ae_run
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(root / "cache"))
+    out = run.train("image_digits_latent", [f"latent.autoencoder={path}", "train.steps=2", "train.progress=false",
+                                            "train.tensorboard=false", "sample.n=2", "sample.steps=2"],
+                    out_dir=tmp_path / "ld")
+    a = run.load(out)
+    m = preset_mask("left-half", 16)
+    known = a.task.base.build_dataset(a.recipe.data, "test").x[:4]
+    z, m_z = a.task.known_latents(known, m)
+    assert z.shape == (4, 2, 8, 8) and m_z.shape[-2:] == (8, 8) and m_z.sum() == m.sum() / 4
+    files = inpaint(a, tmp_path / "inp", mask="left-half", n=4, steps=5)
+    from PIL import Image
+    import numpy as np
+    grid = np.asarray(Image.open(files["grid"]))
+    assert json.loads((tmp_path / "inp" / "inpaint.json").read_text())["n"] == 4 and grid.ndim == 2
+    from diffsuite.modalities.image.cli import sample_images
+    from diffsuite.modalities.image import edit
+    hook = edit.inpaint_hook(a.denoiser.schedule, m_z, z)
+    x, _ = sample_images(a.denoiser, a.task, a.recipe, 4, "ddim", 5, 0.0, 0, hooks=[hook],
+                         cond=torch.zeros(4, dtype=torch.long))
+    with torch.no_grad():
+        recon = a.task.ae.from_latents(z)
+    keep = m.bool().expand_as(known)
+    err = (x - known).abs()[keep].mean().item()
+    assert err <= (recon - known).abs()[keep].mean().item() + 0.1
+
+
+def test_music_rolls_run_in_an_autoencoders_latent_space(tmp_path, monkeypatch):
+    """The piano-roll task through the same wrapper: its roll U-Net on the latents (no patches, no chord planes,
+    chords as tokens), per-item encoding (cache: false) and decoded samples written as MIDI."""
+    from tiny import recipe as tiny_recipe
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    r = tiny_recipe("music", tmp_path)
+    ae = dict(r, name="bach_ae", autoencoder={"latent_channels": 3, "factor": 4, "channels": 16, "scale_batches": 2})
+    ae.pop("sample")
+    ae_dir = run.train(ae, out_dir=tmp_path / "ae")
+    ld = dict(r, name="bach_ld", latent={"autoencoder": str(ae_dir), "cache": False})
+    ld["diffusion"] = dict(r["diffusion"], clip_x0="none")
+    a = run.load(run.train(ld, out_dir=tmp_path / "ld"))
+    assert a.recipe.model.in_channels == 3 and a.recipe.model.patch == 1 and not a.recipe.model.chord_map
+    assert a.task.sample_shape(a.recipe.model, a.recipe.data) == (3, 8, 8)
+    x, cond = run.generate(a.denoiser, a.task, a.recipe, n=2, steps=2, progress=False)
+    assert x.shape == (2, 2, 32, 32)
+    files = a.task.save_samples(x, cond, tmp_path / "s", a.recipe)
+    assert any(k.startswith("midi") for k in files)

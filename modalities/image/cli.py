@@ -235,7 +235,8 @@ def evaluate(loaded, n: int = 500, sampler=None, steps=None, guidance=None, seed
              unconditional: bool = False) -> dict:
     """All image metrics of a loaded checkpoint (see the module docstring); returns a JSON-able dict."""
     task, r, den = loaded.task, loaded.recipe, loaded.denoiser
-    test = task.build_dataset(r.data, "test")
+    latent = hasattr(task, "base")  # latent diffusion: samples are decoded to pixels, the test images are pixels
+    test = (task.base if latent else task).build_dataset(r.data, "test")
     t0 = time.time()
     x, cond = sample_images(den, task, r, n, sampler, steps, guidance, seed, progress=progress, classifier=classifier,
                             classifier_scale=classifier_scale, unconditional=unconditional)
@@ -253,7 +254,7 @@ def evaluate(loaded, n: int = 500, sampler=None, steps=None, guidance=None, seed
             res["conditional_accuracy"] = metrics.accuracy(clf, x, labels)
     if inception:
         res["fid_inception"] = metrics.fid(metrics.inception_features(inception), test.x, x)
-    if bpd_n and r.data.degradation:  # the bound of p(x | source) needs each image's source: not computed here
+    if bpd_n and (r.data.degradation or latent):  # p(x | source) needs the sources; a latent model's bound is of z
         res["bits_per_dim"] = None
     elif bpd_n:
         xb = test.x[:bpd_n]
@@ -290,7 +291,8 @@ def _known_images(loaded, image: str | None, n: int):
         if not Path(image).is_file():
             raise FileNotFoundError(f"--inpaint: image file not found: {image}")
         return edit.load_known(image, r.data.image_size, r.data.channels).expand(n, -1, -1, -1), None
-    test = loaded.task.build_dataset(r.data, "test")
+    task = getattr(loaded.task, "base", loaded.task)  # (a latent model's images come from its pixel task)
+    test = task.build_dataset(r.data, "test")
     return test.x[:n], (None if test.labels is None or not r.model.num_classes else test.labels[:n])
 
 
@@ -317,13 +319,16 @@ def inpaint(loaded, out: str | Path, image: str | None = None, mask: str | None 
     size = r.data.image_size
     m = _mask(mask_name, size)
     known, cond = _known_images(loaded, image, n)
-    hook = edit.inpaint_hook(den.schedule, m, known)
+    latent = hasattr(loaded.task, "known_latents")  # latent diffusion: inpaint the latents, the mask downsampled
+    z, m_z = loaded.task.known_latents(known, m) if latent else (known, m)
+    hook = edit.inpaint_hook(den.schedule, m_z, z)
     w = r.sample.guidance if guidance is None else guidance
     g = torch.Generator().manual_seed(seed)
     if repaint:
         model = ClassifierFreeGuidance(den, w, loaded.task.null_condition(loaded.recipe)) if w and cond is not None else den
-        x = repaint_sample(model, torch.randn(known.shape, generator=g), steps or r.sample.steps, inpaint=hook,
+        x = repaint_sample(model, torch.randn(z.shape, generator=g), steps or r.sample.steps, inpaint=hook,
                            cond=cond, generator=g)
+        x = loaded.task.finish(x, cond, r)
     else:
         x, _ = sample_images(den, loaded.task, r, len(known), sampler, steps, guidance, seed, cond=cond,
                              hooks=[hook], eta=eta)

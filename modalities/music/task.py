@@ -47,6 +47,7 @@ class MusicModelConfig:
     pitch_lo: Optional[int] = None  # the roll's lowest MIDI pitch; must equal data.pitch_lo (checked)
     cond_dim: int = chords.CHORD_DIM
     z_channels: int = valid(0, min=0)  # a DDGAN generator's latent channels (core.ddgan; 0: a plain denoiser)
+    in_channels: int = valid(2, min=1)  # the roll's onset and sustain planes (a latent model: the latent channels)
 
 
 PRESETS = {
@@ -114,7 +115,23 @@ class MusicTask(Task):
         if kw["chord_map"] and model.pitch_lo is None:
             raise ValueError("model.chord_map needs model.pitch_lo (set it to data.pitch_lo) to align chords with pitches")
         return RollUNet(**kw, heads=model.heads, dropout=model.dropout, pitch_lo=model.pitch_lo,
-                        cond_dim=model.cond_dim if model.chord_cond else None, z_channels=model.z_channels)
+                        cond_dim=model.cond_dim if model.chord_cond else None, z_channels=model.z_channels,
+                        in_ch=model.in_channels)
+
+    def build_autoencoder(self, model: MusicModelConfig, data: MusicDataConfig, ae):
+        """The image modality's convolutional encoder / decoder on the roll's two planes (time x pitch)."""
+        from diffsuite.modalities.image.autoencoder import build_decoder, build_encoder
+        args = (2, ae.latent_channels, ae.factor, ae.channels, ae.num_res_blocks)
+        return build_encoder(*args), build_decoder(*args)
+
+    def data_shape(self, data: MusicDataConfig) -> tuple:
+        return (2, data.seg_len, data.n_pitch)
+
+    def latent_model(self, model: MusicModelConfig, shape: tuple) -> MusicModelConfig:
+        """The roll U-Net on latents: shape[0] input channels, no space-to-depth patches (the latent grid is already
+        coarse) and no pitch-aligned chord planes (the latent's pitch axis is downsampled); chords stay as tokens."""
+        from dataclasses import replace
+        return replace(model, in_channels=shape[0], patch=1, chord_map=False, pitch_lo=None)
 
     def build_discriminator(self, model: MusicModelConfig, data: MusicDataConfig, gan):
         """DDGAN's D(x_{t-1}, x_t, t): a time-conditional conv net over the two roll planes (core.ddgan)."""

@@ -1,0 +1,126 @@
+"""Latent diffusion against pixel diffusion on digits (Rombach et al. 2022's trade, measured here).
+
+Trains, one after the other in this process (so CPU time is measured alike): the digits autoencoder
+(`image_digits_autoencoder`, f = 2), the latent model on its latents (`image_digits_latent`) and the pixel model
+(`image_digits`), each skipped when its run folder under --work already holds a finished run (its CPU time is then read
+from the timing file written beside it). Then, per model and sampling seed: --n samples with the recipe's sampler,
+digits-FID against the test digits and conditional accuracy (the digits CNN of benchmarks/image.py), and the CPU seconds
+of sampling. The autoencoder: reconstruction PSNR on the test digits and the digits-FID of the reconstructions.
+Floors beside them: real training digits against the test digits (a perfect model), and the untrained latent model.
+
+Target (issue 28): latent digits-FID and conditional accuracy within 10% of the pixel model's, with at least 2x less
+CPU time for training plus sampling 1000 images (the autoencoder's training reported separately).
+
+    python benchmarks/latent.py --work runs/latent_bench [--n 1000] [--seeds 0 1 2] [--kl 1e-6]
+
+Writes benchmarks/results/latent_digits.json (or latent_digits_<out>.json with --out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def timed_train(recipe: str, out: Path, overrides: list[str], cmd: str = "train") -> float:
+    """CPU seconds (process time: user + system, this process's threads) of training `recipe` into `out`, or the
+    seconds recorded when it was trained earlier."""
+    from diffsuite.recipes import run
+    stamp = out.parent / f"{out.name}.cpu.json"
+    if stamp.is_file() and (out / "checkpoints" / "latest.json").is_file():
+        return json.loads(stamp.read_text())["cpu_seconds"]
+    t0, w0 = time.process_time(), time.perf_counter()
+    run.train(recipe, overrides + ["train.progress=false"], out_dir=out, overwrite=True)
+    cpu, wall = time.process_time() - t0, time.perf_counter() - w0
+    stamp.write_text(json.dumps({"recipe": recipe, "overrides": overrides, "cpu_seconds": cpu, "wall_seconds": wall}))
+    return cpu
+
+
+def sample_rows(loaded, name: str, n: int, seeds: list[int]) -> list[dict]:
+    from diffsuite.modalities.image.cli import evaluate
+    rows = []
+    for s in seeds:
+        t0 = time.process_time()
+        r = evaluate(loaded, n, seed=s, bpd_n=0)
+        r.update(model=name, sample_cpu_seconds=time.process_time() - t0)
+        rows.append(r)
+        print(f"{name:22s} seed {s}: digits-FID {r['digits_fid']:7.2f}  cond-acc {r['conditional_accuracy']:.3f}  "
+              f"sampling {r['sample_cpu_seconds']:.1f} CPU s", flush=True)
+    return rows
+
+
+def autoencoder_rows(ae, test_x: torch.Tensor) -> dict:
+    from diffsuite.modalities.image import metrics
+    with torch.no_grad():
+        rec = ae.decode(ae.posterior_sample(test_x, sample=False)).clamp(-1, 1)
+    clf, _ = metrics.digits_classifier(test_x.shape[-1])
+    return {"reconstruction_psnr": float(metrics.psnr(rec, test_x).mean()),
+            "reconstruction_digits_fid": metrics.fid(clf.features, test_x, rec), "scale": float(ae.scale),
+            "latent_shape": [ae.latent_channels, test_x.shape[-1] // ae.factor, test_x.shape[-1] // ae.factor]}
+
+
+def mean(rows: list[dict], key: str) -> float:
+    return sum(r[key] for r in rows) / len(rows)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", required=True, help="folder for the three runs (reused when finished)")
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--kl", type=float, default=None, help="autoencoder.kl_weight (default the recipe's)")
+    ap.add_argument("--steps", type=int, default=None, help="train.steps of all three runs (default the recipes'; a smoke test)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from diffsuite.core.precision import probe_machine
+    from diffsuite.recipes import run
+    from image import real_floor  # benchmarks/image.py
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    kl = [] if args.kl is None else [f"autoencoder.kl_weight={args.kl}"]
+    steps = [] if args.steps is None else [f"train.steps={args.steps}"]
+    ae_dir, ld_dir, px_dir = work / f"ae{args.kl or ''}", work / f"latent{args.kl or ''}", work / "pixel"
+    cpu = {"autoencoder": timed_train("image_digits_autoencoder", ae_dir, kl + steps),
+           "latent": timed_train("image_digits_latent", ld_dir, [f"latent.autoencoder={ae_dir}"] + steps),
+           "pixel": timed_train("image_digits", px_dir, steps)}
+    latent, pixel = run.load(ld_dir), run.load(px_dir)
+    test_x = pixel.task.build_dataset(pixel.recipe.data, "test").x
+    res = {"machine": {"cpu": probe_machine("cpu").device_name, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                       "threads": args.threads, "torch": torch.__version__},
+           "args": vars(args), "train_cpu_seconds": cpu,
+           "real_floor_digits_fid": real_floor(pixel, args.n),
+           "autoencoder": autoencoder_rows(latent.task.ae, test_x)}
+    print(json.dumps(res["autoencoder"]), flush=True)
+    rows = sample_rows(pixel, "pixel", args.n, args.seeds) + sample_rows(latent, "latent", args.n, args.seeds)
+    torch.manual_seed(0)
+    untrained = run.build_model(latent.task, latent.recipe, for_sampling=True).eval()
+    floor = type(latent)(latent.task, latent.recipe, untrained, latent.checkpoint, 0, latent.precision)
+    rows += sample_rows(floor, "untrained latent model", args.n, args.seeds[:1])
+    summary = {}
+    for name in ("pixel", "latent"):
+        rs = [r for r in rows if r["model"] == name]
+        sample_cpu = mean(rs, "sample_cpu_seconds") * 1000 / args.n
+        summary[name] = {"digits_fid": mean(rs, "digits_fid"), "conditional_accuracy": mean(rs, "conditional_accuracy"),
+                         "train_cpu_seconds": cpu[name], "sample_1000_cpu_seconds": sample_cpu,
+                         "train_plus_sample_1000_cpu_seconds": cpu[name] + sample_cpu}
+    p, lt = summary["pixel"], summary["latent"]
+    summary["latent_vs_pixel"] = {"digits_fid_ratio": lt["digits_fid"] / p["digits_fid"],
+                                  "accuracy_ratio": lt["conditional_accuracy"] / p["conditional_accuracy"],
+                                  "cpu_speedup": p["train_plus_sample_1000_cpu_seconds"] / lt["train_plus_sample_1000_cpu_seconds"]}
+    res.update(rows=rows, summary=summary)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"latent_digits{'_' + args.out if args.out else ''}.json"
+    out.write_text(json.dumps(res, indent=1))
+    print(json.dumps(summary, indent=1))
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()
