@@ -99,3 +99,30 @@ def test_patches_join_without_seams_on_a_constant_tone(timbre_run, tmp_path, mon
     assert got.shape == want.shape and got.shape[1] > 4 * 32  # several patches
     # every frame, the ones where patches meet included, is the input's: no seams, no offset between patches
     assert float((got - want).abs().max()) < 0.05
+
+
+def test_a_users_paired_folders(tmp_path):
+    """data.source=folders: two folders with the same file names, each resampled to 16 kHz mono and cut to the shorter
+    of its pair; a recording without a partner and an unreadable pair are skipped with a warning naming them."""
+    from diffsuite.core.utils import split_of
+    from diffsuite.modalities.audio.timbre import TimbreData, TimbreTask
+    names = [f"take{i}.wav" for i in range(40) if split_of(f"take{i}.wav") == "train"][:3]
+    a, b = tmp_path / "clarinet", tmp_path / "strings"
+    a.mkdir(), b.mkdir()
+    t = np.arange(44100 * 3) / 44100
+    for k, n in enumerate(names):
+        sf.write(a / n, np.stack([np.sin(2 * np.pi * 220 * t)] * 2, 1) * 0.3, 44100)  # stereo, 44.1 kHz, 3 s
+        sf.write(b / n, np.sin(2 * np.pi * 220 * np.arange(16000 * (4 + k)) / 16000) * 0.3, 16000)  # mono, 16 kHz
+    (a / names[-1]).write_bytes(b"not audio")
+    lone = [f"solo{i}.wav" for i in range(40) if split_of(f"solo{i}.wav") == "train"][0]
+    sf.write(a / lone, np.zeros(16000), 16000)
+    data = TimbreData(source="folders", path=str(a), target_path=str(b), patch=32)
+    with pytest.warns(UserWarning) as rec:
+        ds = TimbreTask().build_dataset(data, "train")
+    text = " ".join(str(w.message) for w in rec)
+    assert lone in text and names[-1] in text
+    assert len(ds.pairs) == 2 and all(s.shape == t_.shape for s, t_ in ds.pairs)
+    assert ds.pairs[0][0].shape[-1] == 3 * 16000 // 320 + 1  # 3 s at hop 320: the shorter (source) length
+    from diffsuite.core.config import ConfigError
+    with pytest.raises((ValueError, ConfigError), match="data.target_path: folder"):
+        TimbreTask().build_dataset(TimbreData(source="folders", path=str(a), target_path=str(tmp_path / "no")), "train")

@@ -18,6 +18,7 @@ arrangement of instruments for the source, one for the target, sample-aligned, s
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -96,10 +97,21 @@ def _audio_pairs(data: TimbreData, split: str) -> list[tuple[str, np.ndarray, np
     if not data.path or not data.target_path:
         raise ValueError("data.source=folders needs data.path (source recordings) and data.target_path (targets)")
     src, tgt = Path(data.path), Path(data.target_path)
-    names = sorted(p.name for p in src.glob("*.wav") if (tgt / p.name).is_file() and split_of(p.name) == split)
+    for folder, key in ((src, "data.path"), (tgt, "data.target_path")):
+        if not folder.is_dir():
+            raise ValueError(f"{key}: folder {folder} not found")
+    names = sorted(p.name for p in src.glob("*.wav") if split_of(p.name) == split)
+    unpaired = [n for n in names if not (tgt / n).is_file()]
+    if unpaired:
+        warnings.warn(f"timbre data: {len(unpaired)} recording(s) in {src} have no file of the same name in {tgt} "
+                      f"and are skipped (first: {unpaired[0]})")
     out = []
-    for n in names:
-        y, z = load_audio(src / n, 16000), load_audio(tgt / n, 16000)
+    for n in (n for n in names if n not in unpaired):
+        try:
+            y, z = load_audio(src / n, 16000), load_audio(tgt / n, 16000)
+        except Exception as e:  # an unreadable or empty file: skipped, named
+            warnings.warn(f"timbre data: skipped the pair {n}: cannot read it ({type(e).__name__}: {e})")
+            continue
         L = min(len(y), len(z))
         out.append((n, y[:L], z[:L]))
     return out
