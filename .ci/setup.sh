@@ -13,6 +13,8 @@ $PIP install -q -c constraints.txt -e ".[all]"
 $PIP install -q -c constraints.txt --no-deps tinysoundfont
 # The multi-pitch estimator of benchmarks/timbre.py (essentia's MultiPitchMelodia; a CQT estimator stands in without it).
 $PIP install -q -c constraints.txt essentia
+# SAC for the locomotion behaviour policies (benchmarks/locomotion/train_sac.py; the tests check its actor export).
+$PIP install -q -c constraints.txt stable-baselines3
 # Optional reference implementations used by equivalence tests and benchmarks.
 # diffwave declares torchaudio (which would pull another torch): install without deps.
 $PIP install -q -c constraints.txt --no-deps diffwave==0.1.7 || echo "warning: diffwave reference not installed"

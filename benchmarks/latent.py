@@ -12,6 +12,8 @@ Target (issue 28): latent digits-FID and conditional accuracy within 10% of the 
 CPU time for training plus sampling 1000 images (the autoencoder's training reported separately).
 
     python benchmarks/latent.py --work runs/latent_bench [--n 1000] [--seeds 0 1 2] [--kl 1e-6]
+    python benchmarks/latent.py --work runs/latent_bench --kl 1e-4 --seeds 0 --out kl1e-4     # the KL sweep, then
+    python benchmarks/latent.py --sweep benchmarks/results/latent_digits.json benchmarks/results/latent_digits_kl*.json
 
 Writes benchmarks/results/latent_digits.json (or latent_digits_<out>.json with --out).
 """
@@ -68,9 +70,44 @@ def mean(rows: list[dict], key: str) -> float:
     return sum(r[key] for r in rows) / len(rows)
 
 
+def kl_sweep(paths: list[Path], figure: Path) -> list[dict]:
+    """The KL-weight sweep from earlier runs' JSON: reconstruction against sample quality, a table and a plot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = []
+    for p in paths:
+        r = json.loads(p.read_text())
+        kl = r["args"]["kl"] if r["args"]["kl"] is not None else 1e-6
+        lt = [x for x in r["rows"] if x["model"] == "latent" and x["seed"] == r["args"]["seeds"][0]][0]
+        rows.append({"kl_weight": kl, "reconstruction_psnr": r["autoencoder"]["reconstruction_psnr"],
+                     "reconstruction_digits_fid": r["autoencoder"]["reconstruction_digits_fid"],
+                     "scale": r["autoencoder"]["scale"], "sample_digits_fid": lt["digits_fid"],
+                     "conditional_accuracy": lt["conditional_accuracy"], "seed": lt["seed"], "json": p.name})
+    rows.sort(key=lambda x: x["kl_weight"])
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot([x["reconstruction_psnr"] for x in rows], [x["sample_digits_fid"] for x in rows], "o-")
+    for x in rows:
+        ax.annotate(f"kl {x['kl_weight']:g}", (x["reconstruction_psnr"], x["sample_digits_fid"]),
+                    textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("autoencoder reconstruction PSNR (dB, test digits)")
+    ax.set_ylabel("latent model digits-FID (1000 samples)")
+    ax.set_title("KL weight: reconstruction against sample quality")
+    fig.tight_layout()
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure, dpi=120)
+    for x in rows:
+        print(f"kl {x['kl_weight']:8g}  recon PSNR {x['reconstruction_psnr']:6.2f}  recon FID "
+              f"{x['reconstruction_digits_fid']:7.2f}  scale {x['scale']:.3f}  sample FID {x['sample_digits_fid']:7.2f}  "
+              f"acc {x['conditional_accuracy']:.3f}")
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--work", required=True, help="folder for the three runs (reused when finished)")
+    ap.add_argument("--sweep", nargs="+", type=Path, help="collect the KL sweep from these results JSON files (no "
+                    "training): a table, results/latent_kl_sweep.json and docs/figures/latent_kl.png")
+    ap.add_argument("--work", help="folder for the three runs (reused when finished)")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--kl", type=float, default=None, help="autoencoder.kl_weight (default the recipe's)")
@@ -78,6 +115,12 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.sweep:
+        rows = kl_sweep(args.sweep, RESULTS.parent.parent / "docs" / "figures" / "latent_kl.png")
+        (RESULTS / "latent_kl_sweep.json").write_text(json.dumps(rows, indent=1))
+        return
+    if not args.work:
+        ap.error("--work is required (or --sweep)")
     torch.set_num_threads(args.threads)
     from diffsuite.core.precision import probe_machine
     from diffsuite.recipes import run

@@ -1,0 +1,111 @@
+"""Locomotion behaviour policies for Diffuser's MuJoCo setting (Janner et al. 2022; D4RL's recipe, Fu et al. 2020).
+
+D4RL's locomotion datasets are rollouts of SAC policies (Haarnoja et al. 2018). Here the policies are trained once with
+Stable-Baselines3 (benchmarks/locomotion/train_sac.py) and only their actors are kept: `Actor` is SAC's squashed
+Gaussian policy, a = low + (tanh(mu(s) + sigma(s) e) + 1) (high - low) / 2 with e ~ N(0, I) (e = 0 when deterministic),
+on a ReLU MLP, read from a safetensors file (no Stable-Baselines3 needed to act), its noise from a seeded generator.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # SAC's clamp of the log standard deviation (Stable-Baselines3's values)
+ENVS = ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5")
+
+
+class Actor(nn.Module):
+    """SAC's actor: ReLU MLP trunk, a mean and a log-std head, tanh squashing, rescaled to the action bounds."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple = (256, 256), low=None, high=None):
+        super().__init__()
+        layers, d = [], obs_dim
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.ReLU()]
+            d = h
+        self.latent_pi, self.mu, self.log_std = nn.Sequential(*layers), nn.Linear(d, act_dim), nn.Linear(d, act_dim)
+        self.register_buffer("low", torch.as_tensor(-np.ones(act_dim) if low is None else low, dtype=torch.float32))
+        self.register_buffer("high", torch.as_tensor(np.ones(act_dim) if high is None else high, dtype=torch.float32))
+
+    @torch.no_grad()
+    def forward(self, obs: torch.Tensor, generator: Optional[torch.Generator] = None,
+                deterministic: bool = False) -> torch.Tensor:
+        h = self.latent_pi(obs.float())
+        u = self.mu(h)
+        if not deterministic:
+            std = self.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
+            u = u + std * torch.randn(u.shape, generator=generator, dtype=u.dtype)
+        return self.low + (torch.tanh(u) + 1) * (self.high - self.low) / 2
+
+    def act(self, obs: np.ndarray, generator: Optional[torch.Generator] = None, deterministic: bool = False) -> np.ndarray:
+        """One action (or a batch) for numpy observations."""
+        a = self(torch.as_tensor(np.asarray(obs), dtype=torch.float32)[None] if np.ndim(obs) == 1 else
+                 torch.as_tensor(np.asarray(obs), dtype=torch.float32), generator, deterministic)
+        return a[0].numpy() if np.ndim(obs) == 1 else a.numpy()
+
+
+def save_actor(actor: Actor, path: str | Path, meta: dict) -> Path:
+    """The actor's weights and a JSON of its shape and provenance (env, steps, return) in one safetensors file."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hidden = [m.out_features for m in actor.latent_pi if isinstance(m, nn.Linear)]
+    info = {**meta, "obs_dim": actor.latent_pi[0].in_features, "act_dim": actor.mu.out_features, "hidden": hidden}
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in actor.state_dict().items()}, str(tmp), metadata={"actor": json.dumps(info)})
+    tmp.replace(path)
+    return path
+
+
+def load_actor(path: str | Path) -> tuple[Actor, dict]:
+    """(actor in eval mode, its metadata) from save_actor's file; a missing or foreign file is a one-line error."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"actor weights not found: {path}")
+    with safe_open(str(path), "pt") as f:
+        raw = (f.metadata() or {}).get("actor")
+    if raw is None:
+        raise ValueError(f"{path}: not an actor file written by save_actor (no 'actor' metadata)")
+    meta = json.loads(raw)
+    actor = Actor(meta["obs_dim"], meta["act_dim"], tuple(meta["hidden"]))
+    actor.load_state_dict(load_file(str(path)))
+    return actor.eval(), meta
+
+
+def actor_from_sb3(model) -> Actor:
+    """Our Actor with the weights of a Stable-Baselines3 SAC model's actor (same layout, squashing and bounds)."""
+    pol = model.policy.actor
+    space = model.action_space
+    hidden = tuple(m.out_features for m in pol.latent_pi if isinstance(m, nn.Linear))
+    actor = Actor(pol.mu.in_features if not hidden else pol.latent_pi[0].in_features, pol.mu.out_features, hidden,
+                  space.low, space.high)
+    actor.latent_pi.load_state_dict(pol.latent_pi.state_dict())
+    actor.mu.load_state_dict(pol.mu.state_dict())
+    actor.log_std.load_state_dict(pol.log_std.state_dict())
+    return actor.eval()
+
+
+def evaluate_actor(actor: Actor, env_id: str, episodes: int = 10, seed: int = 0, deterministic: bool = True,
+                   max_steps: int = 1000) -> dict:
+    """Undiscounted returns of `episodes` episodes (env seeds seed, seed + 1, ...): mean, std and each."""
+    import gymnasium as gym
+    env = gym.make(env_id, max_episode_steps=max_steps)
+    g = torch.Generator().manual_seed(seed)
+    returns, lengths = [], []
+    for e in range(episodes):
+        obs, _ = env.reset(seed=seed + e)
+        total, n, done = 0.0, 0, False
+        while not done:
+            obs, r, term, trunc, _ = env.step(actor.act(obs, g, deterministic))
+            total, n, done = total + float(r), n + 1, term or trunc
+        returns.append(total)
+        lengths.append(n)
+    env.close()
+    return {"mean": float(np.mean(returns)), "std": float(np.std(returns)), "returns": returns, "lengths": lengths}
