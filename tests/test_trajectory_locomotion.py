@@ -50,3 +50,42 @@ def test_evaluate_actor_runs_fixed_seed_episodes():
     r1 = evaluate_actor(a, "Hopper-v5", episodes=2, seed=5, max_steps=50)
     r2 = evaluate_actor(a, "Hopper-v5", episodes=2, seed=5, max_steps=50)
     assert r1 == r2 and len(r1["returns"]) == 2 and max(r1["lengths"]) <= 50
+
+
+def test_levels_follow_the_written_rule():
+    from diffsuite.modalities.trajectory.locomotion import select_levels
+    curve = [{"env_steps": s, "return_mean": r} for s, r in [(10, 100), (20, 900), (30, 1600), (40, 3000), (50, 2500)]]
+    lv = select_levels(curve, 0.5)
+    assert lv["expert"] == 40 and lv["medium"] == 30 and lv["replay"] == [10, 20, 30]
+
+
+def _actors(folder, n=3):
+    from diffsuite.modalities.trajectory.locomotion import save_actor
+    import json
+    folder.mkdir()
+    for i in range(n):
+        torch.manual_seed(i)
+        save_actor(Actor(11, 3, (8,)), folder / f"actor_{(i + 1) * 10:08d}.safetensors", {"env": "Hopper-v5"})
+    (folder / "levels.json").write_text(json.dumps({"expert": 30, "medium": 20, "replay": [10, 20]}))
+    return folder
+
+
+def test_rollouts_keep_terminals_and_timeouts_apart_and_are_bit_identical(tmp_path, monkeypatch):
+    from diffsuite.modalities.trajectory.locomotion import dataset_path, rollouts, generate_dataset
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    folder = _actors(tmp_path / "actors")
+    d = rollouts([load_actor(folder / "actor_00000010.safetensors")[0]], "Hopper-v5", 300, seed=0, max_episode_steps=40)
+    ends = np.flatnonzero(d["terminals"] | d["timeouts"])
+    assert not (d["terminals"] & d["timeouts"]).any() and ends[-1] == 299 and d["timeouts"][-1]
+    for a, b in zip(ends[:-1], ends[1:]):  # no episode is longer than the limit
+        assert b - a <= 40
+    within = np.setdiff1d(np.arange(299), ends)
+    np.testing.assert_array_equal(d["next_observations"][within], d["observations"][within + 1])
+    me, settings = generate_dataset("medium-expert", "Hopper-v5", folder, 100, seed=1, progress=False)
+    assert len(me["rewards"]) == 200 and set(settings["actors"]) == {"actor_00000020.safetensors",
+                                                                    "actor_00000030.safetensors"}
+    p1 = dataset_path("medium-replay", "Hopper-v5", folder, 120, progress=False)
+    a = np.load(p1)["observations"].copy()
+    p1.unlink()
+    p2 = dataset_path("medium-replay", "Hopper-v5", folder, 120, progress=False)
+    assert p1 == p2 and np.array_equal(np.load(p2)["observations"], a)  # regenerated bit for bit

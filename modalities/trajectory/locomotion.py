@@ -109,3 +109,107 @@ def evaluate_actor(actor: Actor, env_id: str, episodes: int = 10, seed: int = 0,
         lengths.append(n)
     env.close()
     return {"mean": float(np.mean(returns)), "std": float(np.std(returns)), "returns": returns, "lengths": lengths}
+
+
+# ---------------------------------------------------------------- levels and datasets (D4RL's recipe)
+
+MEDIUM_FRACTION = 0.5  # medium: the first snapshot whose 10-episode return reaches this fraction of the best one's
+DATASETS = ("medium", "medium-replay", "medium-expert")
+KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
+
+
+def select_levels(curve: list[dict], fraction: float = MEDIUM_FRACTION) -> dict:
+    """The rule, fixed before any policy was trained: expert = the snapshot with the best evaluation return; medium =
+    the first snapshot whose return reaches `fraction` of the expert's (D4RL's medium sits at 40-75% of its expert);
+    replay = every snapshot up to and including medium, oldest first. `curve`: entries with env_steps, return_mean."""
+    if not curve:
+        raise ValueError("select_levels: the evaluation curve is empty")
+    best = max(curve, key=lambda c: c["return_mean"])
+    target = fraction * best["return_mean"]
+    medium = next(c for c in curve if c["return_mean"] >= target)
+    replay = [c for c in curve if c["env_steps"] <= medium["env_steps"]]
+    return {"rule": f"medium = first return >= {fraction} x best; expert = best", "fraction": fraction,
+            "expert": best["env_steps"], "expert_return": best["return_mean"], "medium": medium["env_steps"],
+            "medium_return": medium["return_mean"], "replay": [c["env_steps"] for c in replay]}
+
+
+def rollouts(actors: list[Actor], env_id: str, n_steps: int, seed: int, max_episode_steps: int = 1000,
+             progress: bool = False) -> dict[str, np.ndarray]:
+    """n_steps of stochastic rollouts (the actors' Gaussian noise from one seeded generator), the actors taking equal
+    consecutive shares in order; episodes of at most max_episode_steps: `terminals` where the environment ended the
+    episode (a fall), `timeouts` where the step limit or the end of an actor's share cut it, as D4RL keeps them apart."""
+    import gymnasium as gym
+    from tqdm.auto import tqdm
+    env = gym.make(env_id, max_episode_steps=max_episode_steps)
+    g = torch.Generator().manual_seed(seed)
+    out = {k: [] for k in KEYS}
+    shares = [n_steps // len(actors) + (i < n_steps % len(actors)) for i in range(len(actors))]
+    episode = 0
+    bar = tqdm(total=n_steps, disable=not progress, desc=f"rollouts {env_id}", mininterval=1.0)
+    for actor, share in zip(actors, shares):
+        done, left = True, share
+        while left > 0:
+            if done:
+                obs, _ = env.reset(seed=seed * 1_000_003 + episode)
+                episode += 1
+            a = actor.act(obs, g)
+            nxt, r, term, trunc, _ = env.step(a)
+            left -= 1
+            cut = bool(trunc) or (left == 0 and not term)
+            for k, v in zip(KEYS, (obs, a, r, bool(term), cut, nxt)):
+                out[k].append(v)
+            obs, done = nxt, bool(term or trunc)
+            bar.update(1)
+    bar.close()
+    env.close()
+    dtypes = {"terminals": bool, "timeouts": bool}
+    return {k: np.asarray(v, dtype=dtypes.get(k, np.float32)) for k, v in out.items()}
+
+
+def actors_for(dataset: str, folder: Path, levels: dict) -> list[list[Path]]:
+    """The actor files of a dataset, as parts joined in order: medium [[medium]], medium-replay [[each snapshot up to
+    medium]], medium-expert [[medium], [expert]]."""
+    f = lambda steps: folder / f"actor_{steps:08d}.safetensors"  # noqa: E731
+    if dataset == "medium":
+        return [[f(levels["medium"])]]
+    if dataset == "medium-replay":
+        return [[f(s) for s in levels["replay"]]]
+    if dataset == "medium-expert":
+        return [[f(levels["medium"])], [f(levels["expert"])]]
+    raise ValueError(f"locomotion dataset {dataset!r}: expected one of {list(DATASETS)}")
+
+
+def generate_dataset(dataset: str, env_id: str, folder: Path, n_steps: int, seed: int = 0,
+                     progress: bool = True) -> tuple[dict, dict]:
+    """(arrays, settings) of a D4RL-style locomotion dataset from the actors in `folder` (with levels.json): each part
+    n_steps of rollouts (medium-expert: two parts, as D4RL joins medium and expert), deterministic given the actor
+    files (their sha256 in the settings) and the seed."""
+    from diffsuite.core.utils import sha256_file
+    levels = json.loads((Path(folder) / "levels.json").read_text())
+    parts = actors_for(dataset, Path(folder), levels)
+    data = [rollouts([load_actor(p)[0] for p in paths], env_id, n_steps, seed + i, progress=progress)
+            for i, paths in enumerate(parts)]
+    joined = {k: np.concatenate([d[k] for d in data]) for k in KEYS}
+    settings = {"dataset": dataset, "env_id": env_id, "n_steps_per_part": n_steps, "seed": seed, "levels": levels,
+                "actors": {p.name: sha256_file(p) for paths in parts for p in paths}, "format_version": 1}
+    return joined, settings
+
+
+def dataset_path(dataset: str, env_id: str, folder: Path, n_steps: int, seed: int = 0, progress: bool = True) -> Path:
+    """The cached dataset (generated on first use) with a manifest of its settings and content hash."""
+    import hashlib
+    import io
+    from diffsuite.core.utils import atomic_write_bytes, atomic_write_json, cache_dir, sha256_file
+    actors = sorted(Path(folder).glob("actor_*.safetensors"))
+    key = hashlib.sha256(json.dumps([dataset, env_id, n_steps, seed, (Path(folder) / "levels.json").read_text(),
+                                     [sha256_file(p) for p in actors]]).encode()).hexdigest()[:12]
+    d = cache_dir("trajectory", f"{env_id}_{dataset}_{n_steps}_seed{seed}_{key}")
+    path, manifest = d / "dataset.npz", d / "manifest.json"
+    if path.is_file() and manifest.is_file() and json.loads(manifest.read_text()).get("sha256") == sha256_file(path):
+        return path
+    data, settings = generate_dataset(dataset, env_id, folder, n_steps, seed, progress)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **data, settings=np.array(json.dumps(settings, sort_keys=True)))
+    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_json(manifest, {"settings": settings, "file": path.name, "sha256": sha256_file(path)})
+    return path
