@@ -22,7 +22,7 @@ def build_denoiser(net, cfg: DiffusionConfig, for_sampling: bool = False) -> Den
                     X0_TRANSFORMS[cfg.clip_x0] if for_sampling else None, cfg.time_input)
 
 
-def build_loss(cfg: DiffusionConfig) -> DiffusionLoss:
+def build_loss(cfg: DiffusionConfig, element_weight=None) -> DiffusionLoss:
     timesteps = ImportanceTimesteps(cfg.T) if cfg.importance_sampling else \
         ContinuousTimesteps(cfg.T) if cfg.continuous_t else None
-    return DiffusionLoss(cfg.weighting, cfg.min_snr_gamma, cfg.vlb_weight, timesteps)
+    return DiffusionLoss(cfg.weighting, cfg.min_snr_gamma, cfg.vlb_weight, timesteps, element_weight)

@@ -169,6 +169,9 @@ class DiffusionLoss:
     gamma: float = 5.0
     vlb_weight: float = 0.001
     timesteps: object = None  # UniformTimesteps / ImportanceTimesteps; uniform by default
+    #: per-element weights of one sample (broadcast over the batch), e.g. Diffuser's action weight on the first
+    #: step's actions; the squared error is weighted before its mean (Diffuser's WeightedLoss)
+    element_weight: Optional[torch.Tensor] = None
 
     def __call__(self, denoiser, x0, cond=None, generator=None):
         sch = denoiser.schedule if hasattr(denoiser, "schedule") else denoiser.module.schedule
@@ -185,7 +188,10 @@ class DiffusionLoss:
         pred = denoiser(x_t, t.float(), cond)
         inner = denoiser.module if hasattr(denoiser, "module") else denoiser
         target = target_for(inner.prediction, x0, eps, ab)
-        mse = mean_flat((pred.out.float() - target.float()) ** 2)
+        se = (pred.out.float() - target.float()) ** 2
+        if self.element_weight is not None:
+            se = se * self.element_weight.to(se.device)
+        mse = mean_flat(se)
         loss = mse * loss_weight(self.weighting, inner.prediction, snr, self.gamma)
         if pred.v_var is not None:
             x0_sg = pred.x0.detach()  # stop-gradient on the mean in the vlb term

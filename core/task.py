@@ -71,6 +71,11 @@ class Task:
         refuses with a ConfigError."""
         raise ConfigError(f"task {self.name!r} does not support classify: its model has no conditions to rank")
 
+    def loss_weights(self, model: Any, data: Any) -> Optional[torch.Tensor]:
+        """Per-element weights of one sample's squared error in the diffusion loss (None: uniform); e.g. Diffuser's
+        weight on the first step's actions."""
+        return None
+
     def build_dataset(self, data: Any, split: str = "train") -> torch.utils.data.Dataset:
         """A map-style dataset of x0 tensors or {"x0", "cond"} dicts; split is 'train', 'val' or 'test'."""
         raise NotImplementedError

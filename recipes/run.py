@@ -172,7 +172,7 @@ def training_loss(task, r: Recipe):
     if r.autoencoder is not None:
         return AutoencoderLoss(r.autoencoder.kl_weight, r.autoencoder.recon)
     if r.gan is None:
-        return build_loss(r.diffusion)
+        return build_loss(r.diffusion, task.loss_weights(r.model, r.data))
     from diffsuite.core.ddgan import DenoisingDiffusionGAN
     if r.diffusion.prediction != "x0":
         raise ConfigError(f"gan: a denoising diffusion GAN's generator predicts x0; set diffusion.prediction=x0 "

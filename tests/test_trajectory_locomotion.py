@@ -89,3 +89,70 @@ def test_rollouts_keep_terminals_and_timeouts_apart_and_are_bit_identical(tmp_pa
     p1.unlink()
     p2 = dataset_path("medium-replay", "Hopper-v5", folder, 120, progress=False)
     assert p1 == p2 and np.array_equal(np.load(p2)["observations"], a)  # regenerated bit for bit
+
+
+def test_returns_to_go_and_the_terminal_penalty_are_exact():
+    """A hand-made stream: a 3-step episode that falls (terminal) and a 2-step one cut by a timeout; the penalty lands
+    on the fall only, and returns-to-go stop at episode ends."""
+    from diffsuite.modalities.trajectory.data import SequenceDataset
+    obs, act = np.zeros((5, 2), np.float32), np.zeros((5, 1), np.float32)
+    rewards = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    terminals = np.array([0, 0, 1, 0, 0], bool)
+    timeouts = np.array([0, 0, 0, 0, 1], bool)
+    seq = SequenceDataset(obs, act, rewards, terminals, timeouts, horizon=1, normalizer="gaussian", discount=0.5,
+                          terminal_penalty=-100.0)
+    assert seq.bounds == [(0, 3), (3, 5)]
+    want = [1 + 0.5 * 2 + 0.25 * (3 - 100), 2 + 0.5 * (3 - 100), 3 - 100, 4 + 0.5 * 5, 5]
+    np.testing.assert_allclose([seq.window_return(i) for i in range(5)], want)
+    seq2 = SequenceDataset(obs, act, rewards, terminals, timeouts, horizon=2, normalizer="gaussian")
+    assert [(w.episode, w.start) for w in seq2.windows] == [(0, 0), (0, 1), (1, 0)]  # never across an end
+
+
+def test_action_weight_is_diffusers_weighted_loss():
+    from diffsuite.core.losses import DiffusionLoss
+    from diffsuite.modalities.trajectory.task import TrajectoryDataConfig, TrajectoryModelConfig, TrajectoryTask
+    w = TrajectoryTask().loss_weights(TrajectoryModelConfig(transition_dim=5, action_dim=2),
+                                      TrajectoryDataConfig(horizon=4, action_weight=10.0))
+    assert w.shape == (4, 5) and w[0, :2].tolist() == [10, 10] and w.sum() == 18 + 2 * 10
+    assert TrajectoryTask().loss_weights(TrajectoryModelConfig(), TrajectoryDataConfig()) is None
+    from diffsuite.core.build import build_denoiser
+    from diffsuite.core.config import DiffusionConfig
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, t, cond=None):
+            return torch.zeros_like(x)
+    den = build_denoiser(Zero(), DiffusionConfig(T=10, prediction="x0"))
+    x0 = torch.zeros(3, 4, 5)
+    x0[:, 0, :2] = 1.0  # the only error sits on the first step's actions
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    plain, _ = DiffusionLoss()(den, x0, None, g())
+    weighted, _ = DiffusionLoss(element_weight=w)(den, x0, None, g())
+    torch.testing.assert_close(weighted, 10 * plain)
+
+
+def test_a_tiny_locomotion_run_end_to_end(tmp_path, monkeypatch):
+    """A few thousand generated steps from test actors, a few training steps, a value function, and planned episodes
+    with `diffsuite plan` (value guidance at scale 0 plans exactly as without guidance)."""
+    import json
+    from diffsuite.recipes import run
+    from diffsuite.recipes.cli import main
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    folder = _actors(tmp_path / "actors")
+    r = {"task": "trajectory", "name": "hopper_test",
+         "model": {"transition_dim": 14, "action_dim": 3, "dim": 8, "dim_mults": [1, 2]},
+         "data": {"env_id": "Hopper-v5", "dataset": "medium", "actors": str(folder), "size": "2000", "horizon": 8,
+                  "normalizer": "gaussian", "condition": "start", "discount": 0.997, "terminal_penalty": -100.0,
+                  "action_weight": 10.0},
+         "diffusion": {"schedule": "cosine", "T": 20, "prediction": "eps"},
+         "train": {"steps": 3, "batch_size": 4, "lr": 1e-3, "progress": False, "tensorboard": False},
+         "sample": {"sampler": "ddim", "steps": 3, "n": 2}}
+    out = run.train(r, out_dir=tmp_path / "run")
+    assert main(["train-value", str(out), "--steps", "3", "--discount", "0.997"]) == 0
+    args = ["plan", str(out), "--episodes", "2", "--reference-episodes", "2", "--value", str(out / "value"),
+            "--candidates", "2", "--steps", "3"]
+    assert main(args + ["--guide-scale", "0", "--out", str(tmp_path / "p0")]) == 0
+    assert main(args + ["--guidance", "none", "--out", str(tmp_path / "pn")]) == 0
+    s0 = json.loads((tmp_path / "p0" / "summary.json").read_text())
+    sn = json.loads((tmp_path / "pn" / "summary.json").read_text())
+    assert s0["per_episode"] == sn["per_episode"]  # scale 0: the same plans, the same episodes
+    assert s0["episodes"] == 2 and np.isfinite(s0["normalized_score"]) and s0["plan_seconds_mean"] > 0

@@ -1,6 +1,7 @@
 """`diffsuite plan CHECKPOINT --env PointMaze_UMaze-v3 --episodes N [--multi-task]`: closed-loop planning in PointMaze."""
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from diffsuite.core.config import ConfigError, nonnegative_int, positive_int
 from diffsuite.core.utils import atomic_write_json
 
+from . import locomotion
 from .evaluate import plan_episode, reference_returns, summarize
 from .maze import MazeGrid, env_id_for, make_env
 from .planner import LOOKAHEAD, PD_KD, PD_KP, Planner, PlannerConfig, wall_value
@@ -48,6 +50,8 @@ def add_commands(subparsers) -> None:
                    help="with --candidates > 1: keep the candidate plan that runs least into the maze's walls "
                         "(planner.wall_value); not with --value")
     p.add_argument("--guide-scale", type=float, default=0.1)
+    p.add_argument("--filmstrip", action="store_true", help="locomotion: render the first episode (MuJoCo, EGL) into "
+                   "filmstrip.png")
     p.add_argument("--reference-episodes", type=positive_int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -113,6 +117,8 @@ def cmd_plan(args) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: CUDA is not available here (torch {torch.__version__}); use cpu")
     loaded = args.load(args.checkpoint, device=args.device, task="trajectory", command="diffsuite plan")
+    if loaded.recipe.data.env_id in locomotion.ENVS:
+        return plan_locomotion(args, loaded)
     env_id = env_id_for(args.env or loaded.recipe.data.env_id)
     if env_id != env_id_for(loaded.recipe.data.env_id):
         warnings.warn(f"planning in {env_id} with a model trained on {loaded.recipe.data.env_id}")
@@ -138,6 +144,57 @@ def cmd_plan(args) -> int:
           f"normalized score {summary['normalized_score']:.1f} (D4RL's reference protocol: "
           f"{summary['normalized_score_d4rl']:.1f}), plan time mean {1e3 * summary['plan_seconds_mean']:.0f} ms "
           f"p95 {1e3 * summary['plan_seconds_p95']:.0f} ms -> {out}")
+    return 0
+
+
+def plan_locomotion(args, loaded) -> int:
+    """`diffsuite plan` in Hopper / Walker2d / HalfCheetah: receding-horizon planning (every --replan-every steps,
+    default every step), returns and normalised scores against our references (random actions, the expert actor)
+    and D4RL's constants, plan time per call, and a filmstrip of the first episode."""
+    import os
+    import gymnasium as gym
+    env_id, d = loaded.recipe.data.env_id, loaded.recipe.data
+    if args.env and args.env != env_id:
+        raise ConfigError(f"--env {args.env}: this model was trained on {env_id}")
+    if args.avoid_walls or args.multi_task:
+        raise ConfigError("--avoid-walls and --multi-task are for the mazes, not for locomotion")
+    planner = _planner(args, loaded)
+    folder = Path(d.actors) if d.actors else locomotion.ACTORS / env_id
+    levels = json.loads((folder / "levels.json").read_text())
+    expert = folder / f"actor_{levels['expert']:08d}.safetensors"
+    eps = []
+    for i in range(args.episodes):
+        film = i == 0 and args.filmstrip
+        if film:
+            os.environ.setdefault("MUJOCO_GL", "egl")
+        env = gym.make(env_id, max_episode_steps=1000, **({"render_mode": "rgb_array", "width": 160, "height": 120}
+                                                          if film else {}))
+        try:
+            eps.append(locomotion.plan_episode(env, planner, args.seed + i, args.replan_every or 1,
+                                               frames_every=25 if film else 0))
+        finally:
+            env.close()
+    ref = locomotion.reference_returns(env_id, expert, args.reference_episodes)
+    R = np.array([e["return"] for e in eps])
+    secs = np.concatenate([e["plan_seconds"] for e in eps])
+    scores = [locomotion.normalized(r, ref["random"], ref["expert"]) for r in R]
+    d4rl = [locomotion.normalized(r, *locomotion.D4RL_REFERENCE[env_id]) for r in R]
+    summary = {"env_id": env_id, "dataset": d.dataset, "episodes": len(eps), "return_mean": float(R.mean()),
+               "return_std": float(R.std()), "normalized_score": float(np.mean(scores)),
+               "normalized_score_std": float(np.std(scores)), "normalized_score_d4rl_constants": float(np.mean(d4rl)),
+               "references": ref, "d4rl_constants": locomotion.D4RL_REFERENCE[env_id],
+               "fell": int(sum(e["terminated"] for e in eps)), "plan_seconds_mean": float(secs.mean()),
+               "plan_seconds_p95": float(np.percentile(secs, 95)), "replan_every": args.replan_every or 1,
+               "checkpoint": str(loaded.checkpoint), "train_step": loaded.step, "planner": vars(planner.cfg),
+               "per_episode": [{k: e[k] for k in ("seed", "return", "length", "terminated")} for e in eps]}
+    out = Path(args.out or Path(loaded.checkpoint).parent.parent / "plans" / f"plan-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "summary.json", summary)
+    strip = locomotion.filmstrip(eps[0]["frames"], out / "filmstrip.png") if eps and eps[0]["frames"] else None
+    print(f"{env_id} ({d.dataset}), {len(eps)} episodes: return {summary['return_mean']:.1f} +- "
+          f"{summary['return_std']:.1f}, normalised score {summary['normalized_score']:.1f} (D4RL's constants: "
+          f"{summary['normalized_score_d4rl_constants']:.1f}), fell {summary['fell']}, plan time mean "
+          f"{1e3 * summary['plan_seconds_mean']:.0f} ms -> {out}" + (f" (filmstrip: {strip})" if strip else ""))
     return 0
 
 

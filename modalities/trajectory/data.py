@@ -104,7 +104,7 @@ class SequenceDataset(torch.utils.data.Dataset):
 
     def __init__(self, observations, actions, rewards, terminals, timeouts, horizon: int,
                  normalizer: str = "limits", use_padding: bool = False, discount: float = 0.99,
-                 min_episode_length: int = 1):
+                 min_episode_length: int = 1, terminal_penalty: float = 0.0):
         obs, act = np.asarray(observations, np.float32), np.asarray(actions, np.float32)
         if len(obs) != len(act) or obs.ndim != 2 or act.ndim != 2:
             raise ValueError(f"SequenceDataset: observations {obs.shape} and actions {act.shape} must be (N, S), (N, A)")
@@ -115,7 +115,8 @@ class SequenceDataset(torch.utils.data.Dataset):
         self.normalizer = make_normalizer(normalizer, joint)
         self.joint = self.normalizer.normalize(joint)
         self.pad = self.normalizer.normalize(np.zeros((1, joint.shape[1]), np.float32))[0]
-        self.rtg = np.concatenate([discounted_returns_to_go(np.asarray(rewards)[s:e], discount) for s, e in self.bounds]) \
+        rewards = np.asarray(rewards, np.float64) + terminal_penalty * np.asarray(terminals, bool)  # Diffuser's penalty
+        self.rtg = np.concatenate([discounted_returns_to_go(rewards[s:e], discount) for s, e in self.bounds]) \
             if self.bounds else np.zeros(0)
         self._rtg_offset = np.cumsum([0] + [e - s for s, e in self.bounds])
         self.windows = self._make_windows()

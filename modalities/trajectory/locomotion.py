@@ -17,6 +17,7 @@ from torch import nn
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # SAC's clamp of the log standard deviation (Stable-Baselines3's values)
 ENVS = ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5")
+ACTORS = Path(__file__).resolve().parent / "actors"  # the committed actors: actors/<env>/actor_*.safetensors, levels.json
 
 
 class Actor(nn.Module):
@@ -200,6 +201,10 @@ def dataset_path(dataset: str, env_id: str, folder: Path, n_steps: int, seed: in
     import hashlib
     import io
     from diffsuite.core.utils import atomic_write_bytes, atomic_write_json, cache_dir, sha256_file
+    if not (Path(folder) / "levels.json").is_file():
+        raise FileNotFoundError(f"no behaviour policies for {env_id} in {folder} (actor_*.safetensors and levels.json): "
+                                f"train them with benchmarks/locomotion/train_sac.py --env {env_id} and export them with "
+                                "benchmarks/locomotion/export_actors.py, or set data.actors")
     actors = sorted(Path(folder).glob("actor_*.safetensors"))
     key = hashlib.sha256(json.dumps([dataset, env_id, n_steps, seed, (Path(folder) / "levels.json").read_text(),
                                      [sha256_file(p) for p in actors]]).encode()).hexdigest()[:12]
@@ -212,4 +217,90 @@ def dataset_path(dataset: str, env_id: str, folder: Path, n_steps: int, seed: in
     np.savez_compressed(buf, **data, settings=np.array(json.dumps(settings, sort_keys=True)))
     atomic_write_bytes(path, buf.getvalue())
     atomic_write_json(manifest, {"settings": settings, "file": path.name, "sha256": sha256_file(path)})
+    return path
+
+
+# ---------------------------------------------------------------- planning in the environment (Diffuser, Alg. 1)
+
+#: D4RL's normalisation constants (random, expert returns) for its v2 environments; v5 differs (simulator, Walker2d's
+#: foot friction, the healthy reward on the last step), so scores against them are not comparable digit for digit
+D4RL_REFERENCE = {"Hopper-v5": (-20.272305, 3234.3), "HalfCheetah-v5": (-280.178953, 12135.0),
+                  "Walker2d-v5": (1.629008, 4592.3)}
+
+
+def plan_episode(env, planner, seed: int, replan_every: int = 1, max_steps: int = 1000, frames_every: int = 0) -> dict:
+    """One episode of receding-horizon planning: plan from the current state (start-state inpainting, value guidance
+    and ranking as the planner is configured), execute the plan's actions from its first, replan every
+    `replan_every` steps (1: every step, Diffuser's locomotion setting) with the previous plan shifted for a warm
+    start. Returns the return, length, whether it fell, plan seconds, and frames when the env renders."""
+    low, high = env.action_space.low, env.action_space.high
+    g = torch.Generator().manual_seed(seed)
+    obs, _ = env.reset(seed=seed)
+    total, plan, k, secs, frames, term = 0.0, None, 0, [], [], False
+    planner.prev = None
+    for step in range(max_steps):
+        if plan is None or k >= replan_every or k >= len(plan.actions):
+            plan = planner.plan(obs, None, generator=g, shift=k)
+            k = 0
+            secs.append(plan.seconds)
+        obs, r, term, trunc, _ = env.step(np.clip(plan.actions[k], low, high))
+        total, k = total + float(r), k + 1
+        if frames_every and step % frames_every == 0:
+            frames.append(env.render())
+        if term or trunc:
+            break
+    return {"seed": seed, "return": total, "length": step + 1, "terminated": bool(term), "plan_seconds": secs,
+            "frames": frames}
+
+
+def random_returns(env_id: str, episodes: int, seed: int = 0) -> list[float]:
+    """Returns of uniformly random actions (the floor of the normalised score)."""
+    import gymnasium as gym
+    env = gym.make(env_id, max_episode_steps=1000)
+    rng = np.random.default_rng(seed)
+    out = []
+    for e in range(episodes):
+        env.reset(seed=seed + e)
+        total, done = 0.0, False
+        while not done:
+            _, r, term, trunc, _ = env.step(rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32))
+            total, done = total + float(r), term or trunc
+        out.append(total)
+    env.close()
+    return out
+
+
+def reference_returns(env_id: str, expert: Path, episodes: int = 100, seed: int = 100_000) -> dict:
+    """Our normalisation references, cached: the mean return of random actions and of the expert actor
+    (deterministic), each over `episodes` episodes of the same environment."""
+    from diffsuite.core.utils import atomic_write_json, cache_dir, sha256_file
+    key = f"{env_id}-{episodes}-{seed}-{sha256_file(expert)[:12]}"
+    f = cache_dir("trajectory", "locomotion-references") / f"{key}.json"
+    if f.is_file():
+        return json.loads(f.read_text())
+    ref = {"random": float(np.mean(random_returns(env_id, episodes, seed))),
+           "expert": evaluate_actor(load_actor(expert)[0], env_id, episodes, seed)["mean"], "episodes": episodes,
+           "expert_actor": expert.name}
+    atomic_write_json(f, ref)
+    return ref
+
+
+def normalized(R: float, random: float, expert: float) -> float:
+    """D4RL's normalised score: 100 (R - random) / (expert - random)."""
+    return 100.0 * (R - random) / (expert - random)
+
+
+def filmstrip(frames: list, path: Path, per_row: int = 8) -> Optional[Path]:
+    """A PNG of frames side by side (rows of per_row), or None without frames."""
+    if not frames:
+        return None
+    from PIL import Image
+    h, w = frames[0].shape[:2]
+    rows = -(-len(frames) // per_row)
+    sheet = np.full((rows * h, min(len(frames), per_row) * w, 3), 255, np.uint8)
+    for i, fr in enumerate(frames):
+        r, c = divmod(i, per_row)
+        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = fr
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sheet).save(path)
     return path

@@ -21,6 +21,7 @@ from diffsuite.core.config import valid
 from diffsuite.core.task import Task
 from diffsuite.core.utils import atomic_write_json
 
+from . import locomotion
 from .data import NORMALIZERS, SequenceDataset
 from .generate import GenSettings, dataset_path, load_npz, n_steps_for
 from .maze import env_id_for
@@ -59,6 +60,11 @@ class TrajectoryDataConfig:
     episode_ends: str = valid("terminals", choices=("terminals", "timeouts"))
     #: what the model sees clean in x_t (Diffuser's conditioning): start_goal (maze2d GoalDataset), start, none
     condition: str = valid("start_goal", choices=lambda: sorted(CONDITIONS))
+    # locomotion (Hopper-v5, Walker2d-v5, HalfCheetah-v5): D4RL-style rollouts of the committed SAC actors
+    dataset: str = valid("medium", choices=("medium", "medium-replay", "medium-expert"))
+    actors: Optional[str] = None  # the actors' folder (actor_*.safetensors, levels.json); default the committed ones
+    terminal_penalty: float = 0.0  # added to the reward of a step that ends its episode by termination (Diffuser: -100)
+    action_weight: float = valid(1.0, min=0)  # loss weight of the first step's actions (Diffuser's locomotion: 10)
 
 
 @functools.lru_cache(maxsize=4)
@@ -66,6 +72,10 @@ def _dataset(data_key: str) -> SequenceDataset:
     d = TrajectoryDataConfig(**json.loads(data_key))
     if d.path:
         arrays, _ = load_npz(d.path)
+    elif d.env_id in locomotion.ENVS:
+        folder = Path(d.actors) if d.actors else locomotion.ACTORS / d.env_id
+        n = {"d4rl": 1_000_000, "cpu": 100_000, "tiny": 5_000}.get(d.size) or int(d.size)
+        arrays, _ = load_npz(locomotion.dataset_path(d.dataset, d.env_id, folder, n, d.seed))
     else:
         s = GenSettings(env_id=env_id_for(d.env_id), n_steps=n_steps_for(d.size, d.env_id), seed=d.seed,
                         action_noise=d.action_noise)
@@ -74,7 +84,8 @@ def _dataset(data_key: str) -> SequenceDataset:
         raise ValueError(f"data.episode_ends={d.episode_ends!r}: valid: terminals, timeouts")
     terminals = arrays["terminals"] if d.episode_ends == "terminals" else np.zeros_like(arrays["terminals"])
     return SequenceDataset(arrays["observations"], arrays["actions"], arrays["rewards"], terminals,
-                           arrays["timeouts"], d.horizon, d.normalizer, d.use_padding, d.discount)
+                           arrays["timeouts"], d.horizon, d.normalizer, d.use_padding, d.discount,
+                           terminal_penalty=d.terminal_penalty)
 
 
 def full_dataset(data: TrajectoryDataConfig) -> SequenceDataset:
@@ -108,6 +119,24 @@ class _Split(torch.utils.data.Dataset):
         return x0 if c is None else {"x0": x0, "cond": c}
 
 
+def state_curves(states: torch.Tensor, path: Path, dims: int = 4) -> Path:
+    """A PNG of the first `dims` state dimensions of up to 8 plans (B, H, S) over the horizon."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    k = min(dims, states.shape[-1])
+    fig, axes = plt.subplots(1, k, figsize=(3 * k, 2.4), squeeze=False)
+    for j, ax in enumerate(axes[0]):
+        for p in states[:8]:
+            ax.plot(p[:, j].numpy(), lw=0.8)
+        ax.set_title(f"state {j}")
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 class TrajectoryTask(Task):
     name = "trajectory"
     ModelConfig = TrajectoryModelConfig
@@ -122,6 +151,14 @@ class TrajectoryTask(Task):
         """DDGAN's D(x_{t-1}, x_t, t): a time-conditional strided 1-D conv net over the horizon (core.ddgan)."""
         from diffsuite.core.ddgan import ConvDiscriminator
         return ConvDiscriminator(1, model.transition_dim, gan.d_width, gan.d_levels, channel_axis=-1)
+
+    def loss_weights(self, model: TrajectoryModelConfig, data: TrajectoryDataConfig):
+        """Diffuser's WeightedLoss: 1 everywhere but data.action_weight on the first step's actions."""
+        if data.action_weight == 1.0:
+            return None
+        w = torch.ones(data.horizon, model.transition_dim)
+        w[0, :model.action_dim] = data.action_weight
+        return w
 
     def build_dataset(self, data: TrajectoryDataConfig, split: str = "train"):
         seq = full_dataset(data)
@@ -154,6 +191,8 @@ class TrajectoryTask(Task):
         seq = full_dataset(cfg.data)
         a, s = seq.split(seq.normalizer.unnormalize(x.detach().cpu().float()))
         atomic_write_json(out_dir / "samples.json", {"actions": a.tolist(), "observations": s.tolist()})
+        if cfg.data.env_id in locomotion.ENVS:  # no maze to draw on: each sample's first state dims over time
+            return {"json": str(out_dir / "samples.json"), "png": str(state_curves(s, out_dir / "samples.png"))}
         png = draw_paths(cfg.data.env_id, [p[:, :2].numpy() for p in s], out_dir / "samples.png")
         return {"json": str(out_dir / "samples.json"), "png": str(png)}
 
