@@ -156,3 +156,13 @@ def test_a_tiny_locomotion_run_end_to_end(tmp_path, monkeypatch):
     sn = json.loads((tmp_path / "pn" / "summary.json").read_text())
     assert s0["per_episode"] == sn["per_episode"]  # scale 0: the same plans, the same episodes
     assert s0["episodes"] == 2 and np.isfinite(s0["normalized_score"]) and s0["plan_seconds_mean"] > 0
+
+
+def test_behaviour_cloning_fits_a_linear_policy():
+    from diffsuite.modalities.trajectory.locomotion import train_bc
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(2000, 4)).astype(np.float32)
+    act = np.tanh(obs @ rng.normal(size=(4, 2)).astype(np.float32) * 0.5)
+    pi = train_bc(obs, act, -np.ones(2), np.ones(2), steps=600, batch=128, lr=3e-3)
+    err = np.abs(np.stack([pi.act(o) for o in obs[:200]]) - act[:200]).mean()
+    assert err < 0.05, err

@@ -304,3 +304,66 @@ def filmstrip(frames: list, path: Path, per_row: int = 8) -> Optional[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(sheet).save(path)
     return path
+
+
+# ---------------------------------------------------------------- behaviour cloning: the floor of offline RL
+
+class BCPolicy(nn.Module):
+    """a = low + (tanh(MLP(s)) + 1) (high - low) / 2, fitted to the dataset's actions by MSE (behaviour cloning)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, low, high, hidden: tuple = (256, 256)):
+        super().__init__()
+        layers, d = [], obs_dim
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.ReLU()]
+            d = h
+        self.net = nn.Sequential(*layers, nn.Linear(d, act_dim))
+        self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32))
+        self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32))
+        self.register_buffer("mu", torch.zeros(obs_dim))
+        self.register_buffer("sd", torch.ones(obs_dim))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        u = torch.tanh(self.net((obs.float() - self.mu) / self.sd))
+        return self.low + (u + 1) * (self.high - self.low) / 2
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, generator=None, deterministic: bool = True) -> np.ndarray:
+        return self(torch.as_tensor(np.asarray(obs), dtype=torch.float32)[None])[0].numpy()
+
+
+def train_bc(observations: np.ndarray, actions: np.ndarray, low, high, steps: int = 20000, batch: int = 256,
+             lr: float = 1e-3, seed: int = 0) -> BCPolicy:
+    """Behaviour cloning: MSE on (state, action) pairs, Adam, observations standardised by the data's statistics."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    obs, act = torch.as_tensor(observations, dtype=torch.float32), torch.as_tensor(actions, dtype=torch.float32)
+    pi = BCPolicy(obs.shape[1], act.shape[1], low, high)
+    pi.mu.copy_(obs.mean(0))
+    pi.sd.copy_(obs.std(0) + 1e-6)
+    opt = torch.optim.Adam(pi.net.parameters(), lr=lr)
+    for _ in range(steps):
+        idx = torch.randint(len(obs), (batch,), generator=g)
+        loss = (pi(obs[idx]) - act[idx]).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return pi.eval()
+
+
+def policy_returns(policy, env_id: str, episodes: int, seed: int, deterministic: bool = True) -> list[float]:
+    """Returns of any `policy.act(obs, generator, deterministic)` over episodes with env seeds seed, seed + 1, ..."""
+    import gymnasium as gym
+    env = gym.make(env_id, max_episode_steps=1000)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for e in range(episodes):
+        obs, _ = env.reset(seed=seed + e)
+        total, done = 0.0, False
+        while not done:
+            obs, r, term, trunc, _ = env.step(np.clip(policy.act(obs, g, deterministic), env.action_space.low,
+                                                      env.action_space.high))
+            total, done = total + float(r), term or trunc
+        out.append(total)
+    env.close()
+    return out

@@ -12,7 +12,7 @@ import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ class TrajectoryDataConfig:
     """Which dataset (generated PointMaze stream or an explicit .npz) and how it is cut into windows."""
 
     env_id: str = "PointMaze_UMaze-v3"
-    size: str = "cpu"  # d4rl | cpu | tiny | a step count
+    size: Union[str, int] = "cpu"  # d4rl | cpu | tiny | a step count
     seed: int = 0
     action_noise: float = valid(0.5, min=0)
     path: Optional[str] = None  # an explicit .npz with observations, actions, rewards, terminals, timeouts

@@ -1,0 +1,105 @@
+"""Diffuser's locomotion table, measured here: per environment and dataset, the value-guided planner (a trained
+trajectory run and its value function), behaviour cloning on the same data (an MLP, the floor every offline method
+must beat) and the behaviour policy itself (the actor that generated the data, stochastic as it was then), each over
+--episodes episodes with fixed seeds; mean and spread of the return, normalised scores against our references
+(random actions and our expert actor over 100 episodes) and against D4RL's constants (not comparable digit for
+digit: v5 is not D4RL's v2), and the planner's time per planning call.
+
+    python benchmarks/locomotion/evaluate.py RUN --value RUN/value [--episodes 10] [--candidates 64]
+
+Writes benchmarks/results/locomotion_<env>_<dataset>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def row(name: str, returns: list[float], ref: dict, d4rl: tuple, extra: dict | None = None) -> dict:
+    from diffsuite.modalities.trajectory.locomotion import normalized
+    R = np.array(returns)
+    s = [normalized(r, ref["random"], ref["expert"]) for r in R]
+    out = {"method": name, "episodes": len(R), "return_mean": float(R.mean()), "return_std": float(R.std()),
+           "normalized_score": float(np.mean(s)), "normalized_score_std": float(np.std(s)),
+           "normalized_score_d4rl_constants": float(np.mean([normalized(r, *d4rl) for r in R])), **(extra or {})}
+    print(f"{name:40s} return {out['return_mean']:8.1f} +- {out['return_std']:7.1f}  score {out['normalized_score']:6.1f}"
+          f" (D4RL constants {out['normalized_score_d4rl_constants']:6.1f})", flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run", help="a trained locomotion trajectory run")
+    ap.add_argument("--value", required=True, help="its value function folder (diffsuite train-value)")
+    ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--candidates", type=int, default=64)
+    ap.add_argument("--guide-scale", type=float, default=0.1)
+    ap.add_argument("--replan-every", type=int, default=1)
+    ap.add_argument("--bc-steps", type=int, default=20000)
+    ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import gymnasium as gym
+    from diffsuite.core.precision import probe_machine
+    from diffsuite.modalities.trajectory import locomotion as L
+    from diffsuite.modalities.trajectory.cli import _planner
+    from diffsuite.modalities.trajectory.task import full_dataset
+    from diffsuite.recipes.run import load
+    loaded = load(args.run)
+    d = loaded.recipe.data
+    env_id = d.env_id
+    folder = Path(d.actors) if d.actors else L.ACTORS / env_id
+    levels = json.loads((folder / "levels.json").read_text())
+    ref = L.reference_returns(env_id, folder / f"actor_{levels['expert']:08d}.safetensors")
+    d4rl = L.D4RL_REFERENCE[env_id]
+    rows = []
+    # the planner
+    opts = SimpleNamespace(value=args.value, guidance=None, avoid_walls=False, candidates=args.candidates,
+                           guide_scale=args.guide_scale, warm_start=0.0, sampler=None, steps=None, device="cpu")
+    planner = _planner(opts, loaded)
+    eps = []
+    for i in range(args.episodes):
+        env = gym.make(env_id, max_episode_steps=1000)
+        eps.append(L.plan_episode(env, planner, args.seed + i, args.replan_every))
+        env.close()
+    secs = np.concatenate([e["plan_seconds"] for e in eps])
+    rows.append(row(f"Diffuser planner ({args.candidates} candidates, value guided)", [e["return"] for e in eps], ref,
+                    d4rl, {"plan_seconds_mean": float(secs.mean()), "fell": int(sum(e["terminated"] for e in eps))}))
+    # behaviour cloning on the same data
+    seq = full_dataset(d)
+    a, s = seq.split(torch.as_tensor(seq.normalizer.unnormalize(seq.joint)))
+    env = gym.make(env_id)
+    t0 = time.perf_counter()
+    bc = L.train_bc(s.numpy(), a.numpy(), env.action_space.low, env.action_space.high, args.bc_steps)
+    env.close()
+    rows.append(row("behaviour cloning (MLP 256-256)", L.policy_returns(bc, env_id, args.episodes, args.seed), ref, d4rl,
+                    {"train_seconds": time.perf_counter() - t0}))
+    # the behaviour policy
+    names = {"medium": [levels["medium"]], "medium-replay": levels["replay"],
+             "medium-expert": [levels["medium"], levels["expert"]]}[d.dataset]
+    for steps in names[-2:]:
+        actor, _ = L.load_actor(folder / f"actor_{steps:08d}.safetensors")
+        rows.append(row(f"behaviour policy (SAC actor at {steps} steps, stochastic)",
+                        L.policy_returns(actor, env_id, args.episodes, args.seed, deterministic=False), ref, d4rl))
+    m = probe_machine("cpu")
+    res = {"env_id": env_id, "dataset": d.dataset, "checkpoint": str(loaded.checkpoint), "train_step": loaded.step,
+           "args": vars(args), "references": ref, "d4rl_constants": d4rl, "levels": levels, "rows": rows,
+           "machine": {"cpu": m.device_name, "cpu_capability": m.cpu_capability, "torch": torch.__version__}}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"locomotion_{env_id.split('-')[0].lower()}_{d.dataset}.json"
+    out.write_text(json.dumps(res, indent=1))
+    print(f"written {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
