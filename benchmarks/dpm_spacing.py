@@ -15,7 +15,6 @@ x_T, the reference sample and the projections: does any spacing reach the 1.5x t
 """
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 

@@ -9,9 +9,7 @@ Prints a table and writes benchmarks/results/music.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -13,7 +13,6 @@ Each measurement is the median of `--repeats` interleaved runs after a warm-up. 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys

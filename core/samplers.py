@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .utils import append_dims, randn
+from .utils import randn
 
 
 class SamplerOptionError(ValueError):

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffsuite.core import checkpoint as ck
-from diffsuite.core.checkpoint import CheckpointError, checkpoint_folders, load_checkpoint, save_checkpoint
+from diffsuite.core.checkpoint import checkpoint_folders, load_checkpoint, save_checkpoint
 from diffsuite.core.config import ConfigError
 from diffsuite.recipes import cli, run
 

@@ -1,6 +1,5 @@
 """Image data: the folder dataset (corrupt files, empty folders, labels), the digits cache, the task, checkpoints."""
 import json
-import warnings
 
 import numpy as np
 import pytest

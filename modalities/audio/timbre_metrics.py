@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from diffsuite.core.utils import atomic_write_json, cache_dir, sha256_file, split_of
+from diffsuite.core.utils import cache_dir, split_of
 
 HOP = 320  # pitch frames: the mel's hop at 16 kHz (20 ms)
 CLASSIFIER_VERSION = 3  # 2: a noise class; 3: patches reach the last frame
@@ -117,8 +117,8 @@ def instrument_classifier(arrangements: list[tuple], limit: int = 60, epochs: in
     chorales' normalised log-mel patches rendered with each (render.render_corpus), and from noise (a last class,
     `noise_patches`), scored on the test chorales; cached with a manifest. Call `net(_pool(x))` on normalised
     patches."""
-    from safetensors.torch import load_file, save_file
-    from diffsuite.modalities.image.metrics import DigitsClassifier, accuracy, train_classifier
+    from safetensors.torch import load_file
+    from diffsuite.modalities.image.metrics import DigitsClassifier, accuracy, save_cached, train_classifier
     from .render import render_corpus
     from .timbre import log_mel, normalise
     arrangements = [tuple(a) for a in arrangements]
@@ -148,9 +148,4 @@ def instrument_classifier(arrangements: list[tuple], limit: int = 60, epochs: in
     net = train_classifier(xtr, ytr, epochs=epochs, seed=seed)
     info = {"settings": settings, "classes": ["+".join(a) for a in arrangements] + ["noise"], "train_patches": len(xtr),
             "test_patches": len(xte), "test_accuracy": accuracy(net, xte, yte)}
-    tmp = d / "classifier.tmp.safetensors"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    tmp.replace(f)
-    info["sha256"] = {f.name: sha256_file(f)}
-    atomic_write_json(manifest, info)
-    return net, info
+    return net, save_cached(net, f, manifest, info)

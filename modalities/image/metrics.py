@@ -102,7 +102,7 @@ def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def digits_classifier(image_size: int = 16, mode: str = "resize") -> tuple[DigitsClassifier, dict]:
     """The digits classifier, trained on the train split on first use and cached with a manifest."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     from .data import digits
     settings = dict(version=CLASSIFIER_VERSION, image_size=image_size, mode=mode, epochs=30, seed=0)
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
@@ -115,12 +115,18 @@ def digits_classifier(image_size: int = 16, mode: str = "resize") -> tuple[Digit
     tr, te = digits("train", image_size, mode), digits("test", image_size, mode)
     net = train_classifier(tr.x, tr.labels)
     info = {"settings": settings, "test_accuracy": accuracy(net, te.x, te.labels)}
-    tmp = d / "classifier.tmp.safetensors"
+    return net, save_cached(net, f, manifest, info)
+
+
+def save_cached(net: nn.Module, f: Path, manifest: Path, info: dict) -> dict:
+    """A cached network: its weights written aside and renamed, then a manifest of `info` and their sha256."""
+    from safetensors.torch import save_file
+    tmp = f.with_name(f.stem + ".tmp.safetensors")
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
     tmp.replace(f)
-    info["sha256"] = {f.name: sha256_file(f)}
+    info = {**info, "sha256": {f.name: sha256_file(f)}}
     atomic_write_json(manifest, info)
-    return net, info
+    return info
 
 
 # ---------------------------------------------------------------- Inception (user-supplied weights)
