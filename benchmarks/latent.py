@@ -14,6 +14,7 @@ CPU time for training plus sampling 1000 images (the autoencoder's training repo
     python benchmarks/latent.py --work runs/latent_bench [--n 1000] [--seeds 0 1 2] [--kl 1e-6]
     python benchmarks/latent.py --work runs/latent_bench --kl 1e-4 --seeds 0 --out kl1e-4     # the KL sweep, then
     python benchmarks/latent.py --sweep benchmarks/results/latent_digits.json benchmarks/results/latent_digits_kl*.json
+    python benchmarks/latent.py --photos runs/photos_ae runs/photos_latent
 
 Writes benchmarks/results/latent_digits.json (or latent_digits_<out>.json with --out).
 """
@@ -103,10 +104,41 @@ def kl_sweep(paths: list[Path], figure: Path) -> list[dict]:
     return rows
 
 
+def photos(ae_run: str, latent_run: str | None, n: int = 16) -> dict:
+    """Photo patches: the autoencoder's reconstruction PSNR / SSIM on the held-out photographs' tiles (bicubic
+    4x down-and-up beside it, as a reference for what f = 4 costs), and a grid of decoded latent-model samples."""
+    from diffsuite.modalities.image import metrics
+    from diffsuite.modalities.image.task import save_grid
+    from diffsuite.core.degrade import sr_source
+    from diffsuite.recipes import run
+    ae = run.load_autoencoder(ae_run)
+    r = run.load_recipe(run.resolve_checkpoint(ae_run).parent.parent / "config.yaml")
+    x = run.get_task("image").build_dataset(r.data, "test").x
+    with torch.no_grad():
+        rec = torch.cat([ae.decode(ae.posterior_sample(x[i:i + 32], sample=False)) for i in range(0, len(x), 32)])
+    rec = rec.clamp(-1, 1)
+    bic = sr_source(x, ae.factor).clamp(-1, 1)
+    res = {"autoencoder": str(ae.checkpoint), "test_tiles": len(x), "scale": float(ae.scale),
+           "reconstruction_psnr": float(metrics.psnr(rec, x).mean()), "reconstruction_ssim": float(metrics.ssim(rec, x).mean()),
+           f"bicubic_{ae.factor}x_psnr": float(metrics.psnr(bic, x).mean())}
+    figs = RESULTS.parent.parent / "docs" / "figures"
+    save_grid(torch.cat([x[:8], rec[:8]]), figs / "latent_photos_reconstruction.png", 8, scale=2)
+    if latent_run:
+        loaded = run.load(latent_run)
+        xs, _ = run.generate(loaded.denoiser, loaded.task, loaded.recipe, n=n, progress=False)
+        save_grid(xs, figs / "latent_photos_samples.png", 8, scale=2)
+        res.update(latent=str(loaded.checkpoint), samples=n)
+    print(json.dumps(res, indent=1))
+    (RESULTS / "latent_photos.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sweep", nargs="+", type=Path, help="collect the KL sweep from these results JSON files (no "
                     "training): a table, results/latent_kl_sweep.json and docs/figures/latent_kl.png")
+    ap.add_argument("--photos", nargs="+", metavar="RUN", help="photo patches: AE_RUN [LATENT_RUN] (reconstruction "
+                    "on the test tiles and a sample grid; results/latent_photos.json, docs/figures/latent_photos_*.png)")
     ap.add_argument("--work", help="folder for the three runs (reused when finished)")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -115,6 +147,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.photos:
+        photos(args.photos[0], args.photos[1] if len(args.photos) > 1 else None)
+        return
     if args.sweep:
         rows = kl_sweep(args.sweep, RESULTS.parent.parent / "docs" / "figures" / "latent_kl.png")
         (RESULTS / "latent_kl_sweep.json").write_text(json.dumps(rows, indent=1))
