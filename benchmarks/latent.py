@@ -144,6 +144,7 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--kl", type=float, default=None, help="autoencoder.kl_weight (default the recipe's)")
     ap.add_argument("--steps", type=int, default=None, help="train.steps of all three runs (default the recipes'; a smoke test)")
+    ap.add_argument("--latent-steps", type=int, default=None, help="train.steps of the latent model alone")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -164,9 +165,11 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     kl = [] if args.kl is None else [f"autoencoder.kl_weight={args.kl}"]
     steps = [] if args.steps is None else [f"train.steps={args.steps}"]
-    ae_dir, ld_dir, px_dir = work / f"ae{args.kl or ''}", work / f"latent{args.kl or ''}", work / "pixel"
+    ls = [] if args.latent_steps is None else [f"train.steps={args.latent_steps}"]
+    ae_dir, px_dir = work / f"ae{args.kl or ''}", work / "pixel"
+    ld_dir = work / f"latent{args.kl or ''}{'-s' + str(args.latent_steps) if args.latent_steps else ''}"
     cpu = {"autoencoder": timed_train("image_digits_autoencoder", ae_dir, kl + steps),
-           "latent": timed_train("image_digits_latent", ld_dir, [f"latent.autoencoder={ae_dir}"] + steps),
+           "latent": timed_train("image_digits_latent", ld_dir, [f"latent.autoencoder={ae_dir}"] + steps + ls),
            "pixel": timed_train("image_digits", px_dir, steps)}
     latent, pixel = run.load(ld_dir), run.load(px_dir)
     test_x = pixel.task.build_dataset(pixel.recipe.data, "test").x
