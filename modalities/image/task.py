@@ -204,6 +204,8 @@ class ImageTask(Task):
         degrade = degrader(data)
         if data.residual and data.degradation != "sr":
             raise ConfigError(f"data.residual is for super-resolution (data.degradation=sr), got {data.degradation}")
+        if data.residual and data.residual_scale == "auto":  # (train measures it once and saves the number)
+            data = self.measure(data)
         return base if degrade is None else D.Degraded(base, degrade, data.residual and _scale(data))
 
     def measure(self, data: DataConfig) -> DataConfig:
