@@ -293,7 +293,8 @@ def sr_rows(args, out: Path) -> dict:
     outs = {"bicubic": src, "sr3, one sample": ys[0], f"sr3, mean of {args.samples}": ys.mean(0)}
     if args.regression:
         reg = load(args.regression)
-        outs["regression U-Net (L2)"] = _draws(reg.denoiser, x.shape, {"source": src}, "ddim", 1, 1)[0]
+        outs["regression U-Net (L2)"] = reg.task.finish(_draws(reg.denoiser, x.shape, {"source": src}, "ddim", 1, 1)[0],
+                                                        {"source": src}, reg.recipe)  # (a residual one adds its source)
     labels = _digit_labels(loaded)
     clf = metrics.digits_classifier(d.image_size, d.digits_mode)[0] if labels is not None else None
     rows = []
