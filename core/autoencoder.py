@@ -23,7 +23,9 @@ from torch import nn
 
 from .utils import randn
 
-SCALE_BATCHES = 16  # batches of the training data the scale factor is measured on
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """z = mu + sigma e, e ~ N(0, I) (Kingma & Welling 2014)."""
+    return mu + (0.5 * logvar).exp() * randn(mu.shape, generator, mu.device, mu.dtype)
 
 
 class KLAutoencoder(nn.Module):
@@ -53,7 +55,7 @@ class KLAutoencoder(nn.Module):
                          sample: bool = True) -> torch.Tensor:
         """z ~ q(z | x) (or its mean), unscaled."""
         mu, logvar = self.encode(x)
-        return mu + (0.5 * logvar).exp() * randn(mu.shape, generator, mu.device, mu.dtype) if sample else mu
+        return reparameterize(mu, logvar, generator) if sample else mu
 
     def _scale(self, z: torch.Tensor) -> torch.Tensor:
         if not float(self.scale) > 0:
@@ -72,8 +74,7 @@ class KLAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None):
         """(reconstruction D(z), mu, logvar) with z ~ q(z | x)."""
         mu, logvar = self.encode(x)
-        z = mu + (0.5 * logvar).exp() * randn(mu.shape, generator, mu.device, mu.dtype)
-        return self.decode(z), mu, logvar
+        return self.decode(reparameterize(mu, logvar, generator)), mu, logvar
 
 
 class AutoencoderModel(nn.Module):

@@ -101,7 +101,11 @@ class LatentTask(Task):
             out = torch.cat([ae.from_latents(x[i:i + 256].float()) for i in range(0, len(x), 256)])
         return self.base.finish(out, cond, recipe)
 
-    def known_latents(self, known: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def pixel_task(self) -> Task:
+        return self.base
+
+    def inpaint_space(self, known: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inpainting in latent space: (scaled posterior means of the known images, the mask at the latents' size),
         a latent cell known only where all its f x f pixels are (mask 1 = known)."""
         f = self.ae.factor

@@ -80,6 +80,16 @@ class Task:
         """A map-style dataset of x0 tensors or {"x0", "cond"} dicts; split is 'train', 'val' or 'test'."""
         raise NotImplementedError
 
+    @property
+    def pixel_task(self) -> "Task":
+        """The task whose datasets hold samples as the user sees them (itself; a latent task: the task it wraps)."""
+        return self
+
+    def inpaint_space(self, known: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(known, mask) as the sampler sees them for inpainting: as given here; a latent task encodes the known
+        samples and shrinks the mask."""
+        return known, mask
+
     def finish(self, x: torch.Tensor, cond, recipe: Any) -> torch.Tensor:
         """What a sample means to the user, from what the sampler produced (default: itself; e.g. a residual over the
         source image added back). Every command that returns samples calls it."""

@@ -133,8 +133,8 @@ def test_inpainting_in_latent_space_keeps_the_known_region(ae_run, tmp_path, mon
                     out_dir=tmp_path / "ld")
     a = run.load(out)
     m = preset_mask("left-half", 16)
-    known = a.task.base.build_dataset(a.recipe.data, "test").x[:4]
-    z, m_z = a.task.known_latents(known, m)
+    known = a.task.pixel_task.build_dataset(a.recipe.data, "test").x[:4]
+    z, m_z = a.task.inpaint_space(known, m)
     assert z.shape == (4, 2, 8, 8) and m_z.shape[-2:] == (8, 8) and m_z.sum() == m.sum() / 4
     files = inpaint(a, tmp_path / "inp", mask="left-half", n=4, steps=5)
     from PIL import Image

@@ -235,8 +235,8 @@ def evaluate(loaded, n: int = 500, sampler=None, steps=None, guidance=None, seed
              unconditional: bool = False) -> dict:
     """All image metrics of a loaded checkpoint (see the module docstring); returns a JSON-able dict."""
     task, r, den = loaded.task, loaded.recipe, loaded.denoiser
-    latent = hasattr(task, "base")  # latent diffusion: samples are decoded to pixels, the test images are pixels
-    test = (task.base if latent else task).build_dataset(r.data, "test")
+    latent = task.pixel_task is not task  # latent diffusion: samples are decoded to pixels, the test images are pixels
+    test = task.pixel_task.build_dataset(r.data, "test")
     t0 = time.time()
     x, cond = sample_images(den, task, r, n, sampler, steps, guidance, seed, progress=progress, classifier=classifier,
                             classifier_scale=classifier_scale, unconditional=unconditional)
@@ -291,8 +291,7 @@ def _known_images(loaded, image: str | None, n: int):
         if not Path(image).is_file():
             raise FileNotFoundError(f"--inpaint: image file not found: {image}")
         return edit.load_known(image, r.data.image_size, r.data.channels).expand(n, -1, -1, -1), None
-    task = getattr(loaded.task, "base", loaded.task)  # (a latent model's images come from its pixel task)
-    test = task.build_dataset(r.data, "test")
+    test = loaded.task.pixel_task.build_dataset(r.data, "test")
     return test.x[:n], (None if test.labels is None or not r.model.num_classes else test.labels[:n])
 
 
@@ -319,8 +318,7 @@ def inpaint(loaded, out: str | Path, image: str | None = None, mask: str | None 
     size = r.data.image_size
     m = _mask(mask_name, size)
     known, cond = _known_images(loaded, image, n)
-    latent = hasattr(loaded.task, "known_latents")  # latent diffusion: inpaint the latents, the mask downsampled
-    z, m_z = loaded.task.known_latents(known, m) if latent else (known, m)
+    z, m_z = loaded.task.inpaint_space(known, m)  # (latent diffusion: the latents, the mask downsampled)
     hook = edit.inpaint_hook(den.schedule, m_z, z)
     w = r.sample.guidance if guidance is None else guidance
     g = torch.Generator().manual_seed(seed)
