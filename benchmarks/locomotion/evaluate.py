@@ -23,13 +23,9 @@ import torch
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-def row(name: str, returns: list[float], ref: dict, d4rl: tuple, extra: dict | None = None) -> dict:
-    from diffsuite.modalities.trajectory.locomotion import normalized
-    R = np.array(returns)
-    s = [normalized(r, ref["random"], ref["expert"]) for r in R]
-    out = {"method": name, "episodes": len(R), "return_mean": float(R.mean()), "return_std": float(R.std()),
-           "normalized_score": float(np.mean(s)), "normalized_score_std": float(np.std(s)),
-           "normalized_score_d4rl_constants": float(np.mean([normalized(r, *d4rl) for r in R])), **(extra or {})}
+def row(name: str, returns: list[float], ref: dict, env_id: str, extra: dict | None = None) -> dict:
+    from diffsuite.modalities.trajectory.locomotion import score
+    out = {"method": name, **score(returns, ref, env_id), **(extra or {})}
     print(f"{name:40s} return {out['return_mean']:8.1f} +- {out['return_std']:7.1f}  score {out['normalized_score']:6.1f}"
           f" (D4RL constants {out['normalized_score_d4rl_constants']:6.1f})", flush=True)
     return out
@@ -57,9 +53,9 @@ def main(argv=None) -> int:
     loaded = load(args.run)
     d = loaded.recipe.data
     env_id = d.env_id
-    folder = Path(d.actors) if d.actors else L.ACTORS / env_id
-    levels = json.loads((folder / "levels.json").read_text())
-    ref = L.reference_returns(env_id, folder / f"actor_{levels['expert']:08d}.safetensors")
+    folder = L.actors_folder(env_id, d.actors)
+    levels = L.read_levels(folder, env_id)
+    ref = L.reference_returns(env_id, L.actor_file(folder, levels["expert"]))
     d4rl = L.D4RL_REFERENCE[env_id]
     rows = []
     # the planner
@@ -73,7 +69,7 @@ def main(argv=None) -> int:
         env.close()
     secs = np.concatenate([e["plan_seconds"] for e in eps])
     rows.append(row(f"Diffuser planner ({args.candidates} candidates, value guided)", [e["return"] for e in eps], ref,
-                    d4rl, {"plan_seconds_mean": float(secs.mean()), "fell": int(sum(e["terminated"] for e in eps))}))
+                    env_id, {"plan_seconds_mean": float(secs.mean()), "fell": int(sum(e["terminated"] for e in eps))}))
     # behaviour cloning on the same data
     seq = full_dataset(d)
     a, s = seq.split(torch.as_tensor(seq.normalizer.unnormalize(seq.joint)))
@@ -81,15 +77,17 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     bc = L.train_bc(s.numpy(), a.numpy(), env.action_space.low, env.action_space.high, args.bc_steps)
     env.close()
-    rows.append(row("behaviour cloning (MLP 256-256)", L.policy_returns(bc, env_id, args.episodes, args.seed), ref, d4rl,
+    rows.append(row("behaviour cloning (MLP 256-256)", L.evaluate_actor(bc, env_id, args.episodes, args.seed)["returns"],
+                    ref, env_id,
                     {"train_seconds": time.perf_counter() - t0}))
     # the behaviour policy
     names = {"medium": [levels["medium"]], "medium-replay": levels["replay"],
              "medium-expert": [levels["medium"], levels["expert"]]}[d.dataset]
     for steps in names[-2:]:
-        actor, _ = L.load_actor(folder / f"actor_{steps:08d}.safetensors")
+        actor, _ = L.load_actor(L.actor_file(folder, steps))
         rows.append(row(f"behaviour policy (SAC actor at {steps} steps, stochastic)",
-                        L.policy_returns(actor, env_id, args.episodes, args.seed, deterministic=False), ref, d4rl))
+                        L.evaluate_actor(actor, env_id, args.episodes, args.seed, deterministic=False)["returns"], ref,
+                        env_id))
     m = probe_machine("cpu")
     res = {"env_id": env_id, "dataset": d.dataset, "checkpoint": str(loaded.checkpoint), "train_step": loaded.step,
            "args": vars(args), "references": ref, "d4rl_constants": d4rl, "levels": levels, "rows": rows,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    from diffsuite.modalities.trajectory.locomotion import ACTORS, MEDIUM_FRACTION, select_levels
+    from diffsuite.modalities.trajectory.locomotion import MEDIUM_FRACTION, actor_file, actors_folder, select_levels
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("work", help="a train_sac.py run folder (curve.json, snapshots/)")
     ap.add_argument("--fraction", type=float, default=MEDIUM_FRACTION)
@@ -29,11 +29,10 @@ def main(argv=None) -> int:
         step = (len(replay) - 1) / (args.replay - 1)
         replay = [replay[round(i * step)] for i in range(args.replay)]
     levels["replay"] = replay
-    out = Path(args.out) if args.out else ACTORS / info["env"]
+    out = actors_folder(info["env"], args.out)
     out.mkdir(parents=True, exist_ok=True)
     for steps in sorted({levels["medium"], levels["expert"], *replay}):
-        name = f"actor_{steps:08d}.safetensors"
-        shutil.copy2(work / "snapshots" / name, out / name)
+        shutil.copy2(actor_file(work / "snapshots", steps), actor_file(out, steps))
     (out / "levels.json").write_text(json.dumps(levels, indent=1))
     for f in ("curve.json", "curve.png"):
         if (work / f).is_file():

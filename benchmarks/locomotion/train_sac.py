@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     import gymnasium as gym
     from stable_baselines3 import SAC
-    from diffsuite.modalities.trajectory.locomotion import actor_from_sb3, evaluate_actor, save_actor
+    from diffsuite.modalities.trajectory.locomotion import actor_file, actor_from_sb3, evaluate_actor, save_actor
     work = Path(args.work)
     state, snaps = work / "state", work / "snapshots"
     snaps.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         if n % args.eval_every == 0 or n >= args.steps:
             actor = actor_from_sb3(model)
             ev = evaluate_actor(actor, args.env, args.eval_episodes, seed=10_000)
-            save_actor(actor, snaps / f"actor_{n:08d}.safetensors",
+            save_actor(actor, actor_file(snaps, n),
                        {"env": args.env, "env_steps": n, "return_mean": ev["mean"], "return_std": ev["std"],
                         "seed": args.seed, "train_freq": args.train_freq})
             curve.append({"env_steps": n, "gradient_steps": int(model._n_updates), "return_mean": ev["mean"],

@@ -1,7 +1,6 @@
 """`diffsuite plan CHECKPOINT --env PointMaze_UMaze-v3 --episodes N [--multi-task]`: closed-loop planning in PointMaze."""
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from pathlib import Path
@@ -159,9 +158,8 @@ def plan_locomotion(args, loaded) -> int:
     if args.avoid_walls or args.multi_task:
         raise ConfigError("--avoid-walls and --multi-task are for the mazes, not for locomotion")
     planner = _planner(args, loaded)
-    folder = Path(d.actors) if d.actors else locomotion.ACTORS / env_id
-    levels = json.loads((folder / "levels.json").read_text())
-    expert = folder / f"actor_{levels['expert']:08d}.safetensors"
+    folder = locomotion.actors_folder(env_id, d.actors)
+    expert = locomotion.actor_file(folder, locomotion.read_levels(folder, env_id)["expert"])
     eps = []
     for i in range(args.episodes):
         film = i == 0 and args.filmstrip
@@ -175,13 +173,8 @@ def plan_locomotion(args, loaded) -> int:
         finally:
             env.close()
     ref = locomotion.reference_returns(env_id, expert, args.reference_episodes)
-    R = np.array([e["return"] for e in eps])
     secs = np.concatenate([e["plan_seconds"] for e in eps])
-    scores = [locomotion.normalized(r, ref["random"], ref["expert"]) for r in R]
-    d4rl = [locomotion.normalized(r, *locomotion.D4RL_REFERENCE[env_id]) for r in R]
-    summary = {"env_id": env_id, "dataset": d.dataset, "episodes": len(eps), "return_mean": float(R.mean()),
-               "return_std": float(R.std()), "normalized_score": float(np.mean(scores)),
-               "normalized_score_std": float(np.std(scores)), "normalized_score_d4rl_constants": float(np.mean(d4rl)),
+    summary = {"env_id": env_id, "dataset": d.dataset, **locomotion.score([e["return"] for e in eps], ref, env_id),
                "references": ref, "d4rl_constants": locomotion.D4RL_REFERENCE[env_id],
                "fell": int(sum(e["terminated"] for e in eps)), "plan_seconds_mean": float(secs.mean()),
                "plan_seconds_p95": float(np.percentile(secs, 95)), "replan_every": args.replan_every or 1,

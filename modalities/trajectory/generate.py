@@ -24,7 +24,8 @@ from diffsuite.core.utils import atomic_write_bytes, atomic_write_json, cache_di
 
 from .maze import SUCCESS_RADIUS, MazeGrid, WaypointController, env_id_for, make_env, random_goal, set_goal
 
-SIZES = {"d4rl": {"PointMaze_UMaze-v3": 1_000_000, "PointMaze_Medium-v3": 2_000_000, "PointMaze_Large-v3": 4_000_000},
+SIZES = {"d4rl": {"PointMaze_UMaze-v3": 1_000_000, "PointMaze_Medium-v3": 2_000_000, "PointMaze_Large-v3": 4_000_000,
+                  "Hopper-v5": 1_000_000, "Walker2d-v5": 1_000_000, "HalfCheetah-v5": 1_000_000},  # (locomotion: per part)
          "cpu": 100_000, "tiny": 5_000}
 KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "goals")
 FORMAT_VERSION = 1
@@ -48,13 +49,13 @@ class GenSettings:
 
 
 def n_steps_for(size: str | int, env_id: str) -> int:
-    """'d4rl' (1M/2M/4M), 'cpu' (100k), 'tiny' (5k) or an explicit step count."""
+    """'d4rl' (1M/2M/4M for the mazes, 1M for locomotion), 'cpu' (100k), 'tiny' (5k) or an explicit step count."""
     if isinstance(size, int) or str(size).isdigit():
         return int(size)
     if size not in SIZES:
         raise ValueError(f"dataset size {size!r}: expected an integer or one of {sorted(SIZES)}")
     s = SIZES[size]
-    return s[env_id_for(env_id)] if isinstance(s, dict) else s
+    return (s[env_id] if env_id in s else s[env_id_for(env_id)]) if isinstance(s, dict) else s
 
 
 def generate(s: GenSettings, progress: bool = True) -> dict[str, np.ndarray]:

@@ -20,16 +20,33 @@ ENVS = ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5")
 ACTORS = Path(__file__).resolve().parent / "actors"  # the committed actors: actors/<env>/actor_*.safetensors, levels.json
 
 
+def mlp(d_in: int, hidden: tuple) -> tuple[nn.Sequential, int]:
+    """(Linear-ReLU layers of the given widths, the output width)."""
+    layers, d = [], d_in
+    for h in hidden:
+        layers += [nn.Linear(d, h), nn.ReLU()]
+        d = h
+    return nn.Sequential(*layers), d
+
+
+def squash(u: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """tanh(u) rescaled from [-1, 1] to the action bounds [low, high] (SAC's squashing, SB3's unscale_action)."""
+    return low + (torch.tanh(u) + 1) * (high - low) / 2
+
+
+def as_batch(obs) -> tuple[torch.Tensor, bool]:
+    """(numpy observation(s) as a float32 batch, whether a single one was given)."""
+    x = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
+    return (x[None], True) if x.ndim == 1 else (x, False)
+
+
 class Actor(nn.Module):
     """SAC's actor: ReLU MLP trunk, a mean and a log-std head, tanh squashing, rescaled to the action bounds."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple = (256, 256), low=None, high=None):
         super().__init__()
-        layers, d = [], obs_dim
-        for h in hidden:
-            layers += [nn.Linear(d, h), nn.ReLU()]
-            d = h
-        self.latent_pi, self.mu, self.log_std = nn.Sequential(*layers), nn.Linear(d, act_dim), nn.Linear(d, act_dim)
+        self.latent_pi, d = mlp(obs_dim, hidden)
+        self.mu, self.log_std = nn.Linear(d, act_dim), nn.Linear(d, act_dim)
         self.register_buffer("low", torch.as_tensor(-np.ones(act_dim) if low is None else low, dtype=torch.float32))
         self.register_buffer("high", torch.as_tensor(np.ones(act_dim) if high is None else high, dtype=torch.float32))
 
@@ -41,13 +58,13 @@ class Actor(nn.Module):
         if not deterministic:
             std = self.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
             u = u + std * torch.randn(u.shape, generator=generator, dtype=u.dtype)
-        return self.low + (torch.tanh(u) + 1) * (self.high - self.low) / 2
+        return squash(u, self.low, self.high)
 
     def act(self, obs: np.ndarray, generator: Optional[torch.Generator] = None, deterministic: bool = False) -> np.ndarray:
         """One action (or a batch) for numpy observations."""
-        a = self(torch.as_tensor(np.asarray(obs), dtype=torch.float32)[None] if np.ndim(obs) == 1 else
-                 torch.as_tensor(np.asarray(obs), dtype=torch.float32), generator, deterministic)
-        return a[0].numpy() if np.ndim(obs) == 1 else a.numpy()
+        x, single = as_batch(obs)
+        a = self(x, generator, deterministic).numpy()
+        return a[0] if single else a
 
 
 def save_actor(actor: Actor, path: str | Path, meta: dict) -> Path:
@@ -93,18 +110,31 @@ def actor_from_sb3(model) -> Actor:
     return actor.eval()
 
 
-def evaluate_actor(actor: Actor, env_id: str, episodes: int = 10, seed: int = 0, deterministic: bool = True,
+class RandomPolicy:
+    """Uniformly random actions in the bounds, from a seeded numpy generator (the floor of the normalised score)."""
+
+    def __init__(self, low, high, seed: int = 0):
+        self.low, self.high, self.rng = low, high, np.random.default_rng(seed)
+
+    def act(self, obs, generator=None, deterministic: bool = True) -> np.ndarray:
+        return self.rng.uniform(self.low, self.high).astype(np.float32)
+
+
+def evaluate_actor(policy, env_id: str, episodes: int = 10, seed: int = 0, deterministic: bool = True,
                    max_steps: int = 1000) -> dict:
-    """Undiscounted returns of `episodes` episodes (env seeds seed, seed + 1, ...): mean, std and each."""
+    """Undiscounted returns of any `policy.act(obs, generator, deterministic)` (an Actor, a BCPolicy, a RandomPolicy)
+    over `episodes` episodes (env seeds seed, seed + 1, ...; its noise from one generator seeded with seed), actions
+    clipped to the bounds: mean, std, each return and length."""
     import gymnasium as gym
     env = gym.make(env_id, max_episode_steps=max_steps)
+    low, high = env.action_space.low, env.action_space.high
     g = torch.Generator().manual_seed(seed)
     returns, lengths = [], []
     for e in range(episodes):
         obs, _ = env.reset(seed=seed + e)
         total, n, done = 0.0, 0, False
         while not done:
-            obs, r, term, trunc, _ = env.step(actor.act(obs, g, deterministic))
+            obs, r, term, trunc, _ = env.step(np.clip(policy.act(obs, g, deterministic), low, high))
             total, n, done = total + float(r), n + 1, term or trunc
         returns.append(total)
         lengths.append(n)
@@ -167,10 +197,29 @@ def rollouts(actors: list[Actor], env_id: str, n_steps: int, seed: int, max_epis
     return {k: np.asarray(v, dtype=dtypes.get(k, np.float32)) for k, v in out.items()}
 
 
+def actors_folder(env_id: str, actors: Optional[str] = None) -> Path:
+    """Where an environment's behaviour policies are: `actors` if given, else the committed ACTORS/<env>."""
+    return Path(actors) if actors else ACTORS / env_id
+
+
+def actor_file(folder: Path, steps: int) -> Path:
+    return Path(folder) / f"actor_{steps:08d}.safetensors"
+
+
+def read_levels(folder: Path, env_id: str) -> dict:
+    """levels.json of an actors folder; without one, a FileNotFoundError saying how to make it."""
+    f = Path(folder) / "levels.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"no behaviour policies for {env_id} in {folder} (actor_*.safetensors and levels.json): "
+                                f"train them with benchmarks/locomotion/train_sac.py --env {env_id} and export them with "
+                                "benchmarks/locomotion/export_actors.py, or set data.actors")
+    return json.loads(f.read_text())
+
+
 def actors_for(dataset: str, folder: Path, levels: dict) -> list[list[Path]]:
     """The actor files of a dataset, as parts joined in order: medium [[medium]], medium-replay [[each snapshot up to
     medium]], medium-expert [[medium], [expert]]."""
-    f = lambda steps: folder / f"actor_{steps:08d}.safetensors"  # noqa: E731
+    f = lambda steps: actor_file(folder, steps)  # noqa: E731
     if dataset == "medium":
         return [[f(levels["medium"])]]
     if dataset == "medium-replay":
@@ -186,7 +235,7 @@ def generate_dataset(dataset: str, env_id: str, folder: Path, n_steps: int, seed
     n_steps of rollouts (medium-expert: two parts, as D4RL joins medium and expert), deterministic given the actor
     files (their sha256 in the settings) and the seed."""
     from diffsuite.core.utils import sha256_file
-    levels = json.loads((Path(folder) / "levels.json").read_text())
+    levels = read_levels(folder, env_id)
     parts = actors_for(dataset, Path(folder), levels)
     data = [rollouts([load_actor(p)[0] for p in paths], env_id, n_steps, seed + i, progress=progress)
             for i, paths in enumerate(parts)]
@@ -201,10 +250,7 @@ def dataset_path(dataset: str, env_id: str, folder: Path, n_steps: int, seed: in
     import hashlib
     import io
     from diffsuite.core.utils import atomic_write_bytes, atomic_write_json, cache_dir, sha256_file
-    if not (Path(folder) / "levels.json").is_file():
-        raise FileNotFoundError(f"no behaviour policies for {env_id} in {folder} (actor_*.safetensors and levels.json): "
-                                f"train them with benchmarks/locomotion/train_sac.py --env {env_id} and export them with "
-                                "benchmarks/locomotion/export_actors.py, or set data.actors")
+    read_levels(folder, env_id)  # (a clear error without them)
     actors = sorted(Path(folder).glob("actor_*.safetensors"))
     key = hashlib.sha256(json.dumps([dataset, env_id, n_steps, seed, (Path(folder) / "levels.json").read_text(),
                                      [sha256_file(p) for p in actors]]).encode()).hexdigest()[:12]
@@ -256,18 +302,8 @@ def plan_episode(env, planner, seed: int, replan_every: int = 1, max_steps: int 
 def random_returns(env_id: str, episodes: int, seed: int = 0) -> list[float]:
     """Returns of uniformly random actions (the floor of the normalised score)."""
     import gymnasium as gym
-    env = gym.make(env_id, max_episode_steps=1000)
-    rng = np.random.default_rng(seed)
-    out = []
-    for e in range(episodes):
-        env.reset(seed=seed + e)
-        total, done = 0.0, False
-        while not done:
-            _, r, term, trunc, _ = env.step(rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32))
-            total, done = total + float(r), term or trunc
-        out.append(total)
-    env.close()
-    return out
+    space = gym.make(env_id).action_space
+    return evaluate_actor(RandomPolicy(space.low, space.high, seed), env_id, episodes, seed)["returns"]
 
 
 def reference_returns(env_id: str, expert: Path, episodes: int = 100, seed: int = 100_000) -> dict:
@@ -288,6 +324,16 @@ def reference_returns(env_id: str, expert: Path, episodes: int = 100, seed: int 
 def normalized(R: float, random: float, expert: float) -> float:
     """D4RL's normalised score: 100 (R - random) / (expert - random)."""
     return 100.0 * (R - random) / (expert - random)
+
+
+def score(returns, ref: dict, env_id: str) -> dict:
+    """Mean and spread of returns and of their normalised scores against our references (`ref`: random, expert) and
+    D4RL's constants."""
+    R = np.asarray(returns, dtype=np.float64)
+    s = [normalized(r, ref["random"], ref["expert"]) for r in R]
+    return {"episodes": len(R), "return_mean": float(R.mean()), "return_std": float(R.std()),
+            "normalized_score": float(np.mean(s)), "normalized_score_std": float(np.std(s)),
+            "normalized_score_d4rl_constants": float(np.mean([normalized(r, *D4RL_REFERENCE[env_id]) for r in R]))}
 
 
 def filmstrip(frames: list, path: Path, per_row: int = 8) -> Optional[Path]:
@@ -313,23 +359,21 @@ class BCPolicy(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, low, high, hidden: tuple = (256, 256)):
         super().__init__()
-        layers, d = [], obs_dim
-        for h in hidden:
-            layers += [nn.Linear(d, h), nn.ReLU()]
-            d = h
-        self.net = nn.Sequential(*layers, nn.Linear(d, act_dim))
+        trunk, d = mlp(obs_dim, hidden)
+        self.net = nn.Sequential(*trunk, nn.Linear(d, act_dim))
         self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32))
         self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32))
         self.register_buffer("mu", torch.zeros(obs_dim))
         self.register_buffer("sd", torch.ones(obs_dim))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        u = torch.tanh(self.net((obs.float() - self.mu) / self.sd))
-        return self.low + (u + 1) * (self.high - self.low) / 2
+        return squash(self.net((obs.float() - self.mu) / self.sd), self.low, self.high)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, generator=None, deterministic: bool = True) -> np.ndarray:
-        return self(torch.as_tensor(np.asarray(obs), dtype=torch.float32)[None])[0].numpy()
+        x, single = as_batch(obs)
+        a = self(x).numpy()
+        return a[0] if single else a
 
 
 def train_bc(observations: np.ndarray, actions: np.ndarray, low, high, steps: int = 20000, batch: int = 256,
@@ -349,21 +393,3 @@ def train_bc(observations: np.ndarray, actions: np.ndarray, low, high, steps: in
         loss.backward()
         opt.step()
     return pi.eval()
-
-
-def policy_returns(policy, env_id: str, episodes: int, seed: int, deterministic: bool = True) -> list[float]:
-    """Returns of any `policy.act(obs, generator, deterministic)` over episodes with env seeds seed, seed + 1, ..."""
-    import gymnasium as gym
-    env = gym.make(env_id, max_episode_steps=1000)
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for e in range(episodes):
-        obs, _ = env.reset(seed=seed + e)
-        total, done = 0.0, False
-        while not done:
-            obs, r, term, trunc, _ = env.step(np.clip(policy.act(obs, g, deterministic), env.action_space.low,
-                                                      env.action_space.high))
-            total, done = total + float(r), term or trunc
-        out.append(total)
-    env.close()
-    return out

@@ -73,9 +73,8 @@ def _dataset(data_key: str) -> SequenceDataset:
     if d.path:
         arrays, _ = load_npz(d.path)
     elif d.env_id in locomotion.ENVS:
-        folder = Path(d.actors) if d.actors else locomotion.ACTORS / d.env_id
-        n = {"d4rl": 1_000_000, "cpu": 100_000, "tiny": 5_000}.get(d.size) or int(d.size)
-        arrays, _ = load_npz(locomotion.dataset_path(d.dataset, d.env_id, folder, n, d.seed))
+        folder = locomotion.actors_folder(d.env_id, d.actors)
+        arrays, _ = load_npz(locomotion.dataset_path(d.dataset, d.env_id, folder, n_steps_for(d.size, d.env_id), d.seed))
     else:
         s = GenSettings(env_id=env_id_for(d.env_id), n_steps=n_steps_for(d.size, d.env_id), seed=d.seed,
                         action_noise=d.action_noise)
