@@ -74,7 +74,7 @@ def main(argv=None):
     pairs = _audio_pairs(d, args.split)[: args.chorales]
     L = int(args.seconds * 16000)
     clamp = lambda m: denormalise(normalise(m))  # noqa: E731 - the representation's range, as the model sees it
-    acc = {}
+    feats = {}  # row -> classifier features of every patch, over all chorales ("target": the target's own)
     per, audio_seconds, first = [], 0.0, None
     for name, y, z in pairs:
         y, z = y[:L], z[:L]
@@ -91,34 +91,32 @@ def main(argv=None):
             rows[f"output, DDIM {s}"] = {"mel": out, "audio": vocode(out), "secs_model": t1 - t0,
                                          "secs_voc": time.perf_counter() - t0}
         rec = {"chorale": name, "seconds": len(y) / 16000}
-        for key, r in rows.items():
+        for key, r in {**rows, "target": {"mel": tgt}}.items():
             x = M.patches(normalise(r["mel"]))
             with torch.no_grad():
-                logits = clf(M._pool(x))
-                feats = clf.features(M._pool(x)).numpy()
+                f = clf.features(M._pool(x))
+            feats.setdefault(key, []).append(f.numpy())
+            if key == "target":
+                continue
+            logits = clf.head(f)
             rec[key] = {"logmel_l1": M.logmel_l1(r["mel"], tgt),
                         "pitch_jaccard": M.pitch_jaccard(M.multipitch(r["audio"], method="essentia")[0], P_t["essentia"]),
                         "pitch_jaccard_cqt": M.pitch_jaccard(M.multipitch(r["audio"], method="cqt")[0], P_t["cqt"]),
                         "target_share": float((logits.argmax(1) == k_target).float().mean()), "patches": len(x),
                         **{k: r[k] for k in ("secs_model", "secs_voc") if k in r}}
-            r["feats"] = feats
-        target_feats = clf.features(M._pool(M.patches(normalise(tgt)))).detach().numpy()
         per.append(rec)
-        for key, r in rows.items():
-            acc.setdefault(key, []).append(r["feats"])
-        acc.setdefault("target", []).append(target_feats)
         if first is None:
             first = (name, {k: r["mel"] for k, r in rows.items()}, tgt)
         print(json.dumps({k: (v if not isinstance(v, dict) else {a: round(b, 4) for a, b in v.items()})
                           for k, v in rec.items()}))
     keys = [k for k in per[0] if isinstance(per[0][k], dict)]
     summary = {}
-    tf = np.concatenate(acc["target"])
+    tf = np.concatenate(feats["target"])
     for key in keys:
         w = np.array([p["seconds"] for p in per])
         row = {m: float(np.average([p[key][m] for p in per], weights=w))
                for m in ("logmel_l1", "pitch_jaccard", "pitch_jaccard_cqt", "target_share")}
-        row["classifier_fd"] = frechet_distance(*feature_stats(np.concatenate(acc[key])), *feature_stats(tf))
+        row["classifier_fd"] = frechet_distance(*feature_stats(np.concatenate(feats[key])), *feature_stats(tf))
         if "secs_model" in per[0][key]:
             row["audio_s_per_s_model"] = audio_seconds / sum(p[key]["secs_model"] for p in per)
             row["audio_s_per_s_with_vocoder"] = audio_seconds / sum(p[key]["secs_voc"] for p in per)
