@@ -1,5 +1,7 @@
 """Locomotion behaviour policies (modalities.trajectory.locomotion): SAC's actor read out of Stable-Baselines3 acts as
 SB3 does, saves and loads exactly, and its stochastic actions follow a seeded generator."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -147,6 +149,9 @@ def test_a_tiny_locomotion_run_end_to_end(tmp_path, monkeypatch):
          "train": {"steps": 3, "batch_size": 4, "lr": 1e-3, "progress": False, "tensorboard": False},
          "sample": {"sampler": "ddim", "steps": 3, "n": 2}}
     out = run.train(r, out_dir=tmp_path / "run")
+    a = run.load(out)
+    x, cond = run.generate(a.denoiser, a.task, a.recipe, n=2, progress=False)
+    assert (tmp_path / "s" / "samples.png") == Path(a.task.save_samples(x, cond, tmp_path / "s", a.recipe)["png"])
     assert main(["train-value", str(out), "--steps", "3", "--discount", "0.997"]) == 0
     args = ["plan", str(out), "--episodes", "2", "--reference-episodes", "2", "--value", str(out / "value"),
             "--candidates", "2", "--steps", "3"]

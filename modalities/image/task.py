@@ -206,7 +206,7 @@ class ImageTask(Task):
             raise ConfigError(f"data.residual is for super-resolution (data.degradation=sr), got {data.degradation}")
         if data.residual and data.residual_scale == "auto":  # (train measures it once and saves the number)
             data = self.measure(data)
-        return base if degrade is None else D.Degraded(base, degrade, data.residual and _scale(data))
+        return base if degrade is None else D.Degraded(base, degrade, _scale(data) if data.residual else 0.0)
 
     def measure(self, data: DataConfig) -> DataConfig:
         """data.residual_scale="auto" as a number: 1 / the std of 256 training residuals (seeded crops and flips)."""
@@ -299,7 +299,7 @@ class ImageTask(Task):
 
     def finish(self, x: torch.Tensor, cond, recipe: Any) -> torch.Tensor:
         """A residual super-resolution model's sample plus its source (data.residual); other samples as they are."""
-        if getattr(recipe.data, "residual", False) and isinstance(cond, dict):
+        if recipe.data.residual and isinstance(cond, dict):
             return (x / _scale(recipe.data) + cond["source"].to(x)).clamp(-1, 1)
         return x
 

@@ -1,4 +1,5 @@
-"""Drawing plans and executed paths on the PointMaze layout (gymnasium-robotics coordinates)."""
+"""Drawing plans and executed paths on the PointMaze layout (gymnasium-robotics coordinates), and locomotion plans'
+state dimensions over time."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,3 +50,21 @@ def draw_paths(env_id: str, plans: Sequence[np.ndarray], out: str | Path, execut
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return out
+
+
+def state_curves(states, path: Path, dims: int = 4) -> Path:
+    """A PNG of the first `dims` state dimensions of up to 8 plans (B, H, S) tensor over the horizon."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    k = min(dims, states.shape[-1])
+    fig, axes = plt.subplots(1, k, figsize=(3 * k, 2.4), squeeze=False)
+    for j, ax in enumerate(axes[0]):
+        for p in states[:8]:
+            ax.plot(p[:, j].numpy(), lw=0.8)
+        ax.set_title(f"state {j}")
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

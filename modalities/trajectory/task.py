@@ -118,24 +118,6 @@ class _Split(torch.utils.data.Dataset):
         return x0 if c is None else {"x0": x0, "cond": c}
 
 
-def state_curves(states: torch.Tensor, path: Path, dims: int = 4) -> Path:
-    """A PNG of the first `dims` state dimensions of up to 8 plans (B, H, S) over the horizon."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    k = min(dims, states.shape[-1])
-    fig, axes = plt.subplots(1, k, figsize=(3 * k, 2.4), squeeze=False)
-    for j, ax in enumerate(axes[0]):
-        for p in states[:8]:
-            ax.plot(p[:, j].numpy(), lw=0.8)
-        ax.set_title(f"state {j}")
-        ax.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 class TrajectoryTask(Task):
     name = "trajectory"
     ModelConfig = TrajectoryModelConfig
@@ -191,6 +173,7 @@ class TrajectoryTask(Task):
         a, s = seq.split(seq.normalizer.unnormalize(x.detach().cpu().float()))
         atomic_write_json(out_dir / "samples.json", {"actions": a.tolist(), "observations": s.tolist()})
         if cfg.data.env_id in locomotion.ENVS:  # no maze to draw on: each sample's first state dims over time
+            from .plot import state_curves
             return {"json": str(out_dir / "samples.json"), "png": str(state_curves(s, out_dir / "samples.png"))}
         png = draw_paths(cfg.data.env_id, [p[:, :2].numpy() for p in s], out_dir / "samples.png")
         return {"json": str(out_dir / "samples.json"), "png": str(png)}
