@@ -112,8 +112,7 @@ def photos(ae_run: str, latent_run: str | None, n: int = 16) -> dict:
     from diffsuite.core.degrade import sr_source
     from diffsuite.recipes import run
     ae = run.load_autoencoder(ae_run)
-    r = run.load_recipe(run.resolve_checkpoint(ae_run).parent.parent / "config.yaml")
-    x = run.get_task("image").build_dataset(r.data, "test").x
+    x = run.get_task("image").build_dataset(ae.recipe.data, "test").x
     with torch.no_grad():
         rec = torch.cat([ae.decode(ae.posterior_sample(x[i:i + 32], sample=False)) for i in range(0, len(x), 32)])
     rec = rec.clamp(-1, 1)

@@ -355,7 +355,7 @@ def load_autoencoder(path: str | Path, ema: bool = True, task: Optional[str] = N
     if not float(ae.scale) > 0:
         raise ConfigError(f"latent.autoencoder {ckpt}: its latent scale factor was never measured (it is measured when "
                           "training reaches train.steps): finish its training (--resume auto), or use a finished run")
-    ae.checkpoint = ckpt
+    ae.checkpoint, ae.recipe = ckpt, r
     return ae.eval().requires_grad_(False)
 
 
