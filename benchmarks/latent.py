@@ -15,6 +15,7 @@ CPU time for training plus sampling 1000 images (the autoencoder's training repo
     python benchmarks/latent.py --work runs/latent_bench --kl 1e-4 --seeds 0 --out kl1e-4     # the KL sweep, then
     python benchmarks/latent.py --sweep benchmarks/results/latent_digits.json benchmarks/results/latent_digits_kl*.json
     python benchmarks/latent.py --photos runs/photos_ae runs/photos_latent
+    python benchmarks/latent.py --music --work runs/latent_music       # latent against pixel music_bach
 
 Writes benchmarks/results/latent_digits.json (or latent_digits_<out>.json with --out).
 """
@@ -132,14 +133,51 @@ def photos(ae_run: str, latent_run: str | None, n: int = 16) -> dict:
     return res
 
 
+def music(work: Path, n: int, seed: int) -> dict:
+    """Latent against pixel `music_bach` (the same roll U-Net, chord conditioning, sampler and guidance): training
+    and sampling CPU seconds, Yang & Lerch mean OA and chord accuracy on n held-out windows' chords (benchmarks/
+    music.py), beside the training windows (ceiling) and the independent-notes baseline (floor); the autoencoder's
+    note F1 on the held-out windows."""
+    from music import evaluate, generate, references  # benchmarks/music.py
+    from diffsuite.modalities.music import metrics
+    from diffsuite.modalities.music.roll import from_model, to_model
+    from diffsuite.recipes import run
+    ae_dir, ld_dir, px_dir = work / "ae", work / "latent", work / "pixel"
+    cpu = {"autoencoder": timed_train("music_bach_autoencoder", ae_dir, []),
+           "latent": timed_train("music_bach_latent", ld_dir, [f"latent.autoencoder={ae_dir}"]),
+           "pixel": timed_train("music_bach", px_dir, [])}
+    latent, pixel = run.load(ld_dir), run.load(px_dir)
+    data = pixel.recipe.data
+    out, (test, train, conds, ref_stats) = references(data, n, seed)
+    ae, x = latent.task.ae, to_model(test)
+    with torch.no_grad():
+        rec = from_model(torch.cat([ae.decode(ae.posterior_sample(x[i:i + 32], sample=False))
+                                    for i in range(0, len(x), 32)]))
+    out["autoencoder"] = {"note_f1": metrics.note_f1(list(rec), list(test)), "scale": float(ae.scale),
+                          "note_f1_with_offsets": metrics.note_f1(list(rec), list(test), offsets=True),
+                          "latent_shape": [ae.latent_channels] + [s // ae.factor for s in x.shape[2:]],
+                          "train_cpu_seconds": cpu["autoencoder"]}
+    for name, loaded in (("pixel", pixel), ("latent", latent)):
+        t0 = time.process_time()
+        rolls, _ = generate(loaded, conds, loaded.recipe.sample.guidance, None, seed)
+        row = evaluate(name, rolls, test, train, data, ref_stats, out, conds)
+        row.update(train_cpu_seconds=cpu[name], sample_cpu_seconds=time.process_time() - t0)
+        print(f"{name:7s} mean OA {row['mean_OA']:.3f}  chord accuracy {row['chord_accuracy']:.3f}  train "
+              f"{row['train_cpu_seconds']:.0f} CPU s  sampling {len(conds)} windows {row['sample_cpu_seconds']:.0f} "
+              f"CPU s", flush=True)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sweep", nargs="+", type=Path, help="collect the KL sweep from these results JSON files (no "
                     "training): a table, results/latent_kl_sweep.json and docs/figures/latent_kl.png")
     ap.add_argument("--photos", nargs="+", metavar="RUN", help="photo patches: AE_RUN [LATENT_RUN] (reconstruction "
                     "on the test tiles and a sample grid; results/latent_photos.json, docs/figures/latent_photos_*.png)")
+    ap.add_argument("--music", action="store_true", help="latent against pixel music_bach instead of digits "
+                    "(--work holds ae/, latent/, pixel/; --n held-out windows, default 200; the first seed)")
     ap.add_argument("--work", help="folder for the three runs (reused when finished)")
-    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--n", type=int, default=None, help="samples per seed (default 1000 digits, 200 windows)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--kl", type=float, default=None, help="autoencoder.kl_weight (default the recipe's)")
     ap.add_argument("--steps", type=int, default=None, help="train.steps of all three runs (default the recipes'; a smoke test)")
@@ -158,6 +196,14 @@ def main(argv=None):
         ap.error("--work is required (or --sweep)")
     torch.set_num_threads(args.threads)
     from diffsuite.core.precision import probe_machine
+    machine = {"cpu": probe_machine("cpu").device_name, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "threads": args.threads, "torch": torch.__version__}
+    if args.music:
+        res = {"machine": machine, "args": vars(args), **music(Path(args.work), args.n or 200, args.seeds[0])}
+        (RESULTS / "latent_music.json").write_text(json.dumps(res, indent=1))
+        print(f"written {RESULTS / 'latent_music.json'}")
+        return
+    args.n = args.n or 1000
     from diffsuite.recipes import run
     from image import real_floor  # benchmarks/image.py
     work = Path(args.work)
@@ -172,8 +218,7 @@ def main(argv=None):
            "pixel": timed_train("image_digits", px_dir, steps)}
     latent, pixel = run.load(ld_dir), run.load(px_dir)
     test_x = pixel.task.build_dataset(pixel.recipe.data, "test").x
-    res = {"machine": {"cpu": probe_machine("cpu").device_name, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                       "threads": args.threads, "torch": torch.__version__},
+    res = {"machine": machine,
            "args": vars(args), "train_cpu_seconds": cpu,
            "real_floor_digits_fid": real_floor(pixel, args.n),
            "autoencoder": autoencoder_rows(latent.task.ae, test_x)}

@@ -49,6 +49,25 @@ def evaluate(name, rolls, ref, train, data, ref_stats, out, conds=None):
     return row
 
 
+def references(data: MusicDataConfig, n: int, seed: int):
+    """The rows every comparison stands on: n held-out windows (and their chords), 4000 training windows, the
+    training windows scored as if generated (the ceiling) and the independent-notes baseline (the floor)."""
+    test, n_test = windows(data, "test", n, seed)
+    train, n_train = windows(data, "train", 4000, seed)
+    out = {"n_windows": {"train": n_train, "test": n_test}}
+    ref_stats = summary(test, data)
+    out["held_out_stats"] = ref_stats
+    conds = np.stack([chords.extract(r, data.pitch_lo, data.steps_per_beat) for r in test])
+    evaluate("train windows (real, reference)", train[:len(test)], test, train, data, ref_stats, out)
+    out["held_out_self"] = {"chord_accuracy_own_chords": float(np.nanmean(
+        [chords.accuracy(r, c, data.pitch_lo, data.steps_per_beat) for r, c in zip(test, conds)])),
+        "nearest_train_min": float(metrics.nearest_distance(test, train).min()),
+        "nearest_train_mean": float(metrics.nearest_distance(test, train).mean())}
+    base = metrics.sample_independent(metrics.fit_independent(list(train), data.pitch_lo), len(test), seed)
+    evaluate("independent-notes baseline", base, test, train, data, ref_stats, out, conds)
+    return out, (test, train, conds, ref_stats)
+
+
 def generate(loaded, conds, guidance, steps, seed, sampler=None, eta=None):
     from diffsuite.modalities.music.roll import from_model
     from diffsuite.recipes.run import generate as gen
@@ -78,19 +97,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     data = MusicDataConfig(limit=a.limit)
     t0 = time.time()
-    test, n_test = windows(data, "test", a.n, a.seed)
-    train, n_train = windows(data, "train", 4000, a.seed)
-    out = {"settings": vars(a), "n_windows": {"train": n_train, "test": n_test}}
-    ref_stats = summary(test, data)
-    out["held_out_stats"] = ref_stats
-    conds = np.stack([chords.extract(r, data.pitch_lo, data.steps_per_beat) for r in test])
-    evaluate("train windows (real, reference)", train[:len(test)], test, train, data, ref_stats, out)
-    out["held_out_self"] = {"chord_accuracy_own_chords": float(np.nanmean(
-        [chords.accuracy(r, c, data.pitch_lo, data.steps_per_beat) for r, c in zip(test, conds)])),
-        "nearest_train_min": float(metrics.nearest_distance(test, train).min()),
-        "nearest_train_mean": float(metrics.nearest_distance(test, train).mean())}
-    base = metrics.sample_independent(metrics.fit_independent(list(train), data.pitch_lo), len(test), a.seed)
-    evaluate("independent-notes baseline", base, test, train, data, ref_stats, out, conds)
+    out, ref = references(data, a.n, a.seed)
+    out["settings"] = vars(a)
+    test, train, conds, ref_stats = ref
     if a.checkpoint:
         from diffsuite.recipes.run import load
         loaded = load(a.checkpoint)

@@ -103,3 +103,13 @@ def test_framewise_consistency_variance_hand_computed():
     assert cv["variance"] == pytest.approx(max(0.0, 1 - abs(0 - var_gt) / var_gt))  # generated variance 0 -> 0
     assert metrics.consistency_variance([a, b], [a, b], 0, 8, 8)["pitch"] == pytest.approx(
         {"consistency": 1.0, "variance": 1.0, "mean_overlap": mu_gt, "var_overlap": var_gt})
+
+
+def test_note_f1_counts_onsets_and_offsets():
+    ref, _ = notes_to_roll([Note(60, 0, 4), Note(64, 0, 2), Note(67, 8, 4)], 16, 128)
+    assert metrics.note_f1([ref], [ref]) == 1.0 == metrics.note_f1([ref], [ref], offsets=True)
+    # one note missing, one longer: onsets 2 of 3 found (P = 1, R = 2/3), offsets 1 of 2 / 3
+    pred, _ = notes_to_roll([Note(60, 0, 6), Note(67, 8, 4)], 16, 128)
+    assert metrics.note_f1([pred], [ref]) == 2 * 2 / (2 + 3)
+    assert metrics.note_f1([pred], [ref], offsets=True) == 2 * 1 / (2 + 3)
+    assert metrics.note_f1([np.zeros_like(ref)], [ref]) == 0.0

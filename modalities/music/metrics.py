@@ -141,6 +141,19 @@ def compare_sets(gen: list, ref: list, pitch_lo: int = 0) -> dict:
     return out
 
 
+# ------------------------------------------------------------- reconstruction
+
+def note_f1(pred: list, ref: list, offsets: bool = False) -> float:
+    """Note F1 of rolls against reference rolls, pooled over all windows (transcription's note F1 on the grid): a
+    note matches a reference note of the same pitch and onset step (and length, with offsets=True)."""
+    key = (lambda n: (n.pitch, n.start, n.length)) if offsets else (lambda n: (n.pitch, n.start))
+    hit = n_pred = n_ref = 0
+    for a, b in zip(pred, ref, strict=True):
+        A, B = {key(n) for n in roll_to_notes(a)}, {key(n) for n in roll_to_notes(b)}
+        hit, n_pred, n_ref = hit + len(A & B), n_pred + len(A), n_ref + len(B)
+    return 2 * hit / (n_pred + n_ref) if n_pred + n_ref else 1.0
+
+
 # ------------------------------------------------------------- memorisation and baseline
 
 def nearest_distance(queries: np.ndarray, train: np.ndarray) -> np.ndarray:
