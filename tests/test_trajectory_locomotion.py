@@ -59,6 +59,8 @@ def test_levels_follow_the_written_rule():
     curve = [{"env_steps": s, "return_mean": r} for s, r in [(10, 100), (20, 900), (30, 1600), (40, 3000), (50, 2500)]]
     lv = select_levels(curve, 0.5)
     assert lv["expert"] == 40 and lv["medium"] == 30 and lv["replay"] == [10, 20, 30]
+    early = select_levels([{"env_steps": 10, "return_mean": -300.0}, {"env_steps": 20, "return_mean": -1.0}])
+    assert early["medium"] == early["expert"] == 20  # no positive return yet: medium is the best
 
 
 def _actors(folder, n=3):

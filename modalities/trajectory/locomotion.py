@@ -152,11 +152,12 @@ KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_obs
 def select_levels(curve: list[dict], fraction: float = MEDIUM_FRACTION) -> dict:
     """The rule, fixed before any policy was trained: expert = the snapshot with the best evaluation return; medium =
     the first snapshot whose return reaches `fraction` of the expert's (D4RL's medium sits at 40-75% of its expert);
-    replay = every snapshot up to and including medium, oldest first. `curve`: entries with env_steps, return_mean."""
+    replay = every snapshot up to and including medium, oldest first. `curve`: entries with env_steps, return_mean.
+    A best return <= 0 (a policy no better than standing still) has no fraction: medium is then the best one."""
     if not curve:
         raise ValueError("select_levels: the evaluation curve is empty")
     best = max(curve, key=lambda c: c["return_mean"])
-    target = fraction * best["return_mean"]
+    target = fraction * best["return_mean"] if best["return_mean"] > 0 else best["return_mean"]
     medium = next(c for c in curve if c["return_mean"] >= target)
     replay = [c for c in curve if c["env_steps"] <= medium["env_steps"]]
     return {"rule": f"medium = first return >= {fraction} x best; expert = best", "fraction": fraction,
