@@ -5,7 +5,7 @@ must beat) and the behaviour policy itself (the actor that generated the data, s
 (random actions and our expert actor over 100 episodes) and against D4RL's constants (not comparable digit for
 digit: v5 is not D4RL's v2), and the planner's time per planning call.
 
-    python benchmarks/locomotion/evaluate.py RUN --value RUN/value [--episodes 10] [--candidates 64]
+    python benchmarks/locomotion/evaluate.py RUN --value RUN/value [--episodes 10] [--candidates 64] [--jobs 2]
 
 Writes benchmarks/results/locomotion_<env>_<dataset>.json.
 """
@@ -31,6 +31,39 @@ def row(name: str, returns: list[float], ref: dict, env_id: str, extra: dict | N
     return out
 
 
+def planner_episodes(run: str, opts: dict, seeds: list[int], replan_every: int, threads: int = 1) -> list[dict]:
+    """Planned episodes with the given seeds (one worker's share when --jobs > 1; frames dropped)."""
+    import gymnasium as gym
+    from diffsuite.modalities.trajectory.cli import _planner
+    from diffsuite.modalities.trajectory.locomotion import plan_episode
+    from diffsuite.recipes.run import load
+    torch.set_num_threads(threads)
+    loaded = load(run)
+    planner = _planner(SimpleNamespace(**opts), loaded)
+    eps = []
+    for s in seeds:
+        env = gym.make(loaded.recipe.data.env_id, max_episode_steps=1000)
+        eps.append({k: v for k, v in plan_episode(env, planner, s, replan_every).items() if k != "frames"})
+        env.close()
+    return eps
+
+
+def run_planner(args) -> list[dict]:
+    """The planner's episodes, split over --jobs processes of one thread each (episodes are independent and seeded,
+    so the split changes nothing but the wall time)."""
+    opts = dict(value=args.value, guidance=None, avoid_walls=False, candidates=args.candidates,
+                guide_scale=args.guide_scale, warm_start=0.0, sampler=args.sampler, steps=args.steps, device="cpu")
+    seeds = [args.seed + i for i in range(args.episodes)]
+    if args.jobs <= 1:
+        return planner_episodes(args.run, opts, seeds, args.replan_every, args.threads)
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as ex:
+        parts = ex.map(planner_episodes, *zip(*[(args.run, opts, seeds[j::args.jobs], args.replan_every, 1)
+                                                for j in range(args.jobs)]))
+        return sorted((e for part in parts for e in part), key=lambda e: e["seed"])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", help="a trained locomotion trajectory run")
@@ -39,6 +72,9 @@ def main(argv=None) -> int:
     ap.add_argument("--candidates", type=int, default=64)
     ap.add_argument("--guide-scale", type=float, default=0.1)
     ap.add_argument("--replan-every", type=int, default=1)
+    ap.add_argument("--sampler", default=None, help="the planner's sampler (default the recipe's)")
+    ap.add_argument("--steps", type=int, default=None, help="the planner's sampling steps (default the recipe's)")
+    ap.add_argument("--jobs", type=int, default=1, help="planner episodes in this many processes of one thread each")
     ap.add_argument("--bc-steps", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
@@ -47,7 +83,6 @@ def main(argv=None) -> int:
     import gymnasium as gym
     from diffsuite.core.precision import probe_machine
     from diffsuite.modalities.trajectory import locomotion as L
-    from diffsuite.modalities.trajectory.cli import _planner
     from diffsuite.modalities.trajectory.task import full_dataset
     from diffsuite.recipes.run import load
     loaded = load(args.run)
@@ -58,15 +93,7 @@ def main(argv=None) -> int:
     ref = L.reference_returns(env_id, L.actor_file(folder, levels["expert"]))
     d4rl = L.D4RL_REFERENCE[env_id]
     rows = []
-    # the planner
-    opts = SimpleNamespace(value=args.value, guidance=None, avoid_walls=False, candidates=args.candidates,
-                           guide_scale=args.guide_scale, warm_start=0.0, sampler=None, steps=None, device="cpu")
-    planner = _planner(opts, loaded)
-    eps = []
-    for i in range(args.episodes):
-        env = gym.make(env_id, max_episode_steps=1000)
-        eps.append(L.plan_episode(env, planner, args.seed + i, args.replan_every))
-        env.close()
+    eps = run_planner(args)
     secs = np.concatenate([e["plan_seconds"] for e in eps])
     rows.append(row(f"Diffuser planner ({args.candidates} candidates, value guided)", [e["return"] for e in eps], ref,
                     env_id, {"plan_seconds_mean": float(secs.mean()), "fell": int(sum(e["terminated"] for e in eps))}))
