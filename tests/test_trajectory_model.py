@@ -181,7 +181,7 @@ def test_planner_uses_the_recipe_sampler_options(monkeypatch):
     assert not np.allclose(plans["default"], plans["eta"])
     assert not np.allclose(plans["default"], plans["trailing"])
     recipe = SimpleNamespace(sample=SampleConfig(sampler="ddim", steps=5, eta=0.5, spacing="trailing"),
-                             data=SimpleNamespace(horizon=16, condition="start_goal"))
+                             data=SimpleNamespace(horizon=16, condition="start_goal", formulation="diffuser"))
     loaded = SimpleNamespace(recipe=recipe, denoiser=_planner(PlannerConfig()).den)
     args = SimpleNamespace(value=None, guidance=None, sampler=None, steps=None, candidates=1, guide_scale=0.1,
                            warm_start=0.0, device="cpu", avoid_walls=False)

@@ -52,7 +52,8 @@ def run_planner(args) -> list[dict]:
     """The planner's episodes, split over --jobs processes of one thread each (episodes are independent and seeded,
     so the split changes nothing but the wall time)."""
     opts = dict(value=args.value, guidance=None, avoid_walls=False, candidates=args.candidates,
-                guide_scale=args.guide_scale, warm_start=0.0, sampler=args.sampler, steps=args.steps, device="cpu")
+                guide_scale=args.guide_scale, warm_start=0.0, sampler=args.sampler, steps=args.steps, device="cpu",
+                target_return=args.target_return, condition_guidance_w=args.condition_guidance_w, inverse=None)
     seeds = [args.seed + i for i in range(args.episodes)]
     if args.jobs <= 1:
         return planner_episodes(args.run, opts, seeds, args.replan_every, args.threads)
@@ -67,7 +68,10 @@ def run_planner(args) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", help="a trained locomotion trajectory run")
-    ap.add_argument("--value", required=True, help="its value function folder (diffsuite train-value)")
+    ap.add_argument("--value", default=None, help="its value function folder (diffsuite train-value); none for a "
+                    "Decision Diffuser run (its inverse dynamics are read from RUN/inverse)")
+    ap.add_argument("--target-return", type=float, default=0.9, help="Decision Diffuser: the conditioned return")
+    ap.add_argument("--condition-guidance-w", type=float, default=1.2, help="Decision Diffuser: the CFG weight")
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--candidates", type=int, default=64)
     ap.add_argument("--guide-scale", type=float, default=0.1)
@@ -95,7 +99,9 @@ def main(argv=None) -> int:
     rows = []
     eps = run_planner(args)
     secs = np.concatenate([e["plan_seconds"] for e in eps])
-    rows.append(row(f"Diffuser planner ({args.candidates} candidates, value guided)", [e["return"] for e in eps], ref,
+    name = (f"Decision Diffuser (return {args.target_return}, w {args.condition_guidance_w})"
+            if d.formulation == "decision_diffuser" else f"Diffuser planner ({args.candidates} candidates, value guided)")
+    rows.append(row(name, [e["return"] for e in eps], ref,
                     env_id, {"plan_seconds_mean": float(secs.mean()), "fell": int(sum(e["terminated"] for e in eps))}))
     # behaviour cloning on the same data
     seq = full_dataset(d)

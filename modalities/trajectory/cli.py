@@ -49,6 +49,12 @@ def add_commands(subparsers) -> None:
                    help="with --candidates > 1: keep the candidate plan that runs least into the maze's walls "
                         "(planner.wall_value); not with --value")
     p.add_argument("--guide-scale", type=float, default=0.1)
+    p.add_argument("--target-return", type=float, default=0.9, help="Decision Diffuser models: the return the plans are "
+                   "conditioned on, as a fraction of the data's largest return-to-go (their test_ret)")
+    p.add_argument("--condition-guidance-w", type=float, default=1.2, help="Decision Diffuser models: classifier-free "
+                   "weight in their convention, eps_u + w (eps_c - eps_u)")
+    p.add_argument("--inverse", default=None, help="Decision Diffuser models: the inverse-dynamics folder (default "
+                   "<run>/inverse, from diffsuite train-inverse)")
     p.add_argument("--filmstrip", action="store_true", help="locomotion: render the first episode (MuJoCo, EGL) into "
                    "filmstrip.png")
     p.add_argument("--reference-episodes", type=positive_int, default=100)
@@ -66,6 +72,28 @@ def add_commands(subparsers) -> None:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--out", default=None, help="folder (default: <run>/value)")
     v.set_defaults(func=cmd_train_value)
+    i = subparsers.add_parser("train-inverse", help="train Decision Diffuser's inverse dynamics a = f(s, s') on a "
+                              "trajectory model's data", description="an MLP on the consecutive states of the "
+                              "checkpoint's dataset (inverse.py), written to <run>/inverse")
+    i.add_argument("checkpoint")
+    i.add_argument("--steps", type=positive_int, default=20000)
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--out", default=None, help="folder (default: <run>/inverse)")
+    i.set_defaults(func=cmd_train_inverse)
+
+
+def cmd_train_inverse(args) -> int:
+    from .inverse import save_inverse, train_inverse, transitions
+    from .task import full_dataset
+    loaded = args.load(args.checkpoint, task="trajectory", command="diffsuite train-inverse")
+    seq = full_dataset(loaded.recipe.data)
+    f = train_inverse(seq, args.steps, args.seed)
+    pairs, act = transitions(seq)
+    with torch.no_grad():
+        mse = float((f(torch.as_tensor(pairs[:10000])) - torch.as_tensor(act[:10000])).pow(2).mean())
+    out = save_inverse(f, args.out or Path(loaded.checkpoint).parent.parent / "inverse")
+    print(f"inverse dynamics -> {out} (training MSE {mse:.4f}, action variance {float(act.var(0).mean()):.4f})")
+    return 0
 
 
 def cmd_train_value(args) -> int:
@@ -88,6 +116,8 @@ def _planner(args, loaded, grid=None) -> Planner:
     from .task import full_dataset
     r = loaded.recipe
     seq = full_dataset(r.data)
+    if r.data.formulation == "decision_diffuser":
+        return _decision_planner(args, loaded, seq)
     value_fn = None
     if args.avoid_walls:
         if args.value or args.candidates < 2:
@@ -109,6 +139,27 @@ def _planner(args, loaded, grid=None) -> Planner:
                         warm_start_t=args.warm_start, sampler_options=sampler_options(r.sample, sampler),
                         condition=r.data.condition)
     return Planner(loaded.denoiser, seq.normalizer, seq.action_dim, seq.obs_dim, r.data.horizon, cfg, value_fn)
+
+
+def _decision_planner(args, loaded, seq) -> Planner:
+    """Decision Diffuser's planner: states-only plans from the current state, conditioned on --target-return with
+    classifier-free guidance, actions from the inverse dynamics."""
+    from diffsuite.recipes.run import sampler_options
+    from .data import states_normalizer
+    from .inverse import load_inverse
+    if args.value or args.avoid_walls or (args.guidance or "none") != "none":
+        raise ConfigError("a Decision Diffuser model is steered by --target-return, not by a value function "
+                          "(--value, --guidance, --avoid-walls)")
+    r = loaded.recipe
+    folder = Path(args.inverse) if args.inverse else Path(loaded.checkpoint).parent.parent / "inverse"
+    if not (folder / "inverse.json").is_file():
+        raise ConfigError(f"{folder}: no inverse dynamics; train them with diffsuite train-inverse {args.checkpoint}")
+    sampler = args.sampler or r.sample.sampler
+    cfg = PlannerConfig(sampler=sampler, steps=args.steps or r.sample.steps, n_candidates=1,
+                        sampler_options=sampler_options(r.sample, sampler), condition=r.data.condition,
+                        target_return=args.target_return, cfg_w=args.condition_guidance_w - 1)
+    return Planner(loaded.denoiser, states_normalizer(seq.normalizer, seq.action_dim), 0, seq.obs_dim, r.data.horizon,
+                   cfg, inverse=load_inverse(folder))
 
 
 @torch.no_grad()

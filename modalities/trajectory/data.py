@@ -76,6 +76,13 @@ def normalizer_from_state(state: dict):
     return n
 
 
+def states_normalizer(norm, action_dim: int):
+    """The per-dimension normaliser of the joint [action, state] vector restricted to the states (for states-only
+    plans, Decision Diffuser)."""
+    st = norm.state()
+    return normalizer_from_state({k: v[action_dim:] if isinstance(v, list) else v for k, v in st.items()})
+
+
 def episode_bounds(terminals: np.ndarray, timeouts: np.ndarray) -> list[tuple[int, int]]:
     """[start, end) of each episode; an episode ends after a step marked terminal or timeout (or at the stream end)."""
     ends = np.flatnonzero(np.asarray(terminals, bool) | np.asarray(timeouts, bool)) + 1
@@ -151,6 +158,12 @@ class SequenceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, idx):
         return torch.from_numpy(np.ascontiguousarray(self.window_array(idx)))
+
+    @property
+    def return_scale(self) -> float:
+        """The largest |discounted return-to-go| in the data: returns / this lie in [-1, 1] (Decision Diffuser
+        divides by a fixed per-environment constant instead)."""
+        return float(np.abs(self.rtg).max()) if len(self.rtg) and np.abs(self.rtg).max() > 0 else 1.0
 
     def split(self, obs_action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(actions, observations) of a joint (..., A + S) tensor."""

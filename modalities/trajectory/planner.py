@@ -16,6 +16,9 @@
   shrinking-horizon replan keeps the goal at the step where the previous plan was due to arrive (evaluate.py,
   shrink=True), which fixes that (U-Maze demo, replan every 16: success 1.00 single- and multi-task).
 * Any core sampler at any step count.
+* Decision Diffuser (Ajay et al. 2023): with `target_return` the model is a states-only one conditioned on a scaled
+  return; the plans are sampled with classifier-free guidance toward it (`cfg_w`) and their actions come from the
+  inverse dynamics f(s_k, s_{k+1}) (inverse.py) instead of the diffused actions.
 * In a maze, candidates can be ranked by how little they run into walls (`wall_value`, `diffsuite plan
   --candidates 8 --avoid-walls`): the CPU models put 5-8% of Medium's plan positions inside walls, and picking
   the cleanest of 8 plans takes that to ~0% (Medium 40k, 100 held-out episodes: success 0.92 -> 0.99 single-task,
@@ -31,10 +34,12 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from diffsuite.core.guidance import GradientGuidance, Inpaint, ValueGuidance
+from diffsuite.core.guidance import ClassifierFreeGuidance, GradientGuidance, Inpaint, ValueGuidance
 from diffsuite.core.parameterization import q_sample
 from diffsuite.core.samplers import sample
 from diffsuite.core.utils import randn
+
+from .inverse import plan_actions
 
 
 @dataclass
@@ -60,15 +65,22 @@ class PlannerConfig:
     warm_start_t: float = 0.0  # > 0: warm start from the previous plan noised to this fraction of T
     sampler_options: dict = field(default_factory=dict)  # e.g. recipes.run.sampler_options(recipe.sample, sampler)
     condition: str = "none"  # what the model was trained to see clean: start_goal | start | none (data.condition)
+    #: Decision Diffuser: the scaled return the states-only plans are conditioned on, and the classifier-free weight
+    #: w of eps = (1 + w) eps(c) - w eps(null) (their guidance scale 1.2 is w = 0.2 here)
+    target_return: Optional[float] = None
+    cfg_w: float = 0.2
 
 
 class Planner:
     """Sample (start, goal)-inpainted, optionally value-guided trajectories; unnormalise; rank by value."""
 
     def __init__(self, denoiser, normalizer, action_dim: int, obs_dim: int, horizon: int,
-                 cfg: PlannerConfig = PlannerConfig(), value_fn: Optional[Callable] = None, goal_dims=(0, 1)):
+                 cfg: PlannerConfig = PlannerConfig(), value_fn: Optional[Callable] = None, goal_dims=(0, 1),
+                 inverse: Optional[Callable] = None):
+        """inverse: Decision Diffuser's f(s_t, s_{t+1}) -> a_t (inverse.py) for states-only plans (action_dim 0,
+        normalizer over the states alone)."""
         self.den, self.norm, self.A, self.S, self.H = denoiser, normalizer, action_dim, obs_dim, horizon
-        self.cfg, self.value_fn, self.goal_dims = cfg, value_fn, tuple(goal_dims)
+        self.cfg, self.value_fn, self.goal_dims, self.inverse = cfg, value_fn, tuple(goal_dims), inverse
         if cfg.guidance != "none" and value_fn is None:
             raise ValueError(f"Planner: guidance={cfg.guidance!r} needs a value_fn")
         self.device = next(denoiser.parameters()).device
@@ -128,6 +140,9 @@ class Planner:
             den = GradientGuidance(self.den, self.value_fn, c.guide_scale)
         hooks.append(Inpaint(self.den.schedule, mask, known))
         cond = self.model_cond(mask, known)
+        if c.target_return is not None:  # Decision Diffuser: returns as a classifier-free condition
+            cond = {"states": cond, "returns": torch.full((B, 1), float(c.target_return), device=self.device)}
+            den = ClassifierFreeGuidance(den, c.cfg_w, {"returns": float("nan")})
         opts = dict(c.sampler_options)
         x_T = None
         if c.warm_start_t > 0 and self.prev is not None:
@@ -145,8 +160,9 @@ class Planner:
         best = int(values.argmax()) if values is not None else 0
         self.prev = x[best: best + 1].expand(x.shape[0], -1, -1).clone()
         joint = self.norm.unnormalize(x.detach().cpu().float()).numpy()
+        actions = plan_actions(self.inverse, joint[best]) if self.inverse is not None else joint[best, :, :self.A]
         secs = time.perf_counter() - t_start
-        return Plan(states=joint[best, :, self.A:], actions=joint[best, :, :self.A],
+        return Plan(states=joint[best, :, self.A:], actions=actions,
                     value=None if values is None else float(values[best]), seconds=secs,
                     all_states=joint[:, :, self.A:], normalized=x.detach())
 

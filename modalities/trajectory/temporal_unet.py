@@ -57,6 +57,23 @@ class TimeEmbedding(nn.Module):
         return self.mlp(sinusoidal_embedding(t, self.dim))
 
 
+class ReturnsEmbedding(nn.Module):
+    """Decision Diffuser's returns MLP (Ajay et al. 2023, Sec. 3.1): y (B, 1) -> Linear -> Mish -> Linear -> Mish ->
+    Linear -> (B, dim), added to the time embedding. A NaN return is the null condition of classifier-free training
+    (their Bernoulli mask): its embedding is zero."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(1, dim), nn.Mish(), nn.Linear(dim, 4 * dim), nn.Mish(), nn.Linear(4 * dim, dim))
+
+    def forward(self, y):
+        if y is None:
+            raise ValueError("a returns-conditioned U-Net needs cond['returns'] (B, 1); NaN for unconditional")
+        y = y.reshape(len(y), 1).float()
+        known = ~torch.isnan(y)
+        return self.mlp(torch.where(known, y, torch.zeros_like(y))) * known  # NaN never reaches the weights' gradients
+
+
 def check_horizon(H: int, factor: int, where: str) -> None:
     if H % factor:
         ok = [k * factor for k in range(max(1, H // factor), H // factor + 2)]
@@ -93,9 +110,10 @@ class TemporalUnet(nn.Module):
     channel_axis = -1  # (B, H, D): transitions are channel-last
 
     def __init__(self, transition_dim: int, dim: int = 32, dim_mults: Sequence[int] = (1, 4, 8), kernel: int = 5,
-                 z_channels: int = 0):
+                 z_channels: int = 0, returns_cond: bool = False):
         super().__init__()
         self.time, self.z_channels = TimeEmbedding(dim), z_channels  # z: a DDGAN latent after the D dims
+        self.returns = ReturnsEmbedding(dim) if returns_cond else None
         self.encoder = TemporalEncoder(transition_dim + z_channels, dim, dim_mults, kernel)
         dims, mid = self.encoder.dims, self.encoder.dims[-1]
         self.mid1, self.mid2 = ResidualTemporalBlock(mid, mid, dim, kernel), ResidualTemporalBlock(mid, mid, dim, kernel)
@@ -109,9 +127,11 @@ class TemporalUnet(nn.Module):
         self.factor = self.encoder.factor
         self.transition_dim = transition_dim
 
-    def forward(self, x, t, cond=None):
+    def forward(self, x, t, cond=None, returns=None):
         check_horizon(x.shape[1], self.factor, "TemporalUnet")
         emb = self.time(t)
+        if self.returns is not None:
+            emb = emb + self.returns(returns)
         h, skips = self.encoder(x.transpose(1, 2), emb)
         h = self.mid2(self.mid1(h, emb), emb)
         for b1, b2, up in self.ups:  # deepest skip first; the shallowest one is unused, as in Diffuser
@@ -155,15 +175,22 @@ def apply_conditioning(x: torch.Tensor, cond: torch.Tensor, action_dim: int) -> 
 
 
 class ConditionedTemporalUnet(nn.Module):
-    """The temporal U-Net seeing clean start (and goal) states in x_t, as Diffuser trains and samples in mazes."""
+    """The temporal U-Net seeing clean start (and goal) states in x_t, as Diffuser trains and samples in mazes; with
+    returns_cond (Decision Diffuser) cond is {"states": (B, k, S), "returns": (B, 1)}."""
 
     def __init__(self, transition_dim: int, action_dim: int, dim: int = 32, dim_mults: Sequence[int] = (1, 4, 8),
-                 kernel: int = 5, z_channels: int = 0):
+                 kernel: int = 5, z_channels: int = 0, returns_cond: bool = False):
         super().__init__()
-        self.unet, self.action_dim = TemporalUnet(transition_dim, dim, dim_mults, kernel, z_channels), action_dim
+        self.unet = TemporalUnet(transition_dim, dim, dim_mults, kernel, z_channels, returns_cond)
+        self.action_dim, self.returns_cond = action_dim, returns_cond
         self.factor, self.z_channels, self.channel_axis = self.unet.factor, z_channels, -1
 
     def forward(self, x, t, cond=None):
+        if self.returns_cond:
+            if not isinstance(cond, dict) or "returns" not in cond:
+                raise ValueError("a returns-conditioned trajectory model needs cond = {'states': ..., 'returns': ...}")
+            cond, returns = cond.get("states"), cond["returns"]
+            return self.unet(x if cond is None else apply_conditioning(x, cond, self.action_dim), t, returns=returns)
         if cond is not None and self.z_channels:  # the states go into the transitions, not into a DDGAN latent
             D = self.unet.transition_dim
             x = torch.cat([apply_conditioning(x[..., :D], cond, self.action_dim), x[..., D:]], -1)
