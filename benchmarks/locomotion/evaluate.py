@@ -7,7 +7,7 @@ digit: v5 is not D4RL's v2), and the planner's time per planning call.
 
     python benchmarks/locomotion/evaluate.py RUN --value RUN/value [--episodes 10] [--candidates 64] [--jobs 2]
 
-Writes benchmarks/results/locomotion_<env>_<dataset>.json.
+Writes benchmarks/results/locomotion_<env>_<dataset>.json (..._decision.json for a Decision Diffuser run).
 """
 from __future__ import annotations
 
@@ -126,7 +126,8 @@ def main(argv=None) -> int:
            "args": vars(args), "references": ref, "d4rl_constants": d4rl, "levels": levels, "rows": rows,
            "machine": {"cpu": m.device_name, "cpu_capability": m.cpu_capability, "torch": torch.__version__}}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"locomotion_{env_id.split('-')[0].lower()}_{d.dataset}.json"
+    dd = "_decision" if d.formulation == "decision_diffuser" else ""
+    out = RESULTS / f"locomotion_{env_id.split('-')[0].lower()}_{d.dataset}{dd}.json"
     out.write_text(json.dumps(res, indent=1))
     print(f"written {out}")
     return 0
