@@ -234,7 +234,7 @@ class AutoencoderConfig:
     channels: int = valid(64, min=1)  # the widest level's channels
     num_res_blocks: int = valid(1, min=1)  # residual blocks per level
     kl_weight: float = valid(1.0e-6, min=0)  # LDM's weight (its KL and reconstruction summed over the image)
-    recon: str = valid("l1", choices=("l1", "l2"))
+    recon: str = valid("l1", choices=("l1", "l2", "bce"))  # bce: binary data in {-1, 1}, the decoder gives logits
     scale_batches: int = valid(16, min=1)  # training batches the latent scale factor is measured on
 
 

@@ -52,6 +52,22 @@ def test_loss_is_ldm_reconstruction_plus_weighted_kl():
     assert kl_standard_normal(torch.zeros(1, 4), torch.zeros(1, 4)).item() == 0.0
 
 
+def test_the_bernoulli_reconstruction_is_the_likelihood_and_pulls_missed_notes():
+    """recon: bce is -log p(x | logit D(z)) per element for x in {-1, 1}; at a silent decoding (logit -5) a missed
+    note pulls with 1 - p and an empty cell with p, where L1 pulls every cell alike (why L1 decoded rolls as silence)."""
+    from diffsuite.core.autoencoder import reconstruction_error
+    x = torch.tensor([1.0, -1.0])
+    rec = torch.full((2,), -5.0, requires_grad=True)
+    e = reconstruction_error(rec, x, "bce")
+    p = torch.sigmoid(torch.tensor(-5.0))
+    torch.testing.assert_close(e.detach(), torch.stack([-torch.log(p), -torch.log(1 - p)]))
+    (g,) = torch.autograd.grad(e.sum(), rec)
+    torch.testing.assert_close(g, torch.stack([p - 1, p]))
+    rec1 = torch.full((2,), -0.9, requires_grad=True)
+    (g1,) = torch.autograd.grad(reconstruction_error(rec1, x, "l1").sum(), rec1)
+    assert g1.abs().tolist() == [1.0, 1.0]
+
+
 def test_the_scale_factor_gives_unit_variance_latents_and_is_stored(ae_run, monkeypatch):
     path, root = ae_run
     monkeypatch.setenv("DIFFSUITE_CACHE", str(root / "cache"))

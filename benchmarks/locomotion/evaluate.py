@@ -45,6 +45,8 @@ def planner_episodes(run: str, opts: dict, seeds: list[int], replan_every: int, 
         env = gym.make(loaded.recipe.data.env_id, max_episode_steps=1000)
         eps.append({k: v for k, v in plan_episode(env, planner, s, replan_every).items() if k != "frames"})
         env.close()
+        print(f"  episode seed {s}: return {eps[-1]['return']:.1f}, {eps[-1]['length']} steps, plan "
+              f"{np.mean(eps[-1]['plan_seconds']) * 1000:.0f} ms", flush=True)
     return eps
 
 
