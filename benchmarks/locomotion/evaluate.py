@@ -33,18 +33,16 @@ def row(name: str, returns: list[float], ref: dict, env_id: str, extra: dict | N
 
 def planner_episodes(run: str, opts: dict, seeds: list[int], replan_every: int, threads: int = 1) -> list[dict]:
     """Planned episodes with the given seeds (one worker's share when --jobs > 1; frames dropped)."""
-    import gymnasium as gym
     from diffsuite.modalities.trajectory.cli import _planner
-    from diffsuite.modalities.trajectory.locomotion import plan_episode
+    from diffsuite.modalities.trajectory.locomotion import planned_episode
     from diffsuite.recipes.run import load
     torch.set_num_threads(threads)
     loaded = load(run)
     planner = _planner(SimpleNamespace(**opts), loaded)
     eps = []
     for s in seeds:
-        env = gym.make(loaded.recipe.data.env_id, max_episode_steps=1000)
-        eps.append({k: v for k, v in plan_episode(env, planner, s, replan_every).items() if k != "frames"})
-        env.close()
+        eps.append({k: v for k, v in planned_episode(loaded.recipe.data.env_id, planner, s, replan_every).items()
+                    if k != "frames"})
         print(f"  episode seed {s}: return {eps[-1]['return']:.1f}, {eps[-1]['length']} steps, plan "
               f"{np.mean(eps[-1]['plan_seconds']) * 1000:.0f} ms", flush=True)
     return eps
@@ -68,12 +66,14 @@ def run_planner(args) -> list[dict]:
 
 
 def main(argv=None) -> int:
+    from diffsuite.modalities.trajectory.planner import DD_GUIDANCE_W, DD_TARGET_RETURN
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", help="a trained locomotion trajectory run")
     ap.add_argument("--value", default=None, help="its value function folder (diffsuite train-value); none for a "
                     "Decision Diffuser run (its inverse dynamics are read from RUN/inverse)")
-    ap.add_argument("--target-return", type=float, default=0.9, help="Decision Diffuser: the conditioned return")
-    ap.add_argument("--condition-guidance-w", type=float, default=1.2, help="Decision Diffuser: the CFG weight")
+    ap.add_argument("--target-return", type=float, default=DD_TARGET_RETURN, help="Decision Diffuser: the "
+                    "conditioned return")
+    ap.add_argument("--condition-guidance-w", type=float, default=DD_GUIDANCE_W, help="Decision Diffuser: the CFG weight")
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--candidates", type=int, default=64)
     ap.add_argument("--guide-scale", type=float, default=0.1)

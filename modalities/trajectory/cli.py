@@ -14,7 +14,7 @@ from diffsuite.core.utils import atomic_write_json
 from . import locomotion
 from .evaluate import plan_episode, reference_returns, summarize
 from .maze import MazeGrid, env_id_for, make_env
-from .planner import LOOKAHEAD, PD_KD, PD_KP, Planner, PlannerConfig, wall_value
+from .planner import DD_GUIDANCE_W, DD_TARGET_RETURN, LOOKAHEAD, PD_KD, PD_KP, Planner, PlannerConfig, wall_value
 
 
 def add_commands(subparsers) -> None:
@@ -49,10 +49,10 @@ def add_commands(subparsers) -> None:
                    help="with --candidates > 1: keep the candidate plan that runs least into the maze's walls "
                         "(planner.wall_value); not with --value")
     p.add_argument("--guide-scale", type=float, default=0.1)
-    p.add_argument("--target-return", type=float, default=0.9, help="Decision Diffuser models: the return the plans are "
-                   "conditioned on, as a fraction of the data's largest return-to-go (their test_ret)")
-    p.add_argument("--condition-guidance-w", type=float, default=1.2, help="Decision Diffuser models: classifier-free "
-                   "weight in their convention, eps_u + w (eps_c - eps_u)")
+    p.add_argument("--target-return", type=float, default=DD_TARGET_RETURN, help="Decision Diffuser models: the "
+                   "return the plans are conditioned on, as a fraction of the data's largest return-to-go (their test_ret)")
+    p.add_argument("--condition-guidance-w", type=float, default=DD_GUIDANCE_W, help="Decision Diffuser models: "
+                   "classifier-free weight in their convention, eps_u + w (eps_c - eps_u)")
     p.add_argument("--inverse", default=None, help="Decision Diffuser models: the inverse-dynamics folder (default "
                    "<run>/inverse, from diffsuite train-inverse)")
     p.add_argument("--filmstrip", action="store_true", help="locomotion: render the first episode (MuJoCo, EGL) into "
@@ -201,8 +201,6 @@ def plan_locomotion(args, loaded) -> int:
     """`diffsuite plan` in Hopper / Walker2d / HalfCheetah: receding-horizon planning (every --replan-every steps,
     default every step), returns and normalised scores against our references (random actions, the expert actor)
     and D4RL's constants, plan time per call, and a filmstrip of the first episode."""
-    import os
-    import gymnasium as gym
     env_id, d = loaded.recipe.data.env_id, loaded.recipe.data
     if args.env and args.env != env_id:
         raise ConfigError(f"--env {args.env}: this model was trained on {env_id}")
@@ -211,18 +209,8 @@ def plan_locomotion(args, loaded) -> int:
     planner = _planner(args, loaded)
     folder = locomotion.actors_folder(env_id, d.actors)
     expert = locomotion.actor_file(folder, locomotion.read_levels(folder, env_id)["expert"])
-    eps = []
-    for i in range(args.episodes):
-        film = i == 0 and args.filmstrip
-        if film:
-            os.environ.setdefault("MUJOCO_GL", "egl")
-        env = gym.make(env_id, max_episode_steps=1000, **({"render_mode": "rgb_array", "width": 160, "height": 120}
-                                                          if film else {}))
-        try:
-            eps.append(locomotion.plan_episode(env, planner, args.seed + i, args.replan_every or 1,
-                                               frames_every=25 if film else 0))
-        finally:
-            env.close()
+    eps = [locomotion.planned_episode(env_id, planner, args.seed + i, args.replan_every or 1,
+                                      filmstrip=i == 0 and args.filmstrip) for i in range(args.episodes)]
     ref = locomotion.reference_returns(env_id, expert, args.reference_episodes)
     secs = np.concatenate([e["plan_seconds"] for e in eps])
     summary = {"env_id": env_id, "dataset": d.dataset, **locomotion.score([e["return"] for e in eps], ref, env_id),

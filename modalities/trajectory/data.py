@@ -9,6 +9,7 @@ trajectory (H, A + S), normalised per dimension.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,7 +160,7 @@ class SequenceDataset(torch.utils.data.Dataset):
     def __getitem__(self, idx):
         return torch.from_numpy(np.ascontiguousarray(self.window_array(idx)))
 
-    @property
+    @functools.cached_property
     def return_scale(self) -> float:
         """The largest |discounted return-to-go| in the data: returns / this lie in [-1, 1] (Decision Diffuser
         divides by a fixed per-environment constant instead)."""

@@ -300,6 +300,21 @@ def plan_episode(env, planner, seed: int, replan_every: int = 1, max_steps: int 
             "frames": frames}
 
 
+def planned_episode(env_id: str, planner, seed: int, replan_every: int = 1, filmstrip: bool = False) -> dict:
+    """`plan_episode` in a fresh 1000-step environment, closed afterwards; with filmstrip a frame every 25 steps
+    (MuJoCo rendering through EGL unless MUJOCO_GL says otherwise)."""
+    import os
+    import gymnasium as gym
+    if filmstrip:
+        os.environ.setdefault("MUJOCO_GL", "egl")
+    env = gym.make(env_id, max_episode_steps=1000,
+                   **({"render_mode": "rgb_array", "width": 160, "height": 120} if filmstrip else {}))
+    try:
+        return plan_episode(env, planner, seed, replan_every, frames_every=25 if filmstrip else 0)
+    finally:
+        env.close()
+
+
 def random_returns(env_id: str, episodes: int, seed: int = 0) -> list[float]:
     """Returns of uniformly random actions (the floor of the normalised score)."""
     import gymnasium as gym

@@ -52,6 +52,11 @@ class Plan:
     normalized: torch.Tensor  # (B, H, D) the raw sample (for warm starts)
 
 
+#: Decision Diffuser's test return (a fraction of the data's largest return-to-go) and guidance weight, in their
+#: convention eps_u + w (eps_c - eps_u)
+DD_TARGET_RETURN, DD_GUIDANCE_W = 0.9, 1.2
+
+
 @dataclass
 class PlannerConfig:
     sampler: str = "ddim"
