@@ -243,7 +243,7 @@ class LatentConfig:
     """Diffuse in the latent space of a trained autoencoder (core.latent)."""
 
     autoencoder: str = ""  # its run folder or checkpoint
-    cache: bool = True  # encode the training items once when training starts (false: per item, as drawn)
+    cache: bool = True  # encode the items once, kept on disk with a manifest ($DIFFSUITE_CACHE/latents; false: per item)
     seed: int = 0  # the posterior samples of the cached latents
 
 

@@ -2,13 +2,18 @@
 KL autoencoder (core.autoencoder).
 
 `LatentTask` wraps the task: its network runs on the latent shape (C_z, H / f, W / f) (the task adapts its model
-config: `Task.latent_model`), its training items are encoded to scaled latents scale * z, z ~ q(z | x) (once when
-training starts, or per item as drawn), and every sample is decoded, D(z / scale), before the task's own `finish`,
-so samplers, guidance, conditions and the CLI are unchanged. The autoencoder is frozen and read from its checkpoint,
+config: `Task.latent_model`), its training items are encoded to scaled latents scale * z, z ~ q(z | x) (once, into a
+cached latent set on disk with a manifest, or per item as drawn), and every sample is decoded, D(z / scale), before
+the task's own `finish`, so samplers, guidance, conditions and the CLI are unchanged. The autoencoder is frozen and read from its checkpoint,
 whose recorded scale factor is the one used (never a constant in a recipe).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,20 +23,62 @@ from .config import ConfigError
 from .task import Task
 
 
+def encode_items(base, ae, seed: int = 0, batch: int = 256) -> tuple[torch.Tensor, list]:
+    """(scaled latents of every item, posterior samples from a generator seeded `seed`; the items' conditions)."""
+    g = torch.Generator().manual_seed(seed)
+    items = [base[i] for i in range(len(base))]
+    x = torch.stack([_x0(it) for it in items])
+    with torch.no_grad():
+        z = torch.cat([ae.latents(x[i:i + batch], g) for i in range(0, len(x), batch)])
+    return z, [it.get("cond") if isinstance(it, dict) else None for it in items]
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's state (names, shapes, values): which autoencoder encoded a cached latent set."""
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        h.update(f"{k}{tuple(v.shape)}{v.dtype}".encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cached_latents(base, ae, settings: dict, seed: int = 0) -> tuple[torch.Tensor, list]:
+    """`encode_items` kept on disk: $DIFFSUITE_CACHE/latents/<hash of settings>/latents.safetensors beside a
+    manifest.json of the settings (autoencoder digest, data config, split, seed) and the file's sha256; read back when
+    both match, encoded again (with a warning naming the file) when the file does not match its manifest. Conditions
+    that are not tensors are not stored: the latents are then encoded in memory each time."""
+    from safetensors.torch import load_file, save_file
+    from .utils import atomic_write_json, cache_dir, sha256_file
+    folder = cache_dir("latents", hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16])
+    f, manifest = folder / "latents.safetensors", folder / "manifest.json"
+    if f.is_file() and manifest.is_file():
+        m = json.loads(manifest.read_text())
+        if m.get("settings") == settings and m.get("sha256") == sha256_file(f):
+            t = load_file(str(f))
+            return t["z"], list(t["cond"]) if "cond" in t else [None] * len(t["z"])
+        warnings.warn(f"{f}: does not match {manifest} (content hash or settings); encoding the latents again")
+    z, conds = encode_items(base, ae, seed)
+    if all(c is None for c in conds) or all(isinstance(c, torch.Tensor) for c in conds):
+        tensors = {"z": z.contiguous()} if conds[0] is None else {"z": z.contiguous(), "cond": torch.stack(conds)}
+        tmp = f.with_name(f"latents.{os.getpid()}.tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(f)
+        atomic_write_json(manifest, {"settings": settings, "file": f.name, "items": len(z),
+                                     "shape": list(z.shape[1:]), "sha256": sha256_file(f)})
+    return z, conds
+
+
 class LatentItems(torch.utils.data.Dataset):
     """A dataset's items with x0 replaced by its scaled latent: encoded once (`cached`, posterior samples from a
-    seeded generator, in batches) or per item as drawn (random crops and flips stay random)."""
+    seeded generator, in batches; kept on disk with a manifest when `settings` names them: `cached_latents`) or per
+    item as drawn (random crops and flips stay random)."""
 
-    def __init__(self, base, ae, cached: bool = True, seed: int = 0, batch: int = 256):
+    def __init__(self, base, ae, cached: bool = True, seed: int = 0, settings: Optional[dict] = None):
         self.base, self.ae, self.cached = base, ae, cached
         self.z = None
         if cached:
-            g = torch.Generator().manual_seed(seed)
-            items = [base[i] for i in range(len(base))]
-            x = torch.stack([_x0(it) for it in items])
-            with torch.no_grad():
-                self.z = torch.cat([ae.latents(x[i:i + batch], g) for i in range(0, len(x), batch)])
-            self.conds = [it.get("cond") if isinstance(it, dict) else None for it in items]
+            self.z, self.conds = (cached_latents(base, ae, settings, seed) if settings is not None
+                                  else encode_items(base, ae, seed))
 
     def __len__(self) -> int:
         return len(self.base)
@@ -83,13 +130,21 @@ class LatentTask(Task):
         return self.base.measure(data)
 
     def configure(self, model: Any, data: Any) -> Any:
-        return self.base.latent_model(self.base.configure(model, data), self.latent_shape(data))
+        return self.base.latent_model(self.base.configure(model, data), self.latent_shape(data), self.ae.factor)
 
     def build_net(self, model: Any, diffusion: Any):
         return self.base.build_net(model, diffusion)
 
     def build_dataset(self, data: Any, split: str = "train"):
-        return LatentItems(self.base.build_dataset(data, split), self.ae, self.cfg.cache, self.cfg.seed)
+        """The base task's items as latents; cached ones are kept on disk, keyed by the autoencoder's weights, the
+        data config, the split and the seed (core.latent.cached_latents)."""
+        base = self.base.build_dataset(data, split)
+        settings = None
+        if self.cfg.cache:
+            settings = {"autoencoder": str(self.cfg.autoencoder), "autoencoder_sha256": weights_digest(self.ae),
+                        "data": json.loads(json.dumps(asdict(data), sort_keys=True, default=str)), "split": split,
+                        "items": len(base), "seed": self.cfg.seed}
+        return LatentItems(base, self.ae, self.cfg.cache, self.cfg.seed, settings)
 
     def sample_shape(self, model: Any, data: Any) -> tuple:
         return self.latent_shape(data)

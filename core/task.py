@@ -55,8 +55,9 @@ class Task:
         uses it."""
         raise ConfigError(f"task {self.name!r} cannot run in an autoencoder's latent space (latent:)")
 
-    def latent_model(self, model: Any, shape: tuple) -> Any:
-        """The model config with its network sized for latent samples of `shape` (core.latent)."""
+    def latent_model(self, model: Any, shape: tuple, factor: int) -> Any:
+        """The model config with its network sized for latent samples of `shape`, `factor` times smaller per spatial
+        axis than the data (core.latent)."""
         raise ConfigError(f"task {self.name!r} cannot run in an autoencoder's latent space (latent:)")
 
     def build_classifier(self, model: Any, data: Any, classifier: Any) -> nn.Module:

@@ -94,6 +94,36 @@ def test_autoencoder_resumes_exactly(tmp_path, monkeypatch):
     assert float(ta["model"]["scale"]) > 0
 
 
+def test_the_cached_latent_set_is_kept_on_disk_with_a_manifest_and_read_back(ae_run, tmp_path, monkeypatch):
+    """Encoded once into $DIFFSUITE_CACHE/latents (safetensors + manifest of settings and sha256), read back without
+    encoding by the next run, encoded again with a warning naming the file when it no longer matches its manifest."""
+    import json
+    import warnings
+    from diffsuite.core import latent
+    path, _ = ae_run
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    r = run.load_recipe({**_ae_recipe(), "data": {**_ae_recipe()["data"], "class_cond": True}}).data  # labels too
+    task = latent.LatentTask(run.get_task("image"), run.load_recipe(
+        {**_ae_recipe(), "autoencoder": None, "latent": {"autoencoder": str(path)}}).latent)
+    first = task.build_dataset(r, "train")
+    (f,) = (tmp_path / "cache" / "latents").glob("*/latents.safetensors")
+    m = json.loads((f.parent / "manifest.json").read_text())
+    assert m["items"] == len(first) > 1000 and m["shape"] == [2, 8, 8] and m["settings"]["split"] == "train"
+    monkeypatch.setattr(latent, "encode_items", lambda *a, **k: pytest.fail("encoded again despite the cache"))
+    again = task.build_dataset(r, "train")
+    assert torch.equal(again.z, first.z) and torch.equal(torch.stack(again.conds), torch.stack(first.conds))
+    monkeypatch.undo()
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    f.write_bytes(f.read_bytes()[:-8] + bytes(8))  # the tail of the last latent overwritten
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        mended = task.build_dataset(r, "train")
+    assert any(str(f) in str(x.message) for x in w) and torch.equal(mended.z, first.z)
+    assert len(list((tmp_path / "cache" / "latents").iterdir())) == 1
+    task.build_dataset(r, "test")  # another split is another set
+    assert len(list((tmp_path / "cache" / "latents").iterdir())) == 2
+
+
 def test_latent_diffusion_trains_and_samples_decoded_images(ae_run, tmp_path, monkeypatch):
     path, root = ae_run
     monkeypatch.setenv("DIFFSUITE_CACHE", str(root / "cache"))
@@ -170,8 +200,9 @@ def test_inpainting_in_latent_space_keeps_the_known_region(ae_run, tmp_path, mon
 
 
 def test_music_rolls_run_in_an_autoencoders_latent_space(tmp_path, monkeypatch):
-    """The piano-roll task through the same wrapper: its roll U-Net on the latents (no patches, no chord planes,
-    chords as tokens), per-item encoding (cache: false) and decoded samples written as MIDI."""
+    """The piano-roll task through the same wrapper: its roll U-Net on the latents (no patches; the chord planes
+    drawn at the roll's size and folded to the latent's), per-item encoding (cache: false) and decoded samples written
+    as MIDI."""
     from tiny import recipe as tiny_recipe
     monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
     r = tiny_recipe("music", tmp_path)
@@ -181,7 +212,8 @@ def test_music_rolls_run_in_an_autoencoders_latent_space(tmp_path, monkeypatch):
     ld = dict(r, name="bach_ld", latent={"autoencoder": str(ae_dir), "cache": False})
     ld["diffusion"] = dict(r["diffusion"], clip_x0="none")
     a = run.load(run.train(ld, out_dir=tmp_path / "ld"))
-    assert a.recipe.model.in_channels == 3 and a.recipe.model.patch == 1 and not a.recipe.model.chord_map
+    assert a.recipe.model.in_channels == 3 and a.recipe.model.patch == 1 and a.recipe.model.chord_fold == 4
+    assert a.denoiser.net.inp.in_channels == 3 + 3 * 16  # the latent and the folded chord planes
     assert a.task.sample_shape(a.recipe.model, a.recipe.data) == (3, 8, 8)
     x, cond = run.generate(a.denoiser, a.task, a.recipe, n=2, steps=2, progress=False)
     assert x.shape == (2, 2, 32, 32)

@@ -63,6 +63,23 @@ def test_chord_planes_align_with_pitch_axis():
         task.sample_shape(MusicModelConfig(preset="small", pitch_lo=40), MusicDataConfig(pitch_lo=32))
 
 
+def test_folded_chord_planes_are_the_rolls_planes_in_channels():
+    """A latent model (chord_fold = f) reads the planes of the f-times larger roll, folded cell by cell into channels:
+    channel c * f^2 + i * f + j at latent cell (t, p) is plane c at roll cell (f t + i, f p + j)."""
+    from diffsuite.modalities.music import chords
+    f = 4
+    net = MusicTask().build_net(MusicModelConfig(preset="small", pitch_lo=40, patch=1, in_channels=3, chord_fold=f))
+    assert net.inp.in_channels == 3 + 3 * f * f
+    cond = torch.from_numpy(chords.parse_progression("C G/B", 2))[None]
+    seen = {}
+    net.inp.register_forward_hook(lambda m, inp, out: seen.update(x=inp[0]))
+    net(torch.zeros(1, 3, 4, 8), torch.tensor([10]), cond)  # latent of an (8 steps x 32 pitches) roll
+    full = net.chord_planes(cond, 8, 32)
+    folded = seen["x"][0, 3:]
+    for c, i, j, t, p in [(0, 0, 0, 0, 0), (0, 3, 1, 1, 5), (1, 2, 3, 0, 7), (2, 1, 2, 1, 2)]:
+        assert folded[c * f * f + i * f + j, t, p] == full[0, c, f * t + i, f * p + j]
+
+
 def test_presets_and_cfg_zero_equals_conditional():
     task = MusicTask()
     assert resolved(MusicModelConfig(preset="small", channels=8))["channels"] == 8

@@ -281,7 +281,7 @@ class ImageTask(Task):
     def data_shape(self, data: DataConfig) -> tuple:
         return (data.channels, data.image_size, data.image_size)
 
-    def latent_model(self, model: ModelConfig, shape: tuple) -> ModelConfig:
+    def latent_model(self, model: ModelConfig, shape: tuple, factor: int) -> ModelConfig:
         """The U-Net on latents: shape[0] channels of shape[-1] x shape[-1] (no image-to-image source in latents)."""
         if model.source_channels:
             raise ConfigError("latent: image-to-image models (data.degradation) do not run in a latent space yet")

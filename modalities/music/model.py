@@ -12,7 +12,8 @@ Two options make a small model learn fast on a CPU:
 - `chord_map` also feeds the chords as three pitch-aligned input planes (per time step and pitch: is the
   pitch class in the beat's chroma, is it the root, is it the bass; the null condition gives planes of -1),
   so a convolution sees which pitches the chord allows where it writes them. This needs `pitch_lo`, the
-  roll's lowest MIDI pitch, to align pitch classes with the pitch axis.
+  roll's lowest MIDI pitch, to align pitch classes with the pitch axis. In a latent model (core.latent) the planes
+  are drawn at the roll's size, chord_fold = f times the latent grid, and folded into channels like the patches.
 """
 from __future__ import annotations
 
@@ -58,17 +59,17 @@ class RollUNet(nn.Module):
     def __init__(self, channels: int = 64, channel_mults=(1, 2, 4, 4), num_res_blocks: int = 2,
                  attention_levels=(2, 3), heads: int = 4, dropout: float = 0.0, cond_dim: int | None = 36,
                  in_ch: int = 2, patch: int = 1, chord_map: bool = False, pitch_lo: int | None = None,
-                 ff_mult: int = 0, z_channels: int = 0):
+                 ff_mult: int = 0, z_channels: int = 0, chord_fold: int = 1):
         super().__init__()
         if chord_map and (not cond_dim or pitch_lo is None):
             raise ValueError("RollUNet: chord_map needs chord conditioning (cond_dim) and pitch_lo (the roll's lowest MIDI pitch)")
         self.channels, self.cond_dim, self.patch, self.in_ch = channels, cond_dim, patch, in_ch
-        self.chord_map, self.pitch_lo = chord_map, pitch_lo
+        self.chord_map, self.pitch_lo, self.chord_fold = chord_map, pitch_lo, chord_fold
         self.z_channels = z_channels  # a DDGAN generator's latent channels after the roll's (core.ddgan)
         self.n_down = len(channel_mults) - 1
         emb = channels * 4
         self.t_mlp = nn.Sequential(nn.Linear(channels, emb), nn.SiLU(), nn.Linear(emb, emb))
-        self.inp = nn.Conv2d((in_ch + z_channels + 3 * chord_map) * patch * patch, channels, 3, padding=1)
+        self.inp = nn.Conv2d((in_ch + z_channels + 3 * chord_map * chord_fold ** 2) * patch * patch, channels, 3, padding=1)
         ctx = emb if cond_dim else None  # chord tokens are embedded to the timestep-embedding width
         self.chord_mlp = nn.Sequential(nn.Linear(cond_dim, emb), nn.SiLU(), nn.Linear(emb, emb)) if cond_dim else None
         widths = [channels * m for m in channel_mults]
@@ -124,8 +125,11 @@ class RollUNet(nn.Module):
                              f"(patch {self.patch} x 2^{self.n_down} downsamplings)")
         e = self.t_mlp(B.timestep_embedding(t.float(), self.channels))
         if self.chord_map:  # no condition reads as the null condition (planes of -1)
-            planes = self.chord_planes(cond, *x.shape[-2:]) if cond is not None else \
-                -torch.ones(x.shape[0], 3, *x.shape[-2:], device=x.device)
+            T, P = (s * self.chord_fold for s in x.shape[-2:])
+            planes = self.chord_planes(cond, T, P) if cond is not None else \
+                -torch.ones(x.shape[0], 3, T, P, device=x.device)
+            if self.chord_fold > 1:  # drawn at the roll's size, folded to the latent's (space-to-depth)
+                planes = F.pixel_unshuffle(planes, self.chord_fold)
             x = torch.cat([x, planes.to(x.dtype)], dim=1)
         if cond is not None and self.chord_mlp is not None:
             cond = self.chord_mlp(cond)

@@ -45,6 +45,7 @@ class MusicModelConfig:
     chord_cond: bool = True
     chord_map: Optional[bool] = None  # also feed the chords as pitch-aligned input planes (needs pitch_lo)
     pitch_lo: Optional[int] = None  # the roll's lowest MIDI pitch; must equal data.pitch_lo (checked)
+    chord_fold: int = valid(1, min=1)  # chord planes drawn at chord_fold x the input's size, folded into channels
     cond_dim: int = chords.CHORD_DIM
     z_channels: int = valid(0, min=0)  # a DDGAN generator's latent channels (core.ddgan; 0: a plain denoiser)
     in_channels: int = valid(2, min=1)  # the roll's onset and sustain planes (a latent model: the latent channels)
@@ -116,7 +117,7 @@ class MusicTask(Task):
             raise ValueError("model.chord_map needs model.pitch_lo (set it to data.pitch_lo) to align chords with pitches")
         return RollUNet(**kw, heads=model.heads, dropout=model.dropout, pitch_lo=model.pitch_lo,
                         cond_dim=model.cond_dim if model.chord_cond else None, z_channels=model.z_channels,
-                        in_ch=model.in_channels)
+                        in_ch=model.in_channels, chord_fold=model.chord_fold)
 
     def build_autoencoder(self, model: MusicModelConfig, data: MusicDataConfig, ae):
         """The image modality's convolutional encoder / decoder on the roll's two planes (time x pitch)."""
@@ -127,11 +128,12 @@ class MusicTask(Task):
     def data_shape(self, data: MusicDataConfig) -> tuple:
         return (2, data.seg_len, data.n_pitch)
 
-    def latent_model(self, model: MusicModelConfig, shape: tuple) -> MusicModelConfig:
-        """The roll U-Net on latents: shape[0] input channels, no space-to-depth patches (the latent grid is already
-        coarse) and no pitch-aligned chord planes (the latent's pitch axis is downsampled); chords stay as tokens."""
+    def latent_model(self, model: MusicModelConfig, shape: tuple, factor: int) -> MusicModelConfig:
+        """The roll U-Net on latents: shape[0] input channels and no space-to-depth patches (the latent grid is already
+        coarse); pitch-aligned chord planes, when the model has them, are drawn at the roll's size and folded into
+        channels at the latent's (chord_fold = f), as the pixel model's patches fold them."""
         from dataclasses import replace
-        return replace(model, in_channels=shape[0], patch=1, chord_map=False, pitch_lo=None)
+        return replace(model, in_channels=shape[0], patch=1, chord_fold=factor)
 
     def build_discriminator(self, model: MusicModelConfig, data: MusicDataConfig, gan):
         """DDGAN's D(x_{t-1}, x_t, t): a time-conditional conv net over the two roll planes (core.ddgan)."""
