@@ -264,21 +264,40 @@ def audio_speed(presets: list[str], seconds: float, threads: int, repeats: int) 
     return {"audio_seconds": seconds, "threads": threads, "repeats": repeats, "rows": rows}
 
 
-def _train(den, loss, steps: int, out: Path, lr: float, data: torch.Tensor, seed: int = 0):
-    """Train `den` with `loss` for `steps` steps on the samples `data` through the core trainer (fp32, batch 256)."""
+def _train(den, loss, steps: int, out: Path, lr: float, data: torch.Tensor, seed: int = 0, **trainer):
+    """Train `den` with `loss` for `steps` steps on the samples `data` through the core trainer (fp32, batch 256;
+    `trainer`: other TrainerConfig fields)."""
     from diffsuite.core.config import TrainerConfig
     from diffsuite.core.trainer import Trainer
-    cfg = TrainerConfig(steps=steps, batch_size=256, lr=lr, warmup_steps=100, lr_schedule="cosine", ema_decay=0.999,
-                        mixed_precision="no", log_every=max(steps // 4, 1), progress=False, tensorboard=False, seed=seed)
+    cfg = TrainerConfig(**{**dict(steps=steps, batch_size=256, lr=lr, warmup_steps=100, lr_schedule="cosine",
+                                  ema_decay=0.999, mixed_precision="no", log_every=max(steps // 4, 1), progress=False,
+                                  tensorboard=False, seed=seed), **trainer})
     Trainer(den, torch.utils.data.TensorDataset(data), cfg, out, loss).train()
     return den
 
 
-def exact_rows(repeats: int, n: int, steps: tuple[int, int, int], seed: int = 3000) -> dict:
+def train_ddgan(data: torch.Tensor, T: int, steps: int, out: Path, seed: int = 0):
+    """A denoising diffusion GAN on the samples `data` (no teacher): toy2d_ddgan's MLP generator and discriminator,
+    its VP-SDE schedule discretised to T steps and its optimiser settings (Xiao et al. 2022's toy setting)."""
+    from diffsuite.core.ddgan import DenoisingDiffusionGAN, MLPDiscriminator
+    from diffsuite.core.denoiser import Denoiser
+    from diffsuite.core.schedules import make_schedule
+    from diffsuite.recipes.toy2d import MLPDenoiser
+    torch.manual_seed(seed)
+    G = Denoiser(MLPDenoiser(2, 128, 4, 32, z_channels=2), make_schedule("vp_sde", T, beta_start=0.1, beta_end=20.0),
+                 "x0")
+    loss = DenoisingDiffusionGAN(MLPDiscriminator(2, 128, 3, 32), 0.05, 2e-4, (0.5, 0.9))
+    return _train(G, loss, steps, out, 2e-4, data, seed, adam_betas=(0.5, 0.9), warmup_steps=0, lr_schedule="constant",
+                  clip_grad=None)
+
+
+def exact_rows(repeats: int, n: int, steps: tuple[int, int, int], seed: int = 3000, gan_steps: int = 8000) -> dict:
     """The exact Gaussian-mixture teacher of benchmarks/samplers.py (2-D, linear schedule, T = 1000): an MLP is first
     fitted to the mixture (the students' starting point), then distilled from the exact teacher (PD: 32 -> 2 steps;
-    CD: 18-interval ODE grid); SW2 means over `repeats` independent draws of x_T, reference sample and projections,
-    against 1000-step DDPM of the exact teacher (the issue's targets: PD-2 within 1.5x, CD-1 within 2x)."""
+    CD: 18-interval ODE grid); DDGANs with T = 2 and 4 trained on the same samples (no teacher); the exact teacher at
+    the same small NFE with DDIM and DPM-Solver++(2M). SW2 means over `repeats` independent draws of x_T, reference
+    sample and projections, against 1000-step DDPM of the exact teacher (the issue's targets: PD-2 within 1.5x, CD-1
+    within 2x)."""
     import copy
     import tempfile
     from samplers import T, draw, quality, run_ours, timesteps_for
@@ -310,15 +329,26 @@ def exact_rows(repeats: int, n: int, steps: tuple[int, int, int], seed: int = 30
     cd = ConsistencyFunction(copy.deepcopy(base))
     cd = _train(cd, ConsistencyDistillation(teacher, cd, 18, 0.95), cd_steps, tmp / "cd", 1e-4, data)
     times["cd"] = time.perf_counter() - t0
+    gans = {}
+    for T_g in (2, 4):
+        t0 = time.perf_counter()
+        gans[T_g] = train_ddgan(data, T_g, gan_steps, tmp / f"ddgan{T_g}", seed).eval()
+        times[f"ddgan_T{T_g}"] = time.perf_counter() - t0
     runs = {"exact teacher, DDPM 1000": lambda x, g: run_ours(teacher, x, "ddpm", 1000, {
                 "timesteps": timesteps_for(T, 1000, "leading"), "variance": "beta_tilde"}, g),
             "exact teacher, DDIM 2": lambda x, g: sample(teacher, x.shape, "ddim", 2, x_T=x, spacing="uniform"),
             "exact teacher, DDIM 1": lambda x, g: sample(teacher, x.shape, "ddim", 1, x_T=x, spacing="uniform"),
+            "exact teacher, DDIM 4": lambda x, g: sample(teacher, x.shape, "ddim", 4, x_T=x, spacing="uniform"),
+            **{f"exact teacher, DPM-Solver++(2M) {k}": (lambda k: lambda x, g: sample(
+                teacher, x.shape, "dpmpp_2m", k, x_T=x, spacing="uniform"))(k) for k in (2, 4)},
             "fitted MLP (start), DDIM 2": lambda x, g: sample(base.eval(), x.shape, "ddim", 2, x_T=x, spacing="uniform"),
             "PD student, 2 steps": lambda x, g: sample(pd.eval(), x.shape, "ddim", 2, x_T=x, spacing="uniform"),
             "CD student, 1 step": lambda x, g: sample(cd.eval(), x.shape, "consistency", 1, x_T=x),
             "CD student, 2 steps": lambda x, g: sample(cd.eval(), x.shape, "consistency", 2, x_T=x,
-                                                       generator=torch.Generator().manual_seed(g))}
+                                                       generator=torch.Generator().manual_seed(g)),
+            **{f"DDGAN, T = {k}": (lambda k: lambda x, g: sample(gans[k], x.shape, "ddgan", k, x_T=x,
+                                                               generator=torch.Generator().manual_seed(g)))(k)
+               for k in (2, 4)}}
     sw2 = {k: [] for k in ["floor: a true draw", *runs]}
     with torch.no_grad():
         for r in range(repeats):
@@ -329,7 +359,8 @@ def exact_rows(repeats: int, n: int, steps: tuple[int, int, int], seed: int = 30
                 sw2[label].append(quality(fn(x_T.clone(), seed + r), gmm, ref, theta)["sw2"])
     mean = {k: sum(v) / len(v) for k, v in sw2.items()}
     ref_mean = mean["exact teacher, DDPM 1000"]
-    return {"repeats": repeats, "n": n, "steps": {"fit": fit_steps, "pd_stage": stage_steps, "cd": cd_steps},
+    return {"repeats": repeats, "n": n, "steps": {"fit": fit_steps, "pd_stage": stage_steps, "cd": cd_steps,
+                                                  "ddgan": gan_steps},
             "train_seconds": times, "sw2_mean": mean,
             "sw2_sd": {k: float(torch.tensor(v).std()) for k, v in sw2.items()},
             "ratio_to_ddpm1000": {k: v / ref_mean for k, v in mean.items()},
@@ -360,6 +391,7 @@ def main(argv=None) -> int:
     e.add_argument("--repeats", type=int, default=30)
     e.add_argument("--n", type=int, default=10_000)
     e.add_argument("--steps", type=int, nargs=3, default=[3000, 2000, 6000], metavar=("FIT", "PD_STAGE", "CD"))
+    e.add_argument("--gan-steps", type=int, default=8000, help="training steps of each DDGAN (T = 2 and 4)")
     e.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewstep_exact.json")
     a = p.parse_args(argv)
     if a.what == "audio-speed":
@@ -374,7 +406,7 @@ def main(argv=None) -> int:
         return 0
     if a.what == "exact":
         torch.set_num_threads(1)
-        res = exact_rows(a.repeats, a.n, tuple(a.steps))
+        res = exact_rows(a.repeats, a.n, tuple(a.steps), gan_steps=a.gan_steps)
         for k, v in res["sw2_mean"].items():
             print(f"{k:32s} SW2 {v:.4f} ± {res['sw2_sd'][k]:.4f}   {res['ratio_to_ddpm1000'][k]:.2f}x DDPM-1000")
         print("targets: " + ", ".join(f"{k}: {v:.2f}x" for k, v in res["targets"].items()))

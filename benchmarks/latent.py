@@ -16,6 +16,7 @@ CPU time for training plus sampling 1000 images (the autoencoder's training repo
     python benchmarks/latent.py --sweep benchmarks/results/latent_digits.json benchmarks/results/latent_digits_kl*.json
     python benchmarks/latent.py --photos runs/photos_ae runs/photos_latent
     python benchmarks/latent.py --music --work runs/latent_music       # latent against pixel music_bach
+    python benchmarks/latent.py --work runs/latent_bench --latent-steps 2200 --select-guidance 0 0.5 1 2  # on val
 
 Writes benchmarks/results/latent_digits.json (or latent_digits_<out>.json with --out).
 """
@@ -45,15 +46,16 @@ def timed_train(recipe: str, out: Path, overrides: list[str], cmd: str = "train"
     return cpu
 
 
-def sample_rows(loaded, name: str, n: int, seeds: list[int]) -> list[dict]:
+def sample_rows(loaded, name: str, n: int, seeds: list[int], guidance: float | None = None,
+                split: str = "test") -> list[dict]:
     from diffsuite.modalities.image.cli import evaluate
     rows = []
     for s in seeds:
         t0 = time.process_time()
-        r = evaluate(loaded, n, seed=s, bpd_n=0)
+        r = evaluate(loaded, n, guidance=guidance, seed=s, bpd_n=0, split=split)
         r.update(model=name, sample_cpu_seconds=time.process_time() - t0)
         rows.append(r)
-        print(f"{name:22s} seed {s}: digits-FID {r['digits_fid']:7.2f}  cond-acc {r['conditional_accuracy']:.3f}  "
+        print(f"{name:22s} seed {s} w {r['guidance']:g} ({split}): digits-FID {r['digits_fid']:7.2f}  cond-acc {r['conditional_accuracy']:.3f}  "
               f"sampling {r['sample_cpu_seconds']:.1f} CPU s", flush=True)
     return rows
 
@@ -66,6 +68,23 @@ def autoencoder_rows(ae, test_x: torch.Tensor) -> dict:
     return {"reconstruction_psnr": float(metrics.psnr(rec, test_x).mean()),
             "reconstruction_digits_fid": metrics.fid(clf.features, test_x, rec), "scale": float(ae.scale),
             "latent_shape": [ae.latent_channels, test_x.shape[-1] // ae.factor, test_x.shape[-1] // ae.factor]}
+
+
+def select_guidance(models: dict, weights: list[float], n: int, seed: int = 100, margin: float = 0.5) -> dict:
+    """The rule of docs/image.md#latent-diffusion, fixed before it ran: per model, each w ranked by digits-FID of n
+    samples against the validation digits; the lowest wins unless it beats w = 1 (the recipes') by less than
+    `margin`."""
+    out = {}
+    for name, loaded in models.items():
+        rows = []
+        for w in weights:
+            rows += sample_rows(loaded, name, n, [seed], w, "val")
+        best = min(rows, key=lambda r: r["digits_fid"])
+        base = [r for r in rows if r["guidance"] == 1.0]
+        chosen = base[0] if base and base[0]["digits_fid"] - best["digits_fid"] < margin else best
+        out[name] = {"rows": rows, "chosen_w": chosen["guidance"]}
+        print(f"{name}: chosen w = {chosen['guidance']:g} (val digits-FID {chosen['digits_fid']:.2f})", flush=True)
+    return out
 
 
 def mean(rows: list[dict], key: str) -> float:
@@ -182,6 +201,11 @@ def main(argv=None):
     ap.add_argument("--kl", type=float, default=None, help="autoencoder.kl_weight (default the recipe's)")
     ap.add_argument("--steps", type=int, default=None, help="train.steps of all three runs (default the recipes'; a smoke test)")
     ap.add_argument("--latent-steps", type=int, default=None, help="train.steps of the latent model alone")
+    ap.add_argument("--select-guidance", type=float, nargs="+", metavar="W", help="rank these guidance weights on the "
+                    "validation digits, per model (the rule in docs/image.md#latent-diffusion); writes "
+                    "results/latent_digits_guidance_val.json and samples nothing on the test digits")
+    ap.add_argument("--w-pixel", type=float, default=None, help="the pixel model's guidance (default the recipe's)")
+    ap.add_argument("--w-latent", type=float, default=None, help="the latent model's guidance (default the recipe's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -217,13 +241,19 @@ def main(argv=None):
            "latent": timed_train("image_digits_latent", ld_dir, [f"latent.autoencoder={ae_dir}"] + steps + ls),
            "pixel": timed_train("image_digits", px_dir, steps)}
     latent, pixel = run.load(ld_dir), run.load(px_dir)
+    if args.select_guidance:
+        res = {"machine": machine, "args": vars(args), "split": "val",
+               **select_guidance({"pixel": pixel, "latent": latent}, args.select_guidance, args.n)}
+        (RESULTS / "latent_digits_guidance_val.json").write_text(json.dumps(res, indent=1))
+        return
     test_x = pixel.task.build_dataset(pixel.recipe.data, "test").x
     res = {"machine": machine,
            "args": vars(args), "train_cpu_seconds": cpu,
            "real_floor_digits_fid": real_floor(pixel, args.n),
            "autoencoder": autoencoder_rows(latent.task.ae, test_x)}
     print(json.dumps(res["autoencoder"]), flush=True)
-    rows = sample_rows(pixel, "pixel", args.n, args.seeds) + sample_rows(latent, "latent", args.n, args.seeds)
+    rows = sample_rows(pixel, "pixel", args.n, args.seeds, args.w_pixel) + \
+        sample_rows(latent, "latent", args.n, args.seeds, args.w_latent)
     torch.manual_seed(0)
     untrained = run.build_model(latent.task, latent.recipe, for_sampling=True).eval()
     floor = type(latent)(latent.task, latent.recipe, untrained, latent.checkpoint, 0, latent.precision)

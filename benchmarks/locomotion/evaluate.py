@@ -65,6 +65,33 @@ def run_planner(args) -> list[dict]:
         return sorted((e for part in parts for e in part), key=lambda e: e["seed"])
 
 
+def reference_rows(args, d, folder: Path, levels: dict, ref: dict) -> list[dict]:
+    """Behaviour cloning on the same data (an MLP) and the behaviour policy itself (the last two actors of the
+    dataset's levels), over the same episode seeds as the planner."""
+    import gymnasium as gym
+    from diffsuite.modalities.trajectory import locomotion as L
+    from diffsuite.modalities.trajectory.task import full_dataset
+    env_id, rows = d.env_id, []
+    seq = full_dataset(d)
+    a, s = seq.split(torch.as_tensor(seq.normalizer.unnormalize(seq.joint)))
+    env = gym.make(env_id)
+    t0 = time.perf_counter()
+    bc = L.train_bc(s.numpy(), a.numpy(), env.action_space.low, env.action_space.high, args.bc_steps)
+    env.close()
+    rows.append(row("behaviour cloning (MLP 256-256)", L.evaluate_actor(bc, env_id, args.episodes, args.seed)["returns"],
+                    ref, env_id,
+                    {"train_seconds": time.perf_counter() - t0}))
+    # the behaviour policy
+    names = {"medium": [levels["medium"]], "medium-replay": levels["replay"],
+             "medium-expert": [levels["medium"], levels["expert"]]}[d.dataset]
+    for steps in names[-2:]:
+        actor, _ = L.load_actor(L.actor_file(folder, steps))
+        rows.append(row(f"behaviour policy (SAC actor at {steps} steps, stochastic)",
+                        L.evaluate_actor(actor, env_id, args.episodes, args.seed, deterministic=False)["returns"], ref,
+                        env_id))
+    return rows
+
+
 def main(argv=None) -> int:
     from diffsuite.modalities.trajectory.planner import DD_GUIDANCE_W, DD_TARGET_RETURN
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -84,12 +111,13 @@ def main(argv=None) -> int:
     ap.add_argument("--bc-steps", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--planner-only", action="store_true", help="skip behaviour cloning and the behaviour policy "
+                    "(an ablation of the planner's settings)")
+    ap.add_argument("--out", default=None, help="suffix of the results file (an ablation: ..._<out>.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    import gymnasium as gym
     from diffsuite.core.precision import probe_machine
     from diffsuite.modalities.trajectory import locomotion as L
-    from diffsuite.modalities.trajectory.task import full_dataset
     from diffsuite.recipes.run import load
     loaded = load(args.run)
     d = loaded.recipe.data
@@ -102,34 +130,20 @@ def main(argv=None) -> int:
     eps = run_planner(args)
     secs = np.concatenate([e["plan_seconds"] for e in eps])
     name = (f"Decision Diffuser (return {args.target_return}, w {args.condition_guidance_w})"
-            if d.formulation == "decision_diffuser" else f"Diffuser planner ({args.candidates} candidates, value guided)")
+            if d.formulation == "decision_diffuser" else f"Diffuser planner ({args.candidates} candidates, "
+            f"{'value guide scale ' + format(args.guide_scale, 'g') if args.value else 'no value'})")
     rows.append(row(name, [e["return"] for e in eps], ref,
                     env_id, {"plan_seconds_mean": float(secs.mean()), "fell": int(sum(e["terminated"] for e in eps))}))
-    # behaviour cloning on the same data
-    seq = full_dataset(d)
-    a, s = seq.split(torch.as_tensor(seq.normalizer.unnormalize(seq.joint)))
-    env = gym.make(env_id)
-    t0 = time.perf_counter()
-    bc = L.train_bc(s.numpy(), a.numpy(), env.action_space.low, env.action_space.high, args.bc_steps)
-    env.close()
-    rows.append(row("behaviour cloning (MLP 256-256)", L.evaluate_actor(bc, env_id, args.episodes, args.seed)["returns"],
-                    ref, env_id,
-                    {"train_seconds": time.perf_counter() - t0}))
-    # the behaviour policy
-    names = {"medium": [levels["medium"]], "medium-replay": levels["replay"],
-             "medium-expert": [levels["medium"], levels["expert"]]}[d.dataset]
-    for steps in names[-2:]:
-        actor, _ = L.load_actor(L.actor_file(folder, steps))
-        rows.append(row(f"behaviour policy (SAC actor at {steps} steps, stochastic)",
-                        L.evaluate_actor(actor, env_id, args.episodes, args.seed, deterministic=False)["returns"], ref,
-                        env_id))
+    if not args.planner_only:
+        rows += reference_rows(args, d, folder, levels, ref)
     m = probe_machine("cpu")
     res = {"env_id": env_id, "dataset": d.dataset, "checkpoint": str(loaded.checkpoint), "train_step": loaded.step,
            "args": vars(args), "references": ref, "d4rl_constants": d4rl, "levels": levels, "rows": rows,
            "machine": {"cpu": m.device_name, "cpu_capability": m.cpu_capability, "torch": torch.__version__}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     dd = "_decision" if d.formulation == "decision_diffuser" else ""
-    out = RESULTS / f"locomotion_{env_id.split('-')[0].lower()}_{d.dataset}{dd}.json"
+    ab = f"_{args.out}" if args.out else ""
+    out = RESULTS / f"locomotion_{env_id.split('-')[0].lower()}_{d.dataset}{dd}{ab}.json"
     out.write_text(json.dumps(res, indent=1))
     print(f"written {out}")
     return 0

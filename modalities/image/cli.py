@@ -232,15 +232,16 @@ def _common(p) -> None:
 
 def evaluate(loaded, n: int = 500, sampler=None, steps=None, guidance=None, seed: int = 0, bpd_n: int = 64,
              inception: str | None = None, progress: bool = False, classifier=None, classifier_scale: float = 0.0,
-             unconditional: bool = False) -> dict:
-    """All image metrics of a loaded checkpoint (see the module docstring); returns a JSON-able dict."""
+             unconditional: bool = False, split: str = "test") -> dict:
+    """All image metrics of a loaded checkpoint (see the module docstring), against the `split` images (val: for
+    choosing settings); returns a JSON-able dict."""
     task, r, den = loaded.task, loaded.recipe, loaded.denoiser
     latent = task.pixel_task is not task  # latent diffusion: samples are decoded to pixels, the test images are pixels
-    test = task.pixel_task.build_dataset(r.data, "test")
+    test = task.pixel_task.build_dataset(r.data, split)
     t0 = time.time()
     x, cond = sample_images(den, task, r, n, sampler, steps, guidance, seed, progress=progress, classifier=classifier,
                             classifier_scale=classifier_scale, unconditional=unconditional)
-    res = {"n": n, "sampler": sampler or r.sample.sampler, "steps": steps or r.sample.steps,
+    res = {"n": n, "split": split, "sampler": sampler or r.sample.sampler, "steps": steps or r.sample.steps,
            "guidance": r.sample.guidance if guidance is None else guidance, "seed": seed,
            "sample_seconds": round(time.time() - t0, 1)}
     if classifier is not None:
