@@ -52,7 +52,7 @@ def run_planner(args) -> list[dict]:
     """The planner's episodes, split over --jobs processes of one thread each (episodes are independent and seeded,
     so the split changes nothing but the wall time)."""
     opts = dict(value=args.value, guidance=None, avoid_walls=False, candidates=args.candidates,
-                guide_scale=args.guide_scale, warm_start=0.0, sampler=args.sampler, steps=args.steps, device="cpu",
+                guide_scale=args.guide_scale, t_stopgrad=args.t_stopgrad, warm_start=0.0, sampler=args.sampler, steps=args.steps, device="cpu",
                 target_return=args.target_return, condition_guidance_w=args.condition_guidance_w, inverse=None)
     seeds = [args.seed + i for i in range(args.episodes)]
     if args.jobs <= 1:
@@ -104,6 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--candidates", type=int, default=64)
     ap.add_argument("--guide-scale", type=float, default=0.1)
+    ap.add_argument("--t-stopgrad", type=int, default=2, help="no value gradient at diffusion steps below this")
     ap.add_argument("--replan-every", type=int, default=1)
     ap.add_argument("--sampler", default=None, help="the planner's sampler (default the recipe's)")
     ap.add_argument("--steps", type=int, default=None, help="the planner's sampling steps (default the recipe's)")

@@ -49,6 +49,8 @@ def add_commands(subparsers) -> None:
                    help="with --candidates > 1: keep the candidate plan that runs least into the maze's walls "
                         "(planner.wall_value); not with --value")
     p.add_argument("--guide-scale", type=float, default=0.1)
+    p.add_argument("--t-stopgrad", type=int, default=2, help="value guidance: no gradient at diffusion steps t below "
+                   "this (Diffuser: 2; its HalfCheetah setting 4, with --guide-scale 0.001)")
     p.add_argument("--target-return", type=float, default=DD_TARGET_RETURN, help="Decision Diffuser models: the "
                    "return the plans are conditioned on, as a fraction of the data's largest return-to-go (their test_ret)")
     p.add_argument("--condition-guidance-w", type=float, default=DD_GUIDANCE_W, help="Decision Diffuser models: "
@@ -136,6 +138,7 @@ def _planner(args, loaded, grid=None) -> Planner:
     sampler = args.sampler or r.sample.sampler
     cfg = PlannerConfig(sampler=sampler, steps=args.steps or r.sample.steps,
                         n_candidates=args.candidates, guidance=guidance, guide_scale=args.guide_scale,
+                        t_stopgrad=args.t_stopgrad,
                         warm_start_t=args.warm_start, sampler_options=sampler_options(r.sample, sampler),
                         condition=r.data.condition)
     return Planner(loaded.denoiser, seq.normalizer, seq.action_dim, seq.obs_dim, r.data.horizon, cfg, value_fn)
