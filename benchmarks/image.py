@@ -8,7 +8,8 @@ quality: digits-FID and conditional accuracy of a trained digits checkpoint for 
 img2img: SR3 / Palette checkpoints on held-out data (--sr RUN [--regression RUN], --inpaint RUN --uncond RUN,
          --colorize RUN): super-resolution PSNR / SSIM of one sample and of the mean of 8 against bicubic and a regression
          U-Net, consistency, digits accuracy; inpainting class consistency and digits-FID against replacement
-         inpainting and RePaint on an unconditional model; colourfulness and PSNR against a grayscale copy.
+         inpainting and RePaint on an unconditional model; colourfulness and PSNR against a grayscale copy;
+         --photo-inpaint RUN: photo inpainting and uncropping, PSNR in the hole against a mean-colour fill, pictures.
 guidance: classifier guidance by a noise-aware classifier run (--classifier, e.g. image_digits_classifier) beside
          classifier-free guidance on the same class-conditional digits model, same samplers and steps: digits-FID
          and conditional accuracy per scale, for the guided unconditional model (the model sees the null label), the
@@ -393,6 +394,45 @@ def colorize_rows(args, out: Path) -> dict:
             "picture": str(_picture([gray.expand(-1, 3, -1, -1)[:8], ys[0, :8], x[:8]], out.with_suffix(".png")))}
 
 
+def photo_restore_rows(args, out: Path) -> dict:
+    """Palette inpainting and uncropping of held-out photo tiles: per mask kind (random boxes, free-form strokes, the
+    right half for uncropping), PSNR / SSIM over the whole tile and PSNR inside the hole of one sample and of the mean
+    of --samples, beside the floor that fills the hole with the known pixels' mean colour; a picture per mask kind
+    (masked input / one sample / another sample / original)."""
+    import torch
+    from diffsuite.core.degrade import border_mask, box_mask, free_form_mask, inpaint_source, masked
+    from diffsuite.recipes.run import load
+    loaded = load(args.photo_inpaint)
+    x = loaded.task.build_dataset(loaded.recipe.data, "test").x[:args.n]
+    g, size = torch.Generator().manual_seed(0), tuple(x.shape[-2:])
+    masks = {"box": torch.stack([box_mask(size, g) for _ in x]),
+             "free-form": torch.stack([free_form_mask(size, g) for _ in x]),
+             "uncrop right half": border_mask(size, "right", 0.5).expand(len(x), 1, *size)}
+    steps = args.steps or loaded.recipe.sample.steps
+    res = {"checkpoint": str(loaded.checkpoint), "n": len(x), "sampler": "ddim", "steps": steps,
+           "samples": args.samples, "rows": []}
+
+    def hole_psnr(y, m):  # PSNR over the hidden pixels only (images in [-1, 1])
+        se = ((y - x) ** 2 * (1 - m)).flatten(1).sum(1) / ((1 - m).expand_as(x).flatten(1).sum(1)).clamp(min=1)
+        return float((10 * torch.log10(4 / se.clamp(min=1e-10))).mean())
+
+    for name, m in masks.items():
+        src = inpaint_source(x, m)
+        ys = _draws(loaded.denoiser, x.shape, {"source": src}, "ddim", steps, args.samples)
+        ys = m * x + (1 - m) * ys  # the known pixels are the input's
+        fill = (x * m).flatten(2).sum(2) / m.flatten(2).sum(2).clamp(min=1)  # (N, C): the known pixels' mean colour
+        outs = {"hole filled with the known mean colour": m * x + (1 - m) * fill[..., None, None],
+                "Palette, one sample": ys[0], f"Palette, mean of {args.samples}": ys.mean(0)}
+        for method, y in outs.items():
+            res["rows"].append({"mask": name, "method": method, **_scores(y, x, {"hole_psnr": hole_psnr(y, m)})})
+            r = res["rows"][-1]
+            print(f"photo {name:18s} {method:40s} PSNR {r['psnr']:.2f}  hole PSNR {r['hole_psnr']:.2f}  SSIM "
+                  f"{r['ssim']:.3f}", flush=True)
+        res[f"picture_{name.split()[0]}"] = str(_picture([masked(x, m, -1.0)[:8], ys[0, :8], ys[1 % len(ys), :8], x[:8]],
+                                                         out.with_name(f"{out.stem}_{name.split()[0]}.png")))
+    return res
+
+
 def _picture(rows: list, path: Path) -> Path:
     """A PNG grid: one row per list entry (e.g. input / samples / target), 8 images each."""
     import torch
@@ -414,6 +454,8 @@ def img2img(args) -> dict:
         res["inpaint"] = inpaint_rows(args, out.with_name(f"img2img_{args.out}_inpaint"))
     if args.colorize:
         res["colorize"] = colorize_rows(args, out.with_name(f"img2img_{args.out}_colorize"))
+    if args.photo_inpaint:
+        res["photo_inpaint"] = photo_restore_rows(args, out.with_name(f"img2img_{args.out}_restore"))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     print(f"written {out}")
@@ -460,6 +502,8 @@ def main(argv=None):
     ii.add_argument("--inpaint", help="a Palette inpainting run on digits")
     ii.add_argument("--uncond", help="an unconditional digits run for replacement inpainting and RePaint")
     ii.add_argument("--colorize", help="a Palette colorization run")
+    ii.add_argument("--photo-inpaint", help="a Palette inpainting run on photo patches (image_photos_inpaint): boxes, "
+                    "free-form strokes and uncropping the right half, with pictures")
     ii.add_argument("--n", type=int, default=1077, help="test images (inpainting: repeated to reach n)")
     ii.add_argument("--samples", type=int, default=8)
     ii.add_argument("--steps", type=int, default=None, help="SR3 / colorization DDIM steps (default the recipe's)")
