@@ -455,7 +455,7 @@ def img2img(args) -> dict:
     if args.colorize:
         res["colorize"] = colorize_rows(args, out.with_name(f"img2img_{args.out}_colorize"))
     if args.photo_inpaint:
-        res["photo_inpaint"] = photo_restore_rows(args, out.with_name(f"img2img_{args.out}_restore"))
+        res["photo_inpaint"] = photo_restore_rows(args, out.with_name(f"img2img_{args.out}"))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     print(f"written {out}")
