@@ -4,8 +4,8 @@ KL autoencoder (core.autoencoder).
 `LatentTask` wraps the task: its network runs on the latent shape (C_z, H / f, W / f) (the task adapts its model
 config: `Task.latent_model`), its training items are encoded to scaled latents scale * z, z ~ q(z | x) (once, into a
 cached latent set on disk with a manifest, or per item as drawn), and every sample is decoded, D(z / scale), before
-the task's own `finish`, so samplers, guidance, conditions and the CLI are unchanged. The autoencoder is frozen and read from its checkpoint,
-whose recorded scale factor is the one used (never a constant in a recipe).
+the task's own `finish`, so samplers, guidance, conditions and the CLI are unchanged. The autoencoder is frozen and
+read from its checkpoint, whose recorded scale factor is the one used (never a constant in a recipe).
 """
 from __future__ import annotations
 

@@ -69,7 +69,8 @@ class RollUNet(nn.Module):
         self.n_down = len(channel_mults) - 1
         emb = channels * 4
         self.t_mlp = nn.Sequential(nn.Linear(channels, emb), nn.SiLU(), nn.Linear(emb, emb))
-        self.inp = nn.Conv2d((in_ch + z_channels + 3 * chord_map * chord_fold ** 2) * patch * patch, channels, 3, padding=1)
+        in_planes = in_ch + z_channels + 3 * chord_map * chord_fold ** 2  # x_t, a DDGAN's z, folded chord planes
+        self.inp = nn.Conv2d(in_planes * patch * patch, channels, 3, padding=1)
         ctx = emb if cond_dim else None  # chord tokens are embedded to the timestep-embedding width
         self.chord_mlp = nn.Sequential(nn.Linear(cond_dim, emb), nn.SiLU(), nn.Linear(emb, emb)) if cond_dim else None
         widths = [channels * m for m in channel_mults]
