@@ -55,8 +55,8 @@ def sample_rows(loaded, name: str, n: int, seeds: list[int], guidance: float | N
         r = evaluate(loaded, n, guidance=guidance, seed=s, bpd_n=0, split=split)
         r.update(model=name, sample_cpu_seconds=time.process_time() - t0)
         rows.append(r)
-        print(f"{name:22s} seed {s} w {r['guidance']:g} ({split}): digits-FID {r['digits_fid']:7.2f}  cond-acc {r['conditional_accuracy']:.3f}  "
-              f"sampling {r['sample_cpu_seconds']:.1f} CPU s", flush=True)
+        print(f"{name:22s} seed {s} w {r['guidance']:g} ({split}): digits-FID {r['digits_fid']:7.2f}  "
+              f"cond-acc {r['conditional_accuracy']:.3f}  sampling {r['sample_cpu_seconds']:.1f} CPU s", flush=True)
     return rows
 
 
@@ -257,7 +257,7 @@ def main(argv=None):
     torch.manual_seed(0)
     untrained = run.build_model(latent.task, latent.recipe, for_sampling=True).eval()
     floor = type(latent)(latent.task, latent.recipe, untrained, latent.checkpoint, 0, latent.precision)
-    rows += sample_rows(floor, "untrained latent model", args.n, args.seeds[:1])
+    rows += sample_rows(floor, "untrained latent model", args.n, args.seeds[:1], args.w_latent)
     summary = {}
     for name in ("pixel", "latent"):
         rs = [r for r in rows if r["model"] == name]
