@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -33,22 +32,13 @@ def encode_items(base, ae, seed: int = 0, batch: int = 256) -> tuple[torch.Tenso
     return z, [it.get("cond") if isinstance(it, dict) else None for it in items]
 
 
-def weights_digest(module: torch.nn.Module) -> str:
-    """sha256 of a module's state (names, shapes, values): which autoencoder encoded a cached latent set."""
-    h = hashlib.sha256()
-    for k, v in module.state_dict().items():
-        h.update(f"{k}{tuple(v.shape)}{v.dtype}".encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def cached_latents(base, ae, settings: dict, seed: int = 0) -> tuple[torch.Tensor, list]:
     """`encode_items` kept on disk: $DIFFSUITE_CACHE/latents/<hash of settings>/latents.safetensors beside a
-    manifest.json of the settings (autoencoder digest, data config, split, seed) and the file's sha256; read back when
-    both match, encoded again (with a warning naming the file) when the file does not match its manifest. Conditions
-    that are not tensors are not stored: the latents are then encoded in memory each time."""
-    from safetensors.torch import load_file, save_file
-    from .utils import atomic_write_json, cache_dir, sha256_file
+    manifest.json of the settings (the autoencoder weights' sha256, data config, split, seed) and the file's sha256;
+    read back when both match, encoded again (with a warning naming the file) when the file does not match its
+    manifest. Conditions that are not tensors are not stored: the latents are then encoded in memory each time."""
+    from safetensors.torch import load_file, save
+    from .utils import atomic_write_bytes, atomic_write_json, cache_dir, sha256_file
     folder = cache_dir("latents", hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16])
     f, manifest = folder / "latents.safetensors", folder / "manifest.json"
     if f.is_file() and manifest.is_file():
@@ -60,9 +50,7 @@ def cached_latents(base, ae, settings: dict, seed: int = 0) -> tuple[torch.Tenso
     z, conds = encode_items(base, ae, seed)
     if all(c is None for c in conds) or all(isinstance(c, torch.Tensor) for c in conds):
         tensors = {"z": z.contiguous()} if conds[0] is None else {"z": z.contiguous(), "cond": torch.stack(conds)}
-        tmp = f.with_name(f"latents.{os.getpid()}.tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(f)
+        atomic_write_bytes(f, save(tensors))
         atomic_write_json(manifest, {"settings": settings, "file": f.name, "items": len(z),
                                      "shape": list(z.shape[1:]), "sha256": sha256_file(f)})
     return z, conds
@@ -141,7 +129,9 @@ class LatentTask(Task):
         base = self.base.build_dataset(data, split)
         settings = None
         if self.cfg.cache:
-            settings = {"autoencoder": str(self.cfg.autoencoder), "autoencoder_sha256": weights_digest(self.ae),
+            from .utils import sha256_file  # the autoencoder as a distilled student names its teacher
+            settings = {"autoencoder": str(self.cfg.autoencoder),
+                        "autoencoder_sha256": sha256_file(Path(self.ae.checkpoint) / "ema.safetensors"),
                         "data": json.loads(json.dumps(asdict(data), sort_keys=True, default=str)), "split": split,
                         "items": len(base), "seed": self.cfg.seed}
         return LatentItems(base, self.ae, self.cfg.cache, self.cfg.seed, settings)
