@@ -201,6 +201,7 @@ def main(argv=None):
     ap.add_argument("--kl", type=float, default=None, help="autoencoder.kl_weight (default the recipe's)")
     ap.add_argument("--steps", type=int, default=None, help="train.steps of all three runs (default the recipes'; a smoke test)")
     ap.add_argument("--latent-steps", type=int, default=None, help="train.steps of the latent model alone")
+    ap.add_argument("--latent-batch", type=int, default=None, help="train.batch_size of the latent model alone")
     ap.add_argument("--select-guidance", type=float, nargs="+", metavar="W", help="rank these guidance weights on the "
                     "validation digits, per model (the rule in docs/image.md#latent-diffusion); writes "
                     "results/latent_digits_guidance_val.json and samples nothing on the test digits")
@@ -235,8 +236,10 @@ def main(argv=None):
     kl = [] if args.kl is None else [f"autoencoder.kl_weight={args.kl}"]
     steps = [] if args.steps is None else [f"train.steps={args.steps}"]
     ls = [] if args.latent_steps is None else [f"train.steps={args.latent_steps}"]
+    ls += [] if args.latent_batch is None else [f"train.batch_size={args.latent_batch}"]
     ae_dir, px_dir = work / f"ae{args.kl or ''}", work / "pixel"
-    ld_dir = work / f"latent{args.kl or ''}{'-s' + str(args.latent_steps) if args.latent_steps else ''}"
+    ld_dir = work / (f"latent{args.kl or ''}{'-s' + str(args.latent_steps) if args.latent_steps else ''}"
+                     f"{'-b' + str(args.latent_batch) if args.latent_batch else ''}")
     cpu = {"autoencoder": timed_train("image_digits_autoencoder", ae_dir, kl + steps),
            "latent": timed_train("image_digits_latent", ld_dir, [f"latent.autoencoder={ae_dir}"] + steps + ls),
            "pixel": timed_train("image_digits", px_dir, steps)}
@@ -244,7 +247,7 @@ def main(argv=None):
     if args.select_guidance:
         res = {"machine": machine, "args": vars(args), "split": "val",
                **select_guidance({"pixel": pixel, "latent": latent}, args.select_guidance, args.n)}
-        (RESULTS / "latent_digits_guidance_val.json").write_text(json.dumps(res, indent=1))
+        (RESULTS / f"latent_digits_guidance_val{'_' + args.out if args.out else ''}.json").write_text(json.dumps(res, indent=1))
         return
     test_x = pixel.task.build_dataset(pixel.recipe.data, "test").x
     res = {"machine": machine,
