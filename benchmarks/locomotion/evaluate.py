@@ -6,6 +6,7 @@ must beat) and the behaviour policy itself (the actor that generated the data, s
 digit: v5 is not D4RL's v2), and the planner's time per planning call.
 
     python benchmarks/locomotion/evaluate.py RUN --value RUN/value [--episodes 10] [--candidates 64] [--jobs 2]
+    python benchmarks/locomotion/evaluate.py RUN --value RUN/value --ranking-diagnostic 60 --candidates 16
 
 Writes benchmarks/results/locomotion_<env>_<dataset>.json (..._decision.json for a Decision Diffuser run).
 """
@@ -65,6 +66,36 @@ def run_planner(args) -> list[dict]:
         return sorted((e for part in parts for e in part), key=lambda e: e["seed"])
 
 
+def ranking_diagnostic(args, loaded, n_states: int) -> dict:
+    """What ranking candidates by value picks, with no guidance: from n_states dataset states, --candidates plans
+    each; the value spread among them, and how far the first action of the best-valued plan and of the average
+    candidate lie from the action the behaviour policy took in that state (the data's)."""
+    from diffsuite.modalities.trajectory.cli import _planner
+    from diffsuite.modalities.trajectory.task import full_dataset
+    opts = dict(value=args.value, guidance="none", avoid_walls=False, candidates=args.candidates, guide_scale=0.0,
+                t_stopgrad=args.t_stopgrad, warm_start=0.0, sampler=args.sampler, steps=args.steps, device="cpu")
+    planner, seq = _planner(SimpleNamespace(**opts), loaded), full_dataset(loaded.recipe.data)
+    flat = np.asarray(seq.normalizer.unnormalize(np.asarray(seq.joint)), np.float32).reshape(-1, seq.joint.shape[-1])
+    A, g, rows = seq.action_dim, torch.Generator().manual_seed(args.seed), []
+    for i in np.random.default_rng(args.seed).choice(len(flat), n_states, replace=False):
+        x = planner.plan(flat[i, A:], generator=g).normalized
+        with torch.no_grad():
+            v = planner.value_fn(x, torch.zeros(len(x)), None).float().flatten().numpy()
+        d = np.linalg.norm(seq.normalizer.unnormalize(x.float().numpy())[:, 0, :A] - flat[i, :A], axis=1)
+        rows.append({"value_spread": float(v.max() - v.min()), "best_action_distance": float(d[v.argmax()]),
+                     "mean_action_distance": float(d.mean()), "value_vs_closeness_corr": float(np.corrcoef(v, -d)[0, 1])})
+    summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    from diffsuite.modalities.trajectory.data import ValueDataset
+    vd = ValueDataset(seq)  # the value's own error on data windows, in the same units (returns-to-go / their std)
+    pick = np.random.default_rng(args.seed).choice(len(vd), min(2000, len(vd)), replace=False)
+    x = torch.stack([vd.seq[int(i)] for i in pick])
+    with torch.no_grad():
+        err = planner.value_fn(x, torch.zeros(len(x)), None).float().flatten().numpy() - vd.returns[pick]
+    summary["value_rms_error_on_data"] = float(np.sqrt(np.mean(err ** 2)))
+    print(json.dumps(summary, indent=1), flush=True)
+    return {"n_states": n_states, "candidates": args.candidates, "summary": summary, "rows": rows}
+
+
 def reference_rows(args, d, folder: Path, levels: dict, ref: dict) -> list[dict]:
     """Behaviour cloning on the same data (an MLP) and the behaviour policy itself (the last two actors of the
     dataset's levels), over the same episode seeds as the planner."""
@@ -115,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--planner-only", action="store_true", help="skip behaviour cloning and the behaviour policy "
                     "(an ablation of the planner's settings)")
     ap.add_argument("--out", default=None, help="suffix of the results file (an ablation: ..._<out>.json)")
+    ap.add_argument("--ranking-diagnostic", type=int, metavar="N", default=0, help="instead of episodes: what ranking "
+                    "--candidates plans by value picks from N dataset states (..._ranking.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from diffsuite.core.precision import probe_machine
@@ -127,6 +160,12 @@ def main(argv=None) -> int:
     levels = L.read_levels(folder, env_id)
     ref = L.reference_returns(env_id, L.actor_file(folder, levels["expert"]))
     d4rl = L.D4RL_REFERENCE[env_id]
+    if args.ranking_diagnostic:
+        out = RESULTS / f"locomotion_{env_id.split('-')[0].lower()}_{d.dataset}_ranking.json"
+        out.write_text(json.dumps({"checkpoint": str(loaded.checkpoint), "args": vars(args),
+                                   **ranking_diagnostic(args, loaded, args.ranking_diagnostic)}, indent=1))
+        print(f"written {out}")
+        return 0
     rows = []
     eps = run_planner(args)
     secs = np.concatenate([e["plan_seconds"] for e in eps])
