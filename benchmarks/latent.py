@@ -240,10 +240,13 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    if args.stage_minutes:
-        machine = {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                   "threads": torch.get_num_threads(), "torch": torch.__version__}
-        res = {"machine": machine, "rows": stage_minutes(args.stage_minutes)}
+    suffix = f"_{args.out}" if args.out else ""
+
+    def machine(threads: int) -> dict:
+        return {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": threads,
+                "torch": torch.__version__}
+    if args.stage_minutes:  # all threads, as a user runs the recipes
+        res = {"machine": machine(torch.get_num_threads()), "rows": stage_minutes(args.stage_minutes)}
         (RESULTS / "latent_stage_minutes.json").write_text(json.dumps(res, indent=1))
         return
     if args.photos:
@@ -256,12 +259,10 @@ def main(argv=None):
     if not args.work:
         ap.error("--work is required (or --sweep)")
     torch.set_num_threads(args.threads)
-    from diffsuite.core.precision import probe_machine
-    machine = {"cpu": probe_machine("cpu").device_name, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-               "threads": args.threads, "torch": torch.__version__}
+    machine = machine(args.threads)
     if args.music:
         res = {"machine": machine, "args": vars(args), **music(Path(args.work), args.n or 200, args.seeds[0])}
-        out = RESULTS / f"latent_music{'_' + args.out if args.out else ''}.json"
+        out = RESULTS / f"latent_music{suffix}.json"
         out.write_text(json.dumps(res, indent=1))
         print(f"written {out}")
         return
@@ -284,7 +285,7 @@ def main(argv=None):
     if args.select_guidance:
         res = {"machine": machine, "args": vars(args), "split": "val",
                **select_guidance({"pixel": pixel, "latent": latent}, args.select_guidance, args.n)}
-        (RESULTS / f"latent_digits_guidance_val{'_' + args.out if args.out else ''}.json").write_text(json.dumps(res, indent=1))
+        (RESULTS / f"latent_digits_guidance_val{suffix}.json").write_text(json.dumps(res, indent=1))
         return
     test_x = pixel.task.build_dataset(pixel.recipe.data, "test").x
     res = {"machine": machine,
@@ -311,7 +312,7 @@ def main(argv=None):
                                   "cpu_speedup": p["train_plus_sample_1000_cpu_seconds"] / lt["train_plus_sample_1000_cpu_seconds"]}
     res.update(rows=rows, summary=summary)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"latent_digits{'_' + args.out if args.out else ''}.json"
+    out = RESULTS / f"latent_digits{suffix}.json"
     out.write_text(json.dumps(res, indent=1))
     print(json.dumps(summary, indent=1))
     print(f"written {out}")
