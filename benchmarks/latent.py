@@ -17,7 +17,6 @@ CPU time for training plus sampling 1000 images (the autoencoder's training repo
     python benchmarks/latent.py --photos runs/photos_ae runs/photos_latent
     python benchmarks/latent.py --music --work runs/latent_music       # latent against pixel music_bach
     python benchmarks/latent.py --work runs/latent_bench --latent-steps 2200 --select-guidance 0 0.5 1 2  # on val
-    python benchmarks/latent.py --stage-minutes runs/digits_ae runs/bach_ae runs/photos_ae   # wall time per stage
 
 Writes benchmarks/results/latent_digits.json (or latent_digits_<out>.json with --out).
 """
@@ -88,31 +87,6 @@ def select_guidance(models: dict, weights: list[float], n: int, seed: int = 100,
         out[name] = {"rows": rows, "chosen_w": chosen["guidance"]}
         print(f"{name}: chosen w = {chosen['guidance']:g} (val digits-FID {chosen['digits_fid']:.2f})", flush=True)
     return out
-
-
-STAGES = [("image_digits_autoencoder", None), ("image_digits_latent", 0), ("music_bach_autoencoder", None),
-          ("music_bach_latent", 1), ("image_photos_autoencoder", None), ("image_photos_latent", 2)]
-
-
-def stage_minutes(autoencoders: list[str], warm: int = 10, timed: int = 40) -> list[dict]:
-    """Each latent recipe's stages (issue 28: within 15 minutes each on the CPU): training steps per second measured
-    on this machine as the difference of a `warm`- and a (warm + timed)-step run, times the recipe's steps.
-    `autoencoders`: trained digits, Bach and photo autoencoders, which the latent recipes need."""
-    import tempfile
-    from diffsuite.recipes import run
-    rows, tmp = [], Path(tempfile.mkdtemp(prefix="stage_minutes_"))
-    for name, ae in STAGES:
-        over = ["train.progress=false", "train.log_every=100000", "train.ckpt_every=100000"]
-        over += [] if ae is None else [f"latent.autoencoder={autoencoders[ae]}"]
-        seconds = []
-        for n in (warm, warm + timed):
-            t0 = time.perf_counter()
-            run.train(name, over + [f"train.steps={n}"], out_dir=tmp / name, overwrite=True)
-            seconds.append(time.perf_counter() - t0)
-        rate, steps = timed / (seconds[1] - seconds[0]), run.load_recipe(name).train.steps
-        rows.append({"recipe": name, "steps": steps, "steps_per_second": rate, "minutes": steps / rate / 60})
-        print(f"{name:28s} {rate:6.2f} steps/s x {steps} steps = {steps / rate / 60:5.1f} min", flush=True)
-    return rows
 
 
 def mean(rows: list[dict], key: str) -> float:
@@ -223,8 +197,6 @@ def main(argv=None):
                     "on the test tiles and a sample grid; results/latent_photos.json, docs/figures/latent_photos_*.png)")
     ap.add_argument("--music", action="store_true", help="latent against pixel music_bach instead of digits "
                     "(--work holds ae/, latent/, pixel/; --n held-out windows, default 200; the first seed)")
-    ap.add_argument("--stage-minutes", nargs=3, metavar=("DIGITS_AE", "BACH_AE", "PHOTOS_AE"), help="minutes per "
-                    "training stage of each latent recipe on this machine, all threads (results/latent_stage_minutes.json)")
     ap.add_argument("--work", help="folder for the three runs (reused when finished)")
     ap.add_argument("--n", type=int, default=None, help="samples per seed (default 1000 digits, 200 windows)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -241,14 +213,6 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     suffix = f"_{args.out}" if args.out else ""
-
-    def machine(threads: int) -> dict:
-        return {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": threads,
-                "torch": torch.__version__}
-    if args.stage_minutes:  # all threads, as a user runs the recipes
-        res = {"machine": machine(torch.get_num_threads()), "rows": stage_minutes(args.stage_minutes)}
-        (RESULTS / "latent_stage_minutes.json").write_text(json.dumps(res, indent=1))
-        return
     if args.photos:
         photos(args.photos[0], args.photos[1] if len(args.photos) > 1 else None)
         return
@@ -259,7 +223,8 @@ def main(argv=None):
     if not args.work:
         ap.error("--work is required (or --sweep)")
     torch.set_num_threads(args.threads)
-    machine = machine(args.threads)
+    machine = {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": args.threads,
+               "torch": torch.__version__}
     if args.music:
         res = {"machine": machine, "args": vars(args), **music(Path(args.work), args.n or 200, args.seeds[0])}
         out = RESULTS / f"latent_music{suffix}.json"

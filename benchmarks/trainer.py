@@ -9,6 +9,10 @@ Each measurement is the median of `--repeats` interleaved runs after a warm-up. 
 
     python benchmarks/trainer.py            # toy MLP and the image `tiny` U-Net (about 3 minutes on 2 cores)
     python benchmarks/trainer.py --quick
+
+`--minutes RECIPE[,key=value...] ...` instead measures how long each recipe's training takes on this machine, all
+threads (the "CPU recipe within N minutes" promises): steps per second as the difference of a 10- and a 50-step run
+(start-up and data loading cancel), times the recipe's steps.
 """
 from __future__ import annotations
 
@@ -79,12 +83,40 @@ def trainer_loop(make_net, data, batch, steps, diff) -> float:
         return steps / (time.perf_counter() - t0)
 
 
+def recipe_minutes(specs: list[str], warm: int = 10, timed: int = 40) -> list[dict]:
+    """Minutes of training per recipe on this machine; each spec is `name[,key=value...]` (overrides, e.g. the
+    autoencoder a latent recipe needs)."""
+    from diffsuite.core.precision import cpu_name
+    from diffsuite.recipes import run
+    rows, tmp = [], Path(tempfile.mkdtemp(prefix="recipe_minutes_"))
+    for spec in specs:
+        name, *over = spec.split(",")
+        over += ["train.progress=false", "train.log_every=100000", "train.ckpt_every=100000"]
+        seconds = []
+        for n in (warm, warm + timed):
+            t0 = time.perf_counter()
+            run.train(name, over + [f"train.steps={n}"], out_dir=tmp / name, overwrite=True)
+            seconds.append(time.perf_counter() - t0)
+        rate, steps = timed / (seconds[1] - seconds[0]), run.load_recipe(name).train.steps
+        rows.append({"recipe": name, "overrides": over[:-3], "steps": steps, "steps_per_second": rate,
+                     "minutes": steps / rate / 60, "threads": torch.get_num_threads(), "cpu": cpu_name(),
+                     "cpu_capability": torch.backends.cpu.get_cpu_capability()})
+        print(f"{name:28s} {rate:6.2f} steps/s x {steps} steps = {steps / rate / 60:5.1f} min", flush=True)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", default="benchmarks/results/trainer.json")
+    ap.add_argument("--minutes", nargs="+", metavar="RECIPE", help="minutes of training per recipe instead "
+                    "(name[,key=value...]); writes --out, default benchmarks/results/recipe_minutes.json")
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.minutes:
+        atomic_write_json(args.out or "benchmarks/results/recipe_minutes.json", {"rows": recipe_minutes(args.minutes)})
+        return 0
+    args.out = args.out or "benchmarks/results/trainer.json"
     diff = DiffusionConfig(schedule="cosine", T=1000)
     repeats = 2 if args.quick else args.repeats
     results = []
