@@ -17,6 +17,7 @@ CPU time for training plus sampling 1000 images (the autoencoder's training repo
     python benchmarks/latent.py --photos runs/photos_ae runs/photos_latent
     python benchmarks/latent.py --music --work runs/latent_music       # latent against pixel music_bach
     python benchmarks/latent.py --work runs/latent_bench --latent-steps 2200 --select-guidance 0 0.5 1 2  # on val
+    python benchmarks/latent.py --work runs/latent_b --latent-steps 1150 --latent-batch 64 --w-pixel 0 --w-latent 0 --out batch64
 
 Writes benchmarks/results/latent_digits.json (or latent_digits_<out>.json with --out).
 """
