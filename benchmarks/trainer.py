@@ -12,7 +12,7 @@ Each measurement is the median of `--repeats` interleaved runs after a warm-up. 
 
 `--minutes RECIPE[,key=value...] ...` instead measures how long each recipe's training takes on this machine, all
 threads (the "CPU recipe within N minutes" promises): steps per second as the difference of a 10- and a 50-step run
-(start-up and data loading cancel), times the recipe's steps.
+(start-up and data loading cancel; more steps until the difference is 5 s or more), times the recipe's steps.
 """
 from __future__ import annotations
 
@@ -88,17 +88,21 @@ def recipe_minutes(specs: list[str], warm: int = 10, timed: int = 40) -> list[di
     autoencoder a latent recipe needs)."""
     from diffsuite.core.precision import cpu_name
     from diffsuite.recipes import run
-    rows, tmp = [], Path(tempfile.mkdtemp(prefix="recipe_minutes_"))
+    quiet = ["train.progress=false", "train.log_every=100000", "train.ckpt_every=100000"]
+    rows = []
     for spec in specs:
         name, *over = spec.split(",")
-        over += ["train.progress=false", "train.log_every=100000", "train.ckpt_every=100000"]
-        seconds = []
-        for n in (warm, warm + timed):
-            t0 = time.perf_counter()
-            run.train(name, over + [f"train.steps={n}"], out_dir=tmp / name, overwrite=True)
-            seconds.append(time.perf_counter() - t0)
-        rate, steps = timed / (seconds[1] - seconds[0]), run.load_recipe(name).train.steps
-        rows.append({"recipe": name, "overrides": over[:-3], "steps": steps, "steps_per_second": rate,
+        steps, n = run.load_recipe(name).train.steps, timed
+        with tempfile.TemporaryDirectory() as tmp:
+            def seconds(k: int) -> float:
+                t0 = time.perf_counter()
+                run.train(name, over + quiet + [f"train.steps={k}"], out_dir=Path(tmp) / name, overwrite=True)
+                return time.perf_counter() - t0
+            base = seconds(warm)
+            while (span := seconds(warm + n) - base) < 5.0 and n < steps:  # fast recipes: time more steps
+                n = min(steps, n * 5)
+        rate = n / span
+        rows.append({"recipe": name, "overrides": over, "steps": steps, "steps_per_second": rate,
                      "minutes": steps / rate / 60, "threads": torch.get_num_threads(), "cpu": cpu_name(),
                      "cpu_capability": torch.backends.cpu.get_cpu_capability()})
         print(f"{name:28s} {rate:6.2f} steps/s x {steps} steps = {steps / rate / 60:5.1f} min", flush=True)

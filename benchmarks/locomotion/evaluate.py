@@ -71,6 +71,7 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
     each; the value spread among them, and how far the first action of the best-valued plan and of the average
     candidate lie from the action the behaviour policy took in that state (the data's)."""
     from diffsuite.modalities.trajectory.cli import _planner
+    from diffsuite.modalities.trajectory.data import ValueDataset
     from diffsuite.modalities.trajectory.task import full_dataset
     opts = dict(value=args.value, guidance="none", avoid_walls=False, candidates=args.candidates, guide_scale=0.0,
                 t_stopgrad=args.t_stopgrad, warm_start=0.0, sampler=args.sampler, steps=args.steps, device="cpu")
@@ -85,10 +86,9 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
         rows.append({"value_spread": float(v.max() - v.min()), "best_action_distance": float(d[v.argmax()]),
                      "mean_action_distance": float(d.mean()), "value_vs_closeness_corr": float(np.corrcoef(v, -d)[0, 1])})
     summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-    from diffsuite.modalities.trajectory.data import ValueDataset
     vd = ValueDataset(seq)  # the value's own error on data windows, in the same units (returns-to-go / their std)
     pick = np.random.default_rng(args.seed).choice(len(vd), min(2000, len(vd)), replace=False)
-    x = torch.stack([vd.seq[int(i)] for i in pick])
+    x = torch.stack([seq[int(i)] for i in pick])
     with torch.no_grad():
         err = planner.value_fn(x, torch.zeros(len(x)), None).float().flatten().numpy() - vd.returns[pick]
     summary["value_rms_error_on_data"] = float(np.sqrt(np.mean(err ** 2)))
