@@ -166,6 +166,16 @@ def load_checkpoint(path: str | os.PathLike, groups: tuple[str, ...] | None = No
     return tensors, state, config
 
 
+def weights_sha256(path: str | os.PathLike, group: str = "ema") -> str:
+    """The sha256 of a checkpoint's `group` weights as its manifest records it (checked on every load): what names a
+    teacher or an autoencoder that something else was made from."""
+    path = Path(path)
+    entry = read_json(path / "state.json").get("manifest", {}).get(f"{group}.safetensors")
+    if entry is None:
+        raise CheckpointError(f"checkpoint {path}: its manifest lists no {group}.safetensors")
+    return entry["sha256"]
+
+
 def flatten_optimizer_state(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """Split an optimizer state_dict into safetensors-able tensors and JSON metadata (no pickling)."""
     tensors, scalars = {}, {}

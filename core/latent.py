@@ -129,9 +129,8 @@ class LatentTask(Task):
         base = self.base.build_dataset(data, split)
         settings = None
         if self.cfg.cache:
-            from .utils import sha256_file  # the autoencoder as a distilled student names its teacher
-            settings = {"autoencoder": str(self.cfg.autoencoder),
-                        "autoencoder_sha256": sha256_file(Path(self.ae.checkpoint) / "ema.safetensors"),
+            from .checkpoint import weights_sha256  # the autoencoder, as a distilled student names its teacher
+            settings = {"autoencoder": str(self.cfg.autoencoder), "autoencoder_sha256": weights_sha256(self.ae.checkpoint),
                         "data": json.loads(json.dumps(asdict(data), sort_keys=True, default=str)), "split": split,
                         "items": len(base), "seed": self.cfg.seed}
         return LatentItems(base, self.ae, self.cfg.cache, self.cfg.seed, settings)

@@ -23,12 +23,12 @@ from typing import Sequence
 import torch
 
 from diffsuite.core.build import build_denoiser
-from diffsuite.core.checkpoint import checkpoint_folders, read_json
+from diffsuite.core.checkpoint import checkpoint_folders, read_json, weights_sha256
 from diffsuite.core.config import ConfigError, deep_merge, parse_overrides, positive_int
 from diffsuite.core.distill import ConsistencyDistillation, ConsistencyFunction, ProgressiveDistillation
 from diffsuite.core.guidance import ClassifierFreeGuidance
 from diffsuite.core.trainer import Trainer
-from diffsuite.core.utils import atomic_write_bytes, sha256_file
+from diffsuite.core.utils import atomic_write_bytes
 
 from . import safety
 from .run import load, recipe_from_dict, recipe_to_dict, resolve_checkpoint
@@ -90,7 +90,7 @@ def distill(checkpoint: str | Path, out: str | Path, method: str = "progressive"
     r = student_recipe(recipe_to_dict(first.recipe), overrides, method, steps)
     d = r.distill
     w = first.recipe.sample.guidance if d.guidance is None else d.guidance
-    d = dataclasses.replace(d, guidance=w, teacher=str(ckpt.resolve()), teacher_sha256=sha256_file(ckpt / "ema.safetensors"))
+    d = dataclasses.replace(d, guidance=w, teacher=str(ckpt.resolve()), teacher_sha256=weights_sha256(ckpt))
     task, dataset = first.task, first.task.build_dataset(r.data, "train")
     if method == "consistency":
         stage = dataclasses.replace(r, distill=dataclasses.replace(d, stage_teacher=str(ckpt)),

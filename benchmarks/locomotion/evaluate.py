@@ -49,12 +49,18 @@ def planner_episodes(run: str, opts: dict, seeds: list[int], replan_every: int, 
     return eps
 
 
+def planner_opts(args) -> dict:
+    """The planner's settings from this script's arguments, as `diffsuite plan` would pass them (cli._planner)."""
+    return dict(value=args.value, guidance=None, avoid_walls=False, candidates=args.candidates,
+                guide_scale=args.guide_scale, t_stopgrad=args.t_stopgrad, warm_start=0.0, sampler=args.sampler,
+                steps=args.steps, device="cpu", target_return=args.target_return,
+                condition_guidance_w=args.condition_guidance_w, inverse=None)
+
+
 def run_planner(args) -> list[dict]:
     """The planner's episodes, split over --jobs processes of one thread each (episodes are independent and seeded,
     so the split changes nothing but the wall time)."""
-    opts = dict(value=args.value, guidance=None, avoid_walls=False, candidates=args.candidates,
-                guide_scale=args.guide_scale, t_stopgrad=args.t_stopgrad, warm_start=0.0, sampler=args.sampler, steps=args.steps, device="cpu",
-                target_return=args.target_return, condition_guidance_w=args.condition_guidance_w, inverse=None)
+    opts = planner_opts(args)
     seeds = [args.seed + i for i in range(args.episodes)]
     if args.jobs <= 1:
         return planner_episodes(args.run, opts, seeds, args.replan_every, args.threads)
@@ -73,8 +79,7 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
     from diffsuite.modalities.trajectory.cli import _planner
     from diffsuite.modalities.trajectory.data import ValueDataset
     from diffsuite.modalities.trajectory.task import full_dataset
-    opts = dict(value=args.value, guidance="none", avoid_walls=False, candidates=args.candidates, guide_scale=0.0,
-                t_stopgrad=args.t_stopgrad, warm_start=0.0, sampler=args.sampler, steps=args.steps, device="cpu")
+    opts = {**planner_opts(args), "guidance": "none", "guide_scale": 0.0}
     planner, seq = _planner(SimpleNamespace(**opts), loaded), full_dataset(loaded.recipe.data)
     flat = np.asarray(seq.normalizer.unnormalize(np.asarray(seq.joint)), np.float32).reshape(-1, seq.joint.shape[-1])
     A, g, rows = seq.action_dim, torch.Generator().manual_seed(args.seed), []
