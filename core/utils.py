@@ -1,6 +1,7 @@
 """Small shared helpers: broadcasting per-sample scalars, atomic file writes, hashing."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import json
@@ -58,22 +59,31 @@ def randn(shape, generator: torch.Generator | None = None, device=None, dtype=to
     return x.to(device) if device is not None else x
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` atomically: a temporary file in the same folder, fsync, then rename."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """A fresh temporary file name beside `path` (same suffix, for writers that pick the format from it: np.savez,
+    soundfile, safetensors), renamed onto `path` when the block succeeds and removed when it fails: a reader never
+    sees half a file, and two processes filling one cache at once never take each other's temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~user_umask())  # mkstemp makes 0600: give the file the user's usual mode
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~user_umask())  # mkstemp makes 0600: give the file the user's usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically: a temporary file in the same folder, fsync, then rename."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def user_umask() -> int:

@@ -226,6 +226,24 @@ def test_stale_partial_checkpoints_of_dead_processes_are_removed(tmp_path, capsy
     assert rc == 0 and not stale.exists() and alive.exists()
 
 
+def test_two_writers_of_one_cache_file_do_not_collide(tmp_path):
+    """Two processes building one cache at once (two recipes started together) each write their own temporary file;
+    a writer that fails leaves neither a temporary file nor a changed cache file."""
+    from diffsuite.core.utils import atomic_path
+    f = tmp_path / "cache" / "audio.npz"
+    with atomic_path(f) as a:
+        with atomic_path(f) as b:  # the second writer starts and finishes while the first is still writing
+            assert a != b and a.suffix == b.suffix == ".npz"
+            np.savez(b, x=np.array(1))
+        np.savez(a, x=np.array(2))
+    assert int(np.load(f)["x"]) == 2
+    with pytest.raises(RuntimeError):
+        with atomic_path(f) as c:
+            np.savez(c, x=np.array(3))
+            raise RuntimeError("killed mid-write")
+    assert int(np.load(f)["x"]) == 2 and sorted(p.name for p in f.parent.iterdir()) == ["audio.npz"]
+
+
 # ------------------------------------------------------------------------------------------------ 4. vocode --out
 
 @pytest.fixture

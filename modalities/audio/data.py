@@ -8,7 +8,6 @@ version tag), never in the data folder. Items are aligned random crops of audio 
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from diffsuite.core.utils import cache_dir
+from diffsuite.core.utils import atomic_path, cache_dir
 
 from .mel import MelConvention, mel_spectrogram, n_frames
 
@@ -128,9 +127,8 @@ def load_or_compute_mel(audio_path: Path, y: np.ndarray, c: MelConvention) -> np
         except (OSError, ValueError):
             pass
     mel = mel_spectrogram(torch.from_numpy(y), c).numpy().astype(np.float32)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp.npy")
-    np.save(tmp, mel)
-    os.replace(tmp, p)
+    with atomic_path(p) as tmp:
+        np.save(tmp, mel)
     return mel
 
 

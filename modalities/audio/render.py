@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffsuite.core.utils import atomic_write_json, cache_dir, sha256_file, split_of
+from diffsuite.core.utils import atomic_path, atomic_write_json, cache_dir, sha256_file, split_of
 
 RENDER_VERSION = 1
 PROGRAMS = {"piano": 0, "vibraphone": 11, "violin": 40, "strings": 48, "clarinet": 71}  # General MIDI, 0-based
@@ -128,9 +128,8 @@ def render_corpus(arrangement: tuple, limit: int = 60, sr: int = 16000, tempo: t
             voices = score_voices(score, s["qpm"], s["velocity"])
             audio = render(list(zip(arrangement, voices)), sr)
             clips[p.name] = np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16)
-        tmp = folder / "audio.tmp.npz"
-        np.savez(tmp, **clips)
-        tmp.replace(f)
+        with atomic_path(f) as tmp:
+            np.savez(tmp, **clips)
         atomic_write_json(manifest, {"settings": settings, "clips": len(clips),
                                      "splits": {n: split_of(n) for n in clips}, "sha256": sha256_file(f)})
     with np.load(f, allow_pickle=False) as z:
@@ -148,8 +147,7 @@ def corpus_wavs(arrangement: tuple, **kw) -> Path:
     done = folder / "manifest.json"
     if not done.exists():
         for name, y in clips.items():
-            tmp = folder / f"{name}.tmp.wav"
-            sf.write(str(tmp), y, kw.get("sr", 16000), subtype="PCM_16")
-            tmp.replace(folder / f"{name}.wav")
+            with atomic_path(folder / f"{name}.wav") as tmp:
+                sf.write(str(tmp), y, kw.get("sr", 16000), subtype="PCM_16")
         atomic_write_json(done, {"arrangement": list(arrangement), "clips": sorted(clips)})
     return folder

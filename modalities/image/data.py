@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffsuite.core.utils import atomic_write_json, cache_dir, sha256_file, split_of
+from diffsuite.core.utils import atomic_path, atomic_write_json, cache_dir, sha256_file, split_of
 
 EXTENSIONS = {".png", ".jpg", ".jpeg"}
 DIGITS_VERSION = 1
@@ -165,9 +165,8 @@ def digits_cached(image_size: int = 16, mode: str = "resize") -> dict[str, np.nd
     if not (f.exists() and manifest.exists()):
         images, labels = _digits_arrays(image_size, mode)
         split = digits_split(len(images))
-        tmp = d / "digits.tmp.npz"
-        np.savez(tmp, images=images, labels=labels, train=split["train"], test=split["test"])
-        tmp.replace(f)
+        with atomic_path(f) as tmp:
+            np.savez(tmp, images=images, labels=labels, train=split["train"], test=split["test"])
         atomic_write_json(manifest, {"settings": settings, "n_images": len(images), "n_train": len(split["train"]),
                                      "n_test": len(split["test"]), "sha256": {f.name: sha256_file(f)}})
     with np.load(f, allow_pickle=False) as z:

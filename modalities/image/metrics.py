@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from scipy import linalg
 from torch import nn
 
-from diffsuite.core.utils import atomic_write_json, cache_dir, sha256_file
+from diffsuite.core.utils import atomic_path, atomic_write_json, cache_dir, sha256_file
 
 CLASSIFIER_VERSION = 1
 
@@ -121,9 +121,8 @@ def digits_classifier(image_size: int = 16, mode: str = "resize") -> tuple[Digit
 def save_cached(net: nn.Module, f: Path, manifest: Path, info: dict) -> dict:
     """A cached network: its weights written aside and renamed, then a manifest of `info` and their sha256."""
     from safetensors.torch import save_file
-    tmp = f.with_name(f.stem + ".tmp.safetensors")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    tmp.replace(f)
+    with atomic_path(f) as tmp:
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
     info = {**info, "sha256": {f.name: sha256_file(f)}}
     atomic_write_json(manifest, info)
     return info

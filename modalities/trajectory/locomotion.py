@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffsuite.core.utils import atomic_path
+
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # SAC's clamp of the log standard deviation (Stable-Baselines3's values)
 ENVS = ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5")
 ACTORS = Path(__file__).resolve().parent / "actors"  # the committed actors: actors/<env>/actor_*.safetensors, levels.json
@@ -74,9 +76,9 @@ def save_actor(actor: Actor, path: str | Path, meta: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     hidden = [m.out_features for m in actor.latent_pi if isinstance(m, nn.Linear)]
     info = {**meta, "obs_dim": actor.latent_pi[0].in_features, "act_dim": actor.mu.out_features, "hidden": hidden}
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in actor.state_dict().items()}, str(tmp), metadata={"actor": json.dumps(info)})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in actor.state_dict().items()}, str(tmp),
+                  metadata={"actor": json.dumps(info)})
     return path
 
 
