@@ -175,21 +175,28 @@ def test_behaviour_cloning_fits_a_linear_policy():
     assert err < 0.05, err
 
 
-def test_the_committed_halfcheetah_actors_follow_the_level_rule_and_act(tmp_path, monkeypatch):
+COMMITTED = [e for e in ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5")
+             if (Path(__file__).resolve().parents[1] / "modalities/trajectory/actors" / e / "levels.json").is_file()]
+
+
+@pytest.mark.parametrize("env_id", COMMITTED)
+def test_the_committed_actors_follow_the_level_rule_and_act(env_id, tmp_path, monkeypatch):
     """The committed behaviour policies: levels.json is select_levels of the committed curve, each actor loads and
     acts, expert > medium > random actions on a fixed-seed episode, and a tiny dataset rolls out from them."""
     import json
     from diffsuite.modalities.trajectory import locomotion as L
     monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
-    folder = L.actors_folder("HalfCheetah-v5")
-    levels = L.read_levels(folder, "HalfCheetah-v5")
+    folder = L.actors_folder(env_id)
+    levels = L.read_levels(folder, env_id)
     rule = L.select_levels(json.loads((folder / "curve.json").read_text())["curve"], levels["fraction"])
     assert (levels["medium"], levels["expert"]) == (rule["medium"], rule["expert"])
     assert set(levels["replay"]) <= set(rule["replay"]) and levels["replay"][-1] == levels["medium"]
-    ret = {k: L.evaluate_actor(L.load_actor(L.actor_file(folder, levels[k]))[0], "HalfCheetah-v5", 1, seed=0)["mean"]
+    ret = {k: L.evaluate_actor(L.load_actor(L.actor_file(folder, levels[k]))[0], env_id, 1, seed=0)["mean"]
            for k in ("medium", "expert")}
-    rnd = L.random_returns("HalfCheetah-v5", 1)[0]
+    rnd = L.random_returns(env_id, 1)[0]
     assert ret["expert"] > ret["medium"] > rnd, (ret, rnd)
-    data = np.load(L.dataset_path("medium", "HalfCheetah-v5", folder, 2000, seed=0, progress=False))
-    assert data["observations"].shape == (2000, 17) and data["actions"].shape == (2000, 6)
-    assert not data["terminals"].any()  # HalfCheetah never falls
+    data = np.load(L.dataset_path("medium", env_id, folder, 2000, seed=0, progress=False))
+    meta = L.load_actor(L.actor_file(folder, levels["medium"]))[1]
+    assert data["observations"].shape == (2000, meta["obs_dim"]) and data["actions"].shape == (2000, meta["act_dim"])
+    if env_id == "HalfCheetah-v5":
+        assert not data["terminals"].any()  # HalfCheetah never falls
