@@ -200,3 +200,26 @@ def test_the_committed_actors_follow_the_level_rule_and_act(env_id, tmp_path, mo
     assert data["observations"].shape == (2000, meta["obs_dim"]) and data["actions"].shape == (2000, meta["act_dim"])
     if env_id == "HalfCheetah-v5":
         assert not data["terminals"].any()  # HalfCheetah never falls
+
+
+def test_sac_training_resumes_with_or_without_its_replay_buffer(tmp_path, capsys):
+    """benchmarks/locomotion/train_sac.py: an interrupted run resumes from state/; carried over as state/model.zip
+    alone (no replay buffer), it refills the buffer from its own policy and trains on."""
+    import importlib.util
+    import json
+    pytest.importorskip("stable_baselines3")
+    spec = importlib.util.spec_from_file_location(
+        "train_sac", Path(__file__).resolve().parents[1] / "benchmarks" / "locomotion" / "train_sac.py")
+    sac = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sac)
+    work = tmp_path / "sac"
+    args = ["--env", "Pendulum-v1", "--work", str(work), "--eval-every", "100", "--save-every", "100",
+            "--eval-episodes", "1", "--learning-starts", "50"]
+    assert sac.main([*args, "--steps", "200"]) == 0
+    assert sac.main([*args, "--steps", "300"]) == 0 and "resuming Pendulum-v1 at 200" in capsys.readouterr().out
+    (work / "state" / "replay.pkl").unlink()
+    assert sac.main([*args, "--steps", "400"]) == 0
+    assert "refilling the buffer with 50 steps" in capsys.readouterr().out
+    curve = json.loads((work / "curve.json").read_text())["curve"]
+    assert [c["env_steps"] for c in curve] == [100, 200, 300, 400]
+    assert curve[-1]["gradient_steps"] > curve[-2]["gradient_steps"] > curve[-3]["gradient_steps"]

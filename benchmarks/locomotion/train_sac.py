@@ -4,8 +4,10 @@ Hopper-v5, Walker2d-v5 and HalfCheetah-v5, as D4RL made its datasets (Fu et al. 
 Every --eval-every environment steps: 10 deterministic evaluation episodes (fixed seeds) appended to curve.json (and
 curve.png), and a snapshot of the actor (modalities.trajectory.locomotion.save_actor, about 0.3 MB) in snapshots/.
 Every --save-every steps the whole learner (SB3's model and replay buffer) is saved under state/ (written to a
-temporary name, then renamed), so an interrupted run continues where it stopped: `--resume` (the default when
-state/ exists). Only snapshots/ and curve.* are meant to be committed.
+temporary name, then renamed), so an interrupted run continues where it stopped (the same command). Only snapshots/
+and curve.* are meant to be committed; to carry a run to another machine without its replay buffer (hundreds of MB),
+copy state/model.zip (a few MB) with them: the run then resumes with the buffer refilled by --learning-starts steps
+of its own policy (not bit-exact, but no training is lost).
 
     python benchmarks/locomotion/train_sac.py --env Hopper-v5 --steps 300000 --work runs/sac/hopper
     python benchmarks/locomotion/train_sac.py --env Hopper-v5 --steps 300000 --work runs/sac/hopper   # resumes
@@ -49,6 +51,19 @@ def save_state(model, state: Path) -> None:
     (state / "replay.tmp.pkl").replace(state / "replay.pkl")
 
 
+def refill(model, env, steps: int, seed: int) -> None:
+    """A learner carried over without its replay buffer (state/model.zip alone, small enough to commit): the buffer
+    is refilled with `steps` transitions of the learner's own stochastic policy before training goes on."""
+    obs, _ = env.reset(seed=seed)
+    for _ in range(steps):
+        action, _ = model.predict(obs, deterministic=False)
+        nxt, reward, term, trunc, info = env.step(action)
+        info = {**info, "TimeLimit.truncated": trunc and not term}  # SB3 bootstraps through a time limit
+        model.replay_buffer.add(obs[None], nxt[None], model.policy.scale_action(action)[None], np.array([reward]),
+                                np.array([term or trunc]), [info])
+        obs = env.reset()[0] if term or trunc else nxt
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--env", required=True, help="Hopper-v5, Walker2d-v5, HalfCheetah-v5 (any gymnasium Box env)")
@@ -74,7 +89,12 @@ def main(argv=None) -> int:
     env = gym.make(args.env)
     if (state / "model.zip").is_file():
         model = SAC.load(str(state / "model.zip"), env=env, device="cpu")
-        model.load_replay_buffer(str(state / "replay.pkl"))
+        if (state / "replay.pkl").is_file():
+            model.load_replay_buffer(str(state / "replay.pkl"))
+        else:
+            print(f"{state}: no replay.pkl (a learner carried over without it): refilling the buffer with "
+                  f"{args.learning_starts} steps of its own policy", flush=True)
+            refill(model, env, args.learning_starts, seed=args.seed + model.num_timesteps)
         print(f"resuming {args.env} at {model.num_timesteps} environment steps from {state}", flush=True)
         curve = [c for c in curve if c["env_steps"] <= model.num_timesteps]
     else:
