@@ -202,9 +202,10 @@ def test_the_committed_actors_follow_the_level_rule_and_act(env_id, tmp_path, mo
         assert not data["terminals"].any()  # HalfCheetah never falls
 
 
-def test_sac_training_resumes_with_or_without_its_replay_buffer(tmp_path, capsys):
+def test_sac_training_resumes_with_or_without_its_replay_buffer(tmp_path, capsys, monkeypatch):
     """benchmarks/locomotion/train_sac.py: an interrupted run resumes from state/; carried over as state/model.zip
-    alone (no replay buffer), it refills the buffer from its own policy and trains on."""
+    alone (no replay buffer), it refills the buffer from its own policy and trains on; interrupted mid-chunk, it
+    saves at once."""
     import importlib.util
     import json
     pytest.importorskip("stable_baselines3")
@@ -223,3 +224,16 @@ def test_sac_training_resumes_with_or_without_its_replay_buffer(tmp_path, capsys
     curve = json.loads((work / "curve.json").read_text())["curve"]
     assert [c["env_steps"] for c in curve] == [100, 200, 300, 400]
     assert curve[-1]["gradient_steps"] > curve[-2]["gradient_steps"] > curve[-3]["gradient_steps"]
+    # a SIGTERM (or Ctrl-C) mid-chunk saves the state at once and exits 130; the same command resumes from there
+    import signal
+    from stable_baselines3 import SAC
+    learn = SAC.learn
+
+    def interrupted(self, total_timesteps, **kw):  # 30 steps into the chunk, what the SIGTERM handler raises
+        learn(self, total_timesteps=30, **kw)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(SAC, "learn", interrupted)
+    assert sac.main([*args, "--steps", "500"]) == 130
+    assert signal.getsignal(signal.SIGTERM) is not signal.default_int_handler  # the handler is put back
+    monkeypatch.setattr(SAC, "learn", learn)
+    assert sac.main([*args, "--steps", "500"]) == 0 and "resuming Pendulum-v1 at 430" in capsys.readouterr().out

@@ -3,9 +3,9 @@ Hopper-v5, Walker2d-v5 and HalfCheetah-v5, as D4RL made its datasets (Fu et al. 
 
 Every --eval-every environment steps: 10 deterministic evaluation episodes (fixed seeds) appended to curve.json (and
 curve.png), and a snapshot of the actor (modalities.trajectory.locomotion.save_actor, about 0.3 MB) in snapshots/.
-Every --save-every steps the whole learner (SB3's model and replay buffer) is saved under state/ (written to a
-temporary name, then renamed), so an interrupted run continues where it stopped (the same command). Only snapshots/
-and curve.* are meant to be committed; to carry a run to another machine without its replay buffer (hundreds of MB),
+Every --save-every steps, and when interrupted (Ctrl-C or SIGTERM), the whole learner (SB3's model and replay buffer)
+is saved under state/ (written to a temporary name, then renamed), so an interrupted run continues where it stopped
+(the same command). Only snapshots/ and curve.* are meant to be committed; to carry a run to another machine without its replay buffer (hundreds of MB),
 copy state/model.zip (a few MB) with them: the run then resumes with the buffer refilled by --learning-starts steps
 of its own policy (not bit-exact, but no training is lost).
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -44,11 +45,11 @@ def plot_curve(curve: list[dict], path: Path, env_id: str) -> None:
 
 def save_state(model, state: Path) -> None:
     """The learner and its replay buffer, each written to a temporary name and renamed (never half-written)."""
-    state.mkdir(parents=True, exist_ok=True)
-    model.save(str(state / "model.tmp.zip"))
-    (state / "model.tmp.zip").replace(state / "model.zip")
-    model.save_replay_buffer(str(state / "replay.tmp.pkl"))
-    (state / "replay.tmp.pkl").replace(state / "replay.pkl")
+    from diffsuite.core.utils import atomic_path
+    with atomic_path(state / "model.zip") as tmp:
+        model.save(str(tmp))
+    with atomic_path(state / "replay.pkl") as tmp:
+        model.save_replay_buffer(str(tmp))
 
 
 def refill(model, env, steps: int, seed: int) -> None:
@@ -62,6 +63,41 @@ def refill(model, env, steps: int, seed: int) -> None:
         model.replay_buffer.add(obs[None], nxt[None], model.policy.scale_action(action)[None], np.array([reward]),
                                 np.array([term or trunc]), [info])
         obs = env.reset()[0] if term or trunc else nxt
+
+
+def learn(model, args, work: Path, curve: list) -> int:
+    """Train to args.steps: every args.eval_every steps an evaluation, a point on the curve and an actor snapshot;
+    every args.save_every steps, and on an interruption, the state."""
+    from diffsuite.core.utils import atomic_write_json
+    from diffsuite.modalities.trajectory.locomotion import actor_file, actor_from_sb3, evaluate_actor, save_actor
+    state, snaps, curve_path = work / "state", work / "snapshots", work / "curve.json"
+    t0 = time.perf_counter()
+    while model.num_timesteps < args.steps:
+        before = model.num_timesteps
+        chunk = min(args.eval_every - model.num_timesteps % args.eval_every, args.steps - model.num_timesteps)
+        try:
+            model.learn(total_timesteps=chunk, reset_num_timesteps=False, progress_bar=False)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what was learnt since the last save
+            save_state(model, state)
+            print(f"interrupted at {model.num_timesteps} environment steps: state saved in {state}; the same "
+                  "command resumes", flush=True)
+            return 130
+        n = model.num_timesteps
+        if n % args.eval_every == 0 or n >= args.steps:
+            actor = actor_from_sb3(model)
+            ev = evaluate_actor(actor, args.env, args.eval_episodes, seed=10_000)
+            save_actor(actor, actor_file(snaps, n),
+                       {"env": args.env, "env_steps": n, "return_mean": ev["mean"], "return_std": ev["std"],
+                        "seed": args.seed, "train_freq": args.train_freq})
+            curve.append({"env_steps": n, "gradient_steps": int(model._n_updates), "return_mean": ev["mean"],
+                          "return_std": ev["std"], "wall_seconds_this_start": time.perf_counter() - t0})
+            atomic_write_json(curve_path, {"env": args.env, "args": vars(args), "curve": curve})
+            plot_curve(curve, work / "curve.png", args.env)
+            print(f"{args.env} {n:8d} steps: return {ev['mean']:8.1f} +- {ev['std']:6.1f} "
+                  f"({(time.perf_counter() - t0) / 60:.1f} min this start)", flush=True)
+        if n // args.save_every > before // args.save_every or n >= args.steps:
+            save_state(model, state)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -80,11 +116,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     import gymnasium as gym
     from stable_baselines3 import SAC
-    from diffsuite.modalities.trajectory.locomotion import actor_file, actor_from_sb3, evaluate_actor, save_actor
     work = Path(args.work)
-    state, snaps = work / "state", work / "snapshots"
-    snaps.mkdir(parents=True, exist_ok=True)
-    curve_path = work / "curve.json"
+    state, curve_path = work / "state", work / "curve.json"
+    (work / "snapshots").mkdir(parents=True, exist_ok=True)
     curve = json.loads(curve_path.read_text())["curve"] if curve_path.is_file() else []
     env = gym.make(args.env)
     if (state / "model.zip").is_file():
@@ -100,29 +134,11 @@ def main(argv=None) -> int:
     else:
         model = SAC("MlpPolicy", env, seed=args.seed, device="cpu", learning_starts=args.learning_starts,
                     train_freq=args.train_freq, gradient_steps=1, verbose=0)
-    t0 = time.perf_counter()
-    while model.num_timesteps < args.steps:
-        before = model.num_timesteps
-        chunk = min(args.eval_every - model.num_timesteps % args.eval_every, args.steps - model.num_timesteps)
-        model.learn(total_timesteps=chunk, reset_num_timesteps=False, progress_bar=False)
-        n = model.num_timesteps
-        if n % args.eval_every == 0 or n >= args.steps:
-            actor = actor_from_sb3(model)
-            ev = evaluate_actor(actor, args.env, args.eval_episodes, seed=10_000)
-            save_actor(actor, actor_file(snaps, n),
-                       {"env": args.env, "env_steps": n, "return_mean": ev["mean"], "return_std": ev["std"],
-                        "seed": args.seed, "train_freq": args.train_freq})
-            curve.append({"env_steps": n, "gradient_steps": int(model._n_updates), "return_mean": ev["mean"],
-                          "return_std": ev["std"], "wall_seconds_this_start": time.perf_counter() - t0})
-            tmp = curve_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"env": args.env, "args": vars(args), "curve": curve}, indent=1))
-            tmp.replace(curve_path)
-            plot_curve(curve, work / "curve.png", args.env)
-            print(f"{args.env} {n:8d} steps: return {ev['mean']:8.1f} +- {ev['std']:6.1f} "
-                  f"({(time.perf_counter() - t0) / 60:.1f} min this start)", flush=True)
-        if n // args.save_every > before // args.save_every or n >= args.steps:
-            save_state(model, state)
-    return 0
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a SIGTERM saves the state as Ctrl-C does
+    try:
+        return learn(model, args, work, curve)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
