@@ -121,8 +121,10 @@ class Task:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         from safetensors.torch import save_file
+        from .utils import atomic_path
         p = out_dir / "samples.safetensors"
-        save_file({"x": x.detach().cpu().contiguous()}, str(p))
+        with atomic_path(p) as tmp:  # safetensors writes 0600 files: atomic_path gives the user's usual mode
+            save_file({"x": x.detach().cpu().contiguous()}, str(tmp))
         return {"samples": str(p)}
 
     def inpaint(self, loaded: Any, out_dir: Path, *, image: Optional[str] = None, mask: Optional[str] = None,
