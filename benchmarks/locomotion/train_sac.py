@@ -5,9 +5,9 @@ Every --eval-every environment steps: 10 deterministic evaluation episodes (fixe
 curve.png), and a snapshot of the actor (modalities.trajectory.locomotion.save_actor, about 0.3 MB) in snapshots/.
 Every --save-every steps, and when interrupted (Ctrl-C or SIGTERM), the whole learner (SB3's model and replay buffer)
 is saved under state/ (written to a temporary name, then renamed), so an interrupted run continues where it stopped
-(the same command). Only snapshots/ and curve.* are meant to be committed; to carry a run to another machine without its replay buffer (hundreds of MB),
-copy state/model.zip (a few MB) with them: the run then resumes with the buffer refilled by --learning-starts steps
-of its own policy (not bit-exact, but no training is lost).
+(the same command). Only snapshots/ and curve.* are meant to be committed; to carry a run to another machine without
+its replay buffer (hundreds of MB), copy state/model.zip (a few MB) with them: the run then resumes with the buffer
+refilled by --learning-starts steps of its own policy (not bit-exact, but no training is lost).
 
     python benchmarks/locomotion/train_sac.py --env Hopper-v5 --steps 300000 --work runs/sac/hopper
     python benchmarks/locomotion/train_sac.py --env Hopper-v5 --steps 300000 --work runs/sac/hopper   # resumes
