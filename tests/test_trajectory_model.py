@@ -95,6 +95,19 @@ def test_candidates_ranked_by_value():
     assert p.value == pytest.approx(float(J(p.normalized, None, None).max()), abs=1e-6)
 
 
+def test_execute_mean_averages_the_candidates_actions():
+    """execute='mean' acts on the candidates' actions averaged; the states shown stay the best plan's."""
+    J = lambda x, t, c: x[:, :, 3].mean(dim=1)  # noqa: E731
+    pl = _planner(PlannerConfig(sampler="ddim", steps=5, n_candidates=6, execute="mean"), J)
+    p = pl.plan(np.zeros(4), None, torch.Generator().manual_seed(0))
+    joint = pl.norm.unnormalize(p.normalized.float()).numpy()
+    np.testing.assert_allclose(p.actions, joint[:, :, :2].mean(0), atol=1e-6)
+    best = int(J(p.normalized, None, None).argmax())
+    assert not np.allclose(p.actions, joint[best, :, :2]) and np.allclose(p.states, joint[best, :, 2:])
+    with pytest.raises(ValueError, match="execute='mean'"):  # a states-only plan has no actions to average
+        Planner(pl.den, pl.norm, 0, 4, 16, PlannerConfig(execute="mean"))
+
+
 def test_candidates_ranked_by_wall_penetration():
     from diffsuite.modalities.trajectory.maze import MazeGrid
     from diffsuite.modalities.trajectory.planner import wall_value

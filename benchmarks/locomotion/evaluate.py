@@ -54,7 +54,7 @@ def planner_opts(args) -> dict:
     return dict(value=args.value, guidance=None, avoid_walls=False, candidates=args.candidates,
                 guide_scale=args.guide_scale, t_stopgrad=args.t_stopgrad, warm_start=0.0, sampler=args.sampler,
                 steps=args.steps, device="cpu", target_return=args.target_return,
-                condition_guidance_w=args.condition_guidance_w, inverse=None)
+                condition_guidance_w=args.condition_guidance_w, inverse=None, execute=args.execute)
 
 
 def run_planner(args) -> list[dict]:
@@ -142,6 +142,8 @@ def main(argv=None) -> int:
     ap.add_argument("--guide-scale", type=float, default=0.1)
     ap.add_argument("--t-stopgrad", type=int, default=2, help="no value gradient at diffusion steps below this")
     ap.add_argument("--replan-every", type=int, default=1)
+    ap.add_argument("--execute", choices=("best", "mean"), default="best", help="act on the best-valued candidate "
+                    "(Diffuser) or on the candidates' actions averaged")
     ap.add_argument("--sampler", default=None, help="the planner's sampler (default the recipe's)")
     ap.add_argument("--steps", type=int, default=None, help="the planner's sampling steps (default the recipe's)")
     ap.add_argument("--jobs", type=int, default=1, help="planner episodes in this many processes of one thread each")
@@ -176,7 +178,8 @@ def main(argv=None) -> int:
     secs = np.concatenate([e["plan_seconds"] for e in eps])
     name = (f"Decision Diffuser (return {args.target_return}, w {args.condition_guidance_w})"
             if d.formulation == "decision_diffuser" else f"Diffuser planner ({args.candidates} candidates, "
-            f"{'value guide scale ' + format(args.guide_scale, 'g') if args.value else 'no value'})")
+            f"{'value guide scale ' + format(args.guide_scale, 'g') if args.value else 'no value'}"
+            f"{', their actions averaged' if args.execute == 'mean' else ''})")
     rows.append(row(name, [e["return"] for e in eps], ref,
                     env_id, {"plan_seconds_mean": float(secs.mean()), "fell": int(sum(e["terminated"] for e in eps))}))
     if not args.planner_only:

@@ -45,6 +45,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--kd", type=float, default=PD_KD, help="PD velocity gain (Diffuser: 1)")
     p.add_argument("--value", default=None, help="value-function folder (from value.save_value) for guidance / ranking")
     p.add_argument("--guidance", choices=("none", "value", "gradient"), default=None)
+    p.add_argument("--execute", choices=("best", "mean"), default="best", help="with --candidates > 1: act on the "
+                   "best-valued plan (Diffuser), or on the candidates' actions averaged (the model's mean action)")
     p.add_argument("--avoid-walls", action="store_true",
                    help="with --candidates > 1: keep the candidate plan that runs least into the maze's walls "
                         "(planner.wall_value); not with --value")
@@ -140,7 +142,7 @@ def _planner(args, loaded, grid=None) -> Planner:
                         n_candidates=args.candidates, guidance=guidance, guide_scale=args.guide_scale,
                         t_stopgrad=args.t_stopgrad,
                         warm_start_t=args.warm_start, sampler_options=sampler_options(r.sample, sampler),
-                        condition=r.data.condition)
+                        condition=r.data.condition, execute=args.execute)
     return Planner(loaded.denoiser, seq.normalizer, seq.action_dim, seq.obs_dim, r.data.horizon, cfg, value_fn)
 
 

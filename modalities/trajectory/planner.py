@@ -74,6 +74,9 @@ class PlannerConfig:
     #: w of eps = (1 + w) eps(c) - w eps(null) (their guidance scale 1.2 is w = 0.2 here)
     target_return: Optional[float] = None
     cfg_w: float = 0.2
+    #: best: the actions of the highest-valued candidate (Diffuser); mean: the candidates' actions averaged, a Monte
+    #: Carlo estimate of the model's mean action sequence from this start (what behaviour cloning's regression fits)
+    execute: str = "best"
 
 
 class Planner:
@@ -88,6 +91,8 @@ class Planner:
         self.cfg, self.value_fn, self.goal_dims, self.inverse = cfg, value_fn, tuple(goal_dims), inverse
         if cfg.guidance != "none" and value_fn is None:
             raise ValueError(f"Planner: guidance={cfg.guidance!r} needs a value_fn")
+        if cfg.execute not in ("best", "mean") or (cfg.execute == "mean" and (inverse is not None or action_dim == 0)):
+            raise ValueError(f"Planner: execute={cfg.execute!r}: expected 'best', or 'mean' for plans that hold actions")
         self.device = next(denoiser.parameters()).device
         self.prev: Optional[torch.Tensor] = None
 
@@ -166,6 +171,8 @@ class Planner:
         self.prev = x[best: best + 1].expand(x.shape[0], -1, -1).clone()
         joint = self.norm.unnormalize(x.detach().cpu().float()).numpy()
         actions = plan_actions(self.inverse, joint[best]) if self.inverse is not None else joint[best, :, :self.A]
+        if self.cfg.execute == "mean":
+            actions = joint[:, :, :self.A].mean(0)
         secs = time.perf_counter() - t_start
         return Plan(states=joint[best, :, self.A:], actions=actions,
                     value=None if values is None else float(values[best]), seconds=secs,
