@@ -59,7 +59,7 @@ class TimbreData:
     target_instruments: list = field(default_factory=lambda: ["strings"])
     path: Optional[str] = None  # folders: the source recordings
     target_path: Optional[str] = None  # folders: the target recordings, the same file names
-    limit: int = valid(60, min=1)  # chorales: how many (split by a hash of the name: of the first 60, 56 train, 2 val, 2 test)
+    limit: int = valid(60, min=1)  # chorales: how many (a name-hash split: of 60, 56 train, 2 val, 2 test)
     tempo: list = field(default_factory=lambda: [80.0, 100.0])  # chorales: quarter notes per minute, drawn per chorale
     velocity: list = field(default_factory=lambda: [70, 100])
     patch: int = valid(128, min=16)  # frames per patch (the model's image_size; 128 = 2.56 s)
