@@ -189,6 +189,10 @@ def test_sr3_noise_level_options():
     ab = den.schedule.alpha_bar_at(t.double())
     torch.testing.assert_close(t_net, (1000 * ab.sqrt()).float(), rtol=1e-4, atol=1e-3)  # (t passes as float32)
     eps = (x_t.double() - ab.sqrt()[:, None] * x0.double()) / (1 - ab).sqrt()[:, None]
-    torch.testing.assert_close(per.double(), (eps ** 2).mean(1), rtol=1e-4, atol=1e-5)  # the net predicts eps = 0
+    # eps recovered from a float32 x_t carries its rounding times 1/sqrt(1 - alpha_bar): near t = 0 that is ~100x, so
+    # the samples there are left out (1%); the rest must match closely (the net predicts eps = 0)
+    ok = (1 - ab) > 1e-2
+    assert ok.float().mean() > 0.95
+    torch.testing.assert_close(per.double()[ok], (eps ** 2).mean(1)[ok], rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="continuous_t"):
         DiffusionConfig(continuous_t=True, learned_variance=True)
