@@ -19,9 +19,9 @@ try:
     from safetensors import SafetensorError as SafetensorsError
 except ImportError:  # older safetensors
     SafetensorsError = Exception
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from .utils import atomic_write_json, sha256_file, user_umask
+from .utils import atomic_write_json, save_tensors, sha256_file
 
 
 class CheckpointError(RuntimeError):
@@ -111,8 +111,7 @@ def _write_folder(tmp: Path, tensors, state: dict, config: dict) -> None:
     manifest = {}
     for group, sd in tensors.items():
         f = tmp / f"{group}.safetensors"
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}, str(f))
-        os.chmod(f, 0o666 & ~user_umask())  # safetensors writes 0600: give the file the user's usual mode
+        save_tensors(f, {k: v.clone() for k, v in sd.items()})
         manifest[f.name] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
     atomic_write_json(tmp / "config.json", config)
     atomic_write_json(tmp / "state.json", {**state, "manifest": manifest})

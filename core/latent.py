@@ -37,8 +37,8 @@ def cached_latents(base, ae, settings: dict, seed: int = 0) -> tuple[torch.Tenso
     manifest.json of the settings (the autoencoder weights' sha256, data config, split, seed) and the file's sha256;
     read back when both match, encoded again (with a warning naming the file) when the file does not match its
     manifest. Conditions that are not tensors are not stored: the latents are then encoded in memory each time."""
-    from safetensors.torch import load_file, save
-    from .utils import atomic_write_bytes, atomic_write_json, cache_dir, sha256_file
+    from safetensors.torch import load_file
+    from .utils import atomic_write_json, cache_dir, save_tensors, sha256_file
     folder = cache_dir("latents", hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16])
     f, manifest = folder / "latents.safetensors", folder / "manifest.json"
     if f.is_file() and manifest.is_file():
@@ -49,8 +49,7 @@ def cached_latents(base, ae, settings: dict, seed: int = 0) -> tuple[torch.Tenso
         warnings.warn(f"{f}: does not match {manifest} (content hash or settings); encoding the latents again")
     z, conds = encode_items(base, ae, seed)
     if all(c is None for c in conds) or all(isinstance(c, torch.Tensor) for c in conds):
-        tensors = {"z": z.contiguous()} if conds[0] is None else {"z": z.contiguous(), "cond": torch.stack(conds)}
-        atomic_write_bytes(f, save(tensors))
+        save_tensors(f, {"z": z} if conds[0] is None else {"z": z, "cond": torch.stack(conds)})
         atomic_write_json(manifest, {"settings": settings, "file": f.name, "items": len(z),
                                      "shape": list(z.shape[1:]), "sha256": sha256_file(f)})
     return z, conds

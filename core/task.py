@@ -120,12 +120,8 @@ class Task:
         """Write what people look at (pictures, sounds, MIDI) under out_dir; return {name: path}."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        from safetensors.torch import save_file
-        from .utils import atomic_path
-        p = out_dir / "samples.safetensors"
-        with atomic_path(p) as tmp:  # safetensors writes 0600 files: atomic_path gives the user's usual mode
-            save_file({"x": x.detach().cpu().contiguous()}, str(tmp))
-        return {"samples": str(p)}
+        from .utils import save_tensors
+        return {"samples": str(save_tensors(out_dir / "samples.safetensors", {"x": x}))}
 
     def inpaint(self, loaded: Any, out_dir: Path, *, image: Optional[str] = None, mask: Optional[str] = None,
                 n: Optional[int] = None, repaint: bool = False, sampler: Optional[str] = None,

@@ -78,6 +78,15 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
+def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> Path:
+    """A safetensors file written through atomic_path: never half-written, and with the user's usual mode (safetensors
+    itself writes 0600 files)."""
+    from safetensors.torch import save_file
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    return Path(path)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` atomically: a temporary file in the same folder, fsync, then rename."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:

@@ -180,7 +180,7 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise OSError("disk full (simulated)")
-    monkeypatch.setattr(ck, "save_file", boom)
+    monkeypatch.setattr(ck, "save_tensors", boom)
     tr.step = 2  # same name: a crash while overwriting must not damage it
     with pytest.raises(OSError):
         tr.save()

@@ -200,12 +200,12 @@ def test_sampling_reports_non_finite_outputs(tmp_path, capsys):
 
 def test_a_full_disk_says_so_and_leaves_no_partial_folder(tmp_path, capsys, monkeypatch):
     out = _toy_run(tmp_path / "run", capsys, "train.steps=4", "train.ckpt_every=2")
-    real = ck.save_file
+    real = ck.save_tensors
 
-    def full(tensors, path, *a, **k):
-        real(tensors, path, *a, **k)
-        raise OSError(errno.ENOSPC, "No space left on device", path)
-    monkeypatch.setattr(ck, "save_file", full)
+    def full(path, tensors, *a, **k):
+        real(path, tensors, *a, **k)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(ck, "save_tensors", full)
     rc, err = _main(["train", "toy2d", *TOY, "train.steps=8", "train.ckpt_every=2", "--out", out, "--resume", "auto"],
                     capsys)
     line = _one_error_line(err)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from scipy import linalg
 from torch import nn
 
-from diffsuite.core.utils import atomic_path, atomic_write_json, cache_dir, sha256_file
+from diffsuite.core.utils import atomic_write_json, cache_dir, save_tensors, sha256_file
 
 CLASSIFIER_VERSION = 1
 
@@ -120,9 +120,7 @@ def digits_classifier(image_size: int = 16, mode: str = "resize") -> tuple[Digit
 
 def save_cached(net: nn.Module, f: Path, manifest: Path, info: dict) -> dict:
     """A cached network: its weights written aside and renamed, then a manifest of `info` and their sha256."""
-    from safetensors.torch import save_file
-    with atomic_path(f) as tmp:
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    save_tensors(f, net.state_dict())
     info = {**info, "sha256": {f.name: sha256_file(f)}}
     atomic_write_json(manifest, info)
     return info

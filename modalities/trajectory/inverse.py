@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from diffsuite.core.utils import atomic_path, atomic_write_json
+from diffsuite.core.utils import atomic_write_json, save_tensors
 
 from .data import SequenceDataset
 from .locomotion import BCPolicy, train_bc
@@ -36,8 +36,7 @@ def train_inverse(seq: SequenceDataset, steps: int = 20000, seed: int = 0) -> BC
 def save_inverse(f: BCPolicy, path: str | Path) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path / "inverse.safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in f.state_dict().items()}, str(tmp))
+    save_tensors(path / "inverse.safetensors", f.state_dict())
     atomic_write_json(path / "inverse.json", {"pair_dim": int(f.mu.numel()), "action_dim": int(f.low.numel())})
     return path
 

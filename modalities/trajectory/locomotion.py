@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffsuite.core.utils import atomic_path
+from diffsuite.core.utils import save_tensors
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # SAC's clamp of the log standard deviation (Stable-Baselines3's values)
 ENVS = ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5")
@@ -71,15 +71,9 @@ class Actor(nn.Module):
 
 def save_actor(actor: Actor, path: str | Path, meta: dict) -> Path:
     """The actor's weights and a JSON of its shape and provenance (env, steps, return) in one safetensors file."""
-    from safetensors.torch import save_file
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     hidden = [m.out_features for m in actor.latent_pi if isinstance(m, nn.Linear)]
     info = {**meta, "obs_dim": actor.latent_pi[0].in_features, "act_dim": actor.mu.out_features, "hidden": hidden}
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in actor.state_dict().items()}, str(tmp),
-                  metadata={"actor": json.dumps(info)})
-    return path
+    return save_tensors(path, actor.state_dict(), metadata={"actor": json.dumps(info)})
 
 
 def load_actor(path: str | Path) -> tuple[Actor, dict]:

@@ -170,9 +170,10 @@ class Planner:
         best = int(values.argmax()) if values is not None else 0
         self.prev = x[best: best + 1].expand(x.shape[0], -1, -1).clone()
         joint = self.norm.unnormalize(x.detach().cpu().float()).numpy()
-        actions = plan_actions(self.inverse, joint[best]) if self.inverse is not None else joint[best, :, :self.A]
         if self.cfg.execute == "mean":
             actions = joint[:, :, :self.A].mean(0)
+        else:
+            actions = plan_actions(self.inverse, joint[best]) if self.inverse is not None else joint[best, :, :self.A]
         secs = time.perf_counter() - t_start
         return Plan(states=joint[best, :, self.A:], actions=actions,
                     value=None if values is None else float(values[best]), seconds=secs,

@@ -10,11 +10,11 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from diffsuite.core.parameterization import q_sample
-from diffsuite.core.utils import atomic_path, atomic_write_json
+from diffsuite.core.utils import atomic_write_json, save_tensors
 
 from .data import ValueDataset
 from .temporal_unet import ValueNet
@@ -46,8 +46,7 @@ def save_value(net: ValueNet, path: str | Path) -> Path:
     """Weights (safetensors) and the constructor settings (JSON) in folder `path`."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path / "value.safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    save_tensors(path / "value.safetensors", net.state_dict())
     enc = net.encoder
     atomic_write_json(path / "value.json", {"transition_dim": enc.dims[0], "horizon": net.horizon, "dim": enc.dims[1],
                                             "dim_mults": [d // enc.dims[1] for d in enc.dims[1:]]})
