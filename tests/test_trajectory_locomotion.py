@@ -237,3 +237,25 @@ def test_sac_training_resumes_with_or_without_its_replay_buffer(tmp_path, capsys
     assert signal.getsignal(signal.SIGTERM) is not signal.default_int_handler  # the handler is put back
     monkeypatch.setattr(SAC, "learn", learn)
     assert sac.main([*args, "--steps", "500"]) == 0 and "resuming Pendulum-v1 at 430" in capsys.readouterr().out
+
+
+def test_every_locomotion_recipe_fits_its_environment():
+    """A locomotion recipe's model sees [action, state] (or the states alone in Decision Diffuser's formulation): its
+    transition_dim and action_dim are the environment's, so a recipe written for another environment fails here, not
+    after its dataset is generated."""
+    import gymnasium as gym
+    from diffsuite.modalities.trajectory.locomotion import D4RL_REFERENCE
+    from diffsuite.recipes import run
+    seen = set()
+    for name in run.list_recipes():
+        r = run.load_recipe(name)
+        env_id = getattr(r.data, "env_id", None)
+        if r.task != "trajectory" or env_id not in D4RL_REFERENCE:
+            continue
+        env = gym.make(env_id)
+        S, A = env.observation_space.shape[0], env.action_space.shape[0]
+        env.close()
+        a = 0 if r.data.formulation == "decision_diffuser" else A
+        assert (r.model.transition_dim, r.model.action_dim) == (S + a, a), (name, env_id, S, A)
+        seen.add(env_id)
+    assert {"Hopper-v5", "Walker2d-v5", "HalfCheetah-v5"} <= seen
