@@ -259,3 +259,41 @@ def test_every_locomotion_recipe_fits_its_environment():
         assert (r.model.transition_dim, r.model.action_dim) == (S + a, a), (name, env_id, S, A)
         seen.add(env_id)
     assert {"Hopper-v5", "Walker2d-v5", "HalfCheetah-v5"} <= seen
+
+
+def test_episode_returns_split_at_terminals_and_timeouts():
+    from diffsuite.modalities.trajectory.locomotion import episode_returns
+    r = [1, 1, 1, 2, 2, 3, 3, 3, 5]
+    term = [0, 0, 1, 0, 0, 0, 0, 1, 0]
+    tout = [0, 0, 0, 0, 1, 0, 0, 0, 0]
+    assert episode_returns(r, term, tout).tolist() == [3, 4, 9]  # the last step ends no episode: not one
+
+
+def test_reference_rows_score_the_data_bc_and_every_replay_snapshot(tmp_path, monkeypatch):
+    """benchmarks/locomotion/evaluate.py's rows beside the planner: the dataset's own episodes, behaviour cloning, and
+    on medium-replay each snapshot and their pooled mixture."""
+    import importlib.util
+    import json
+    from types import SimpleNamespace
+    from diffsuite.modalities.trajectory import locomotion as L
+    from diffsuite.modalities.trajectory.task import TrajectoryDataConfig, locomotion_arrays
+    spec = importlib.util.spec_from_file_location(
+        "bench_locomotion", Path(__file__).resolve().parents[1] / "benchmarks" / "locomotion" / "evaluate.py")
+    E = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(E)
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    folder = _actors(tmp_path / "actors")
+    levels = {"expert": 30, "medium": 30, "replay": [10, 20, 30]}
+    (folder / "levels.json").write_text(json.dumps(levels))
+    d = TrajectoryDataConfig(env_id="Hopper-v5", dataset="medium-replay", actors=str(folder), size=600, horizon=8,
+                             normalizer="gaussian")
+    rows = E.reference_rows(SimpleNamespace(episodes=2, seed=0, bc_steps=5), d, folder, levels,
+                            {"random": 0.0, "expert": 100.0})
+    names = [r["method"] for r in rows]
+    a = locomotion_arrays(d)
+    data = L.episode_returns(a["rewards"], a["terminals"], a["timeouts"])
+    assert names[0] == f"the dataset's episodes ({len(data)})" and rows[0]["return_mean"] == pytest.approx(data.mean())
+    assert names[1] == "behaviour cloning (MLP 256-256)"
+    assert names[2:5] == [f"behaviour policy (SAC actor at {s} steps, stochastic)" for s in (10, 20, 30)]
+    assert rows[5]["episodes"] == 6 and rows[5]["return_mean"] == pytest.approx(np.mean([r["return_mean"]
+                                                                                         for r in rows[2:5]]))

@@ -7,6 +7,7 @@ digit: v5 is not D4RL's v2), and the planner's time per planning call.
 
     python benchmarks/locomotion/evaluate.py RUN --value RUN/value [--episodes 10] [--candidates 64] [--jobs 2]
     python benchmarks/locomotion/evaluate.py RUN --value RUN/value --ranking-diagnostic 60 --candidates 16
+    python benchmarks/locomotion/evaluate.py RUN --references-only --out references   # no planner
 
 Writes benchmarks/results/locomotion_<env>_<dataset>.json (..._decision.json for a Decision Diffuser run).
 """
@@ -102,12 +103,17 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
 
 
 def reference_rows(args, d, folder: Path, levels: dict, ref: dict) -> list[dict]:
-    """Behaviour cloning on the same data (an MLP) and the behaviour policy itself (the last two actors of the
-    dataset's levels), over the same episode seeds as the planner."""
+    """The dataset's own episodes, behaviour cloning on the same data (an MLP) and the behaviour policies themselves
+    (stochastic, as when the data was made), over the same episode seeds as the planner: medium's actor, medium-expert's
+    two, and for medium-replay every snapshot and their mixture (each snapshot's episodes pooled, equal weights, as the
+    snapshots take equal shares of the data)."""
     import gymnasium as gym
     from diffsuite.modalities.trajectory import locomotion as L
-    from diffsuite.modalities.trajectory.task import full_dataset
-    env_id, rows = d.env_id, []
+    from diffsuite.modalities.trajectory.task import full_dataset, locomotion_arrays
+    env_id = d.env_id
+    arrays = locomotion_arrays(d)
+    data = L.episode_returns(arrays["rewards"], arrays["terminals"], arrays["timeouts"])
+    rows = [row(f"the dataset's episodes ({len(data)})", data, ref, env_id)]
     seq = full_dataset(d)
     a, s = seq.split(torch.as_tensor(seq.normalizer.unnormalize(seq.joint)))
     env = gym.make(env_id)
@@ -115,17 +121,30 @@ def reference_rows(args, d, folder: Path, levels: dict, ref: dict) -> list[dict]
     bc = L.train_bc(s.numpy(), a.numpy(), env.action_space.low, env.action_space.high, args.bc_steps)
     env.close()
     rows.append(row("behaviour cloning (MLP 256-256)", L.evaluate_actor(bc, env_id, args.episodes, args.seed)["returns"],
-                    ref, env_id,
-                    {"train_seconds": time.perf_counter() - t0}))
-    # the behaviour policy
+                    ref, env_id, {"train_seconds": time.perf_counter() - t0}))
     names = {"medium": [levels["medium"]], "medium-replay": levels["replay"],
              "medium-expert": [levels["medium"], levels["expert"]]}[d.dataset]
-    for steps in names[-2:]:
+    pooled = []
+    for steps in names:
         actor, _ = L.load_actor(L.actor_file(folder, steps))
-        rows.append(row(f"behaviour policy (SAC actor at {steps} steps, stochastic)",
-                        L.evaluate_actor(actor, env_id, args.episodes, args.seed, deterministic=False)["returns"], ref,
-                        env_id))
+        returns = L.evaluate_actor(actor, env_id, args.episodes, args.seed, deterministic=False)["returns"]
+        rows.append(row(f"behaviour policy (SAC actor at {steps} steps, stochastic)", returns, ref, env_id))
+        pooled += returns
+    if d.dataset == "medium-replay":
+        rows.append(row(f"behaviour policies' mixture ({len(names)} snapshots, equal shares)", pooled, ref, env_id))
     return rows
+
+
+def planner_row(args, d, ref: dict, env_id: str) -> dict:
+    """The planner's episodes as one row, with its time per planning call and how many episodes ended in a fall."""
+    eps = run_planner(args)
+    secs = np.concatenate([e["plan_seconds"] for e in eps])
+    name = (f"Decision Diffuser (return {args.target_return}, w {args.condition_guidance_w})"
+            if d.formulation == "decision_diffuser" else f"Diffuser planner ({args.candidates} candidates, "
+            f"{'value guide scale ' + format(args.guide_scale, 'g') if args.value else 'no value'}"
+            f"{', their actions averaged' if args.execute == 'mean' else ''})")
+    return row(name, [e["return"] for e in eps], ref, env_id,
+               {"plan_seconds_mean": float(secs.mean()), "fell": int(sum(e["terminated"] for e in eps))})
 
 
 def main(argv=None) -> int:
@@ -152,6 +171,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--planner-only", action="store_true", help="skip behaviour cloning and the behaviour policy "
                     "(an ablation of the planner's settings)")
+    ap.add_argument("--references-only", action="store_true", help="only the dataset, behaviour cloning and the "
+                    "behaviour policy rows (no planner)")
     ap.add_argument("--out", default=None, help="suffix of the results file (an ablation: ..._<out>.json)")
     ap.add_argument("--ranking-diagnostic", type=int, metavar="N", default=0, help="instead of episodes: what ranking "
                     "--candidates plans by value picks from N dataset states (..._ranking.json)")
@@ -173,15 +194,7 @@ def main(argv=None) -> int:
                                    **ranking_diagnostic(args, loaded, args.ranking_diagnostic)}, indent=1))
         print(f"written {out}")
         return 0
-    rows = []
-    eps = run_planner(args)
-    secs = np.concatenate([e["plan_seconds"] for e in eps])
-    name = (f"Decision Diffuser (return {args.target_return}, w {args.condition_guidance_w})"
-            if d.formulation == "decision_diffuser" else f"Diffuser planner ({args.candidates} candidates, "
-            f"{'value guide scale ' + format(args.guide_scale, 'g') if args.value else 'no value'}"
-            f"{', their actions averaged' if args.execute == 'mean' else ''})")
-    rows.append(row(name, [e["return"] for e in eps], ref,
-                    env_id, {"plan_seconds_mean": float(secs.mean()), "fell": int(sum(e["terminated"] for e in eps))}))
+    rows = [] if args.references_only else [planner_row(args, d, ref, env_id)]
     if not args.planner_only:
         rows += reference_rows(args, d, folder, levels, ref)
     m = probe_machine("cpu")

@@ -333,6 +333,13 @@ def reference_returns(env_id: str, expert: Path, episodes: int = 100, seed: int 
     return ref
 
 
+def episode_returns(rewards, terminals, timeouts) -> np.ndarray:
+    """The undiscounted return of each whole episode of a D4RL-style dataset (an episode ends at a terminal or a
+    timeout; steps after the last end belong to no whole episode)."""
+    ends = np.flatnonzero(np.asarray(terminals, bool) | np.asarray(timeouts, bool)) + 1
+    return np.array([part.sum() for part in np.split(np.asarray(rewards, np.float64), ends)[:len(ends)]])
+
+
 def normalized(R: float, random: float, expert: float) -> float:
     """D4RL's normalised score: 100 (R - random) / (expert - random)."""
     return 100.0 * (R - random) / (expert - random)

@@ -77,14 +77,19 @@ class TrajectoryDataConfig:
     formulation: str = valid("diffuser", choices=("diffuser", "decision_diffuser"))
 
 
+def locomotion_arrays(d: TrajectoryDataConfig) -> dict:
+    """The D4RL-style arrays of a locomotion dataset (generated and cached on first use)."""
+    folder = locomotion.actors_folder(d.env_id, d.actors)
+    return load_npz(locomotion.dataset_path(d.dataset, d.env_id, folder, n_steps_for(d.size, d.env_id), d.seed))[0]
+
+
 @functools.lru_cache(maxsize=4)
 def _dataset(data_key: str) -> SequenceDataset:
     d = TrajectoryDataConfig(**json.loads(data_key))
     if d.path:
         arrays, _ = load_npz(d.path)
     elif d.env_id in locomotion.ENVS:
-        folder = locomotion.actors_folder(d.env_id, d.actors)
-        arrays, _ = load_npz(locomotion.dataset_path(d.dataset, d.env_id, folder, n_steps_for(d.size, d.env_id), d.seed))
+        arrays = locomotion_arrays(d)
     else:
         s = GenSettings(env_id=env_id_for(d.env_id), n_steps=n_steps_for(d.size, d.env_id), seed=d.seed,
                         action_noise=d.action_noise)
