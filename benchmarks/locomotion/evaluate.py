@@ -169,10 +169,11 @@ def main(argv=None) -> int:
     ap.add_argument("--bc-steps", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--planner-only", action="store_true", help="skip behaviour cloning and the behaviour policy "
-                    "(an ablation of the planner's settings)")
-    ap.add_argument("--references-only", action="store_true", help="only the dataset, behaviour cloning and the "
-                    "behaviour policy rows (no planner)")
+    only = ap.add_mutually_exclusive_group()
+    only.add_argument("--planner-only", action="store_true", help="skip the dataset, behaviour cloning and behaviour "
+                      "policy rows (an ablation of the planner's settings)")
+    only.add_argument("--references-only", action="store_true", help="only the dataset, behaviour cloning and "
+                      "behaviour policy rows (no planner)")
     ap.add_argument("--out", default=None, help="suffix of the results file (an ablation: ..._<out>.json)")
     ap.add_argument("--ranking-diagnostic", type=int, metavar="N", default=0, help="instead of episodes: what ranking "
                     "--candidates plans by value picks from N dataset states (..._ranking.json)")
