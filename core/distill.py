@@ -89,10 +89,12 @@ class ConsistencyFunction(nn.Module):
     """f(x_t, t) = c_skip(sigma_t) x_t / alpha_t + c_out(sigma_t) x0_hat(x_t, t) around a denoiser (Song et al. 2023,
     eq. 3, on the core's VP schedules: x_t / alpha_t is the variance-exploding state, sigma_t = sqrt(1 - ab) / sqrt(ab),
     and the boundary t = 0 gives f = x_0 / alpha_0 exactly). Returns a Prediction whose x0 is f, so the core's
-    samplers and hooks run on it; `samplers.consistency` is Algorithm 1."""
+    samplers and hooks run on it; `samplers.consistency` is Algorithm 1. A sampling denoiser's x0 transform (clipping)
+    moves onto f: the network's own x0 term is not a sample (it cancels c_skip's noise) and must not be clipped."""
 
     def __init__(self, denoiser, sigma_data: float = 0.5):
         super().__init__()
+        self.x0_transform, denoiser.x0_transform = getattr(denoiser, "x0_transform", None), None
         self.denoiser, self.sigma_data = denoiser, sigma_data
         self.schedule = denoiser.schedule
         self.sigma_min = float(self.schedule.sigma[0])
@@ -112,6 +114,8 @@ class ConsistencyFunction(nn.Module):
         c_skip, c_out = (append_dims(c.to(x_t.dtype), x_t.ndim) for c in consistency_coefs(sigma, self.sigma_min,
                                                                                            self.sigma_data))
         x0 = c_skip * x_t / append_dims(ab.sqrt().to(x_t.dtype), x_t.ndim) + c_out * pred.x0
+        if self.x0_transform is not None:
+            x0 = self.x0_transform(x0)
         return Prediction(x0=x0, eps=x0_to_eps(x_t, x0, ab.to(x_t.dtype)), out=pred.out, v_var=pred.v_var)
 
 

@@ -184,6 +184,25 @@ def test_consistency_function_meets_its_boundary_exactly():
     assert torch.allclose(f(x, t).x0, den(x, t).x0, atol=1e-3)
 
 
+def test_a_sampling_denoisers_clipping_applies_to_f_not_to_the_networks_x0():
+    """With clip_x0 the network's x0 term may leave [-1, 1] to cancel c_skip's noise; only f, the sample, is clipped."""
+    from diffsuite.core.denoiser import clip_x0
+    from diffsuite.core.distill import ConsistencyFunction, consistency_coefs
+
+    class Constant(torch.nn.Module):  # an x0-predicting network that always says 3
+        def forward(self, x, t, cond=None):
+            return torch.full_like(x, 3.0)
+    sch = make_schedule("cosine", 50)
+    f = ConsistencyFunction(Denoiser(Constant(), sch, "x0", x0_transform=clip_x0))
+    t = torch.full((4,), 20.0, dtype=torch.float64)
+    ab = float(sch.alpha_bar_at(t[:1]))
+    c_skip, c_out = (float(c) for c in consistency_coefs(torch.tensor(math.sqrt((1 - ab) / ab)), f.sigma_min))
+    x = torch.tensor([-6.0, -2.0, 0.0, 2.0], dtype=torch.float64)[:, None] * math.sqrt(ab)
+    want = (c_skip * x / math.sqrt(ab) + c_out * 3.0).clamp(-1, 1)
+    assert torch.allclose(f(x, t).x0, want)
+    assert (want.abs() < 1).any() and (want.abs() == 1).any()  # both cases occur: inside the range and clipped
+
+
 def test_consistency_sampler_is_algorithm_1():
     from diffsuite.core.distill import ConsistencyFunction
     from diffsuite.core.samplers import consistency
