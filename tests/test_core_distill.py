@@ -203,6 +203,14 @@ def test_a_sampling_denoisers_clipping_applies_to_f_not_to_the_networks_x0():
     assert (want.abs() < 1).any() and (want.abs() == 1).any()  # both cases occur: inside the range and clipped
 
 
+def test_the_vocoders_fast_schedule_refuses_a_consistency_student():
+    from diffsuite.core.distill import ConsistencyFunction
+    from diffsuite.modalities.audio.task import ExplicitAlphaBars
+    f = ConsistencyFunction(_gmm_teacher())
+    with pytest.raises(ValueError, match="consistency student samples with 'consistency'"):
+        ExplicitAlphaBars(f, torch.tensor([3.0]), torch.tensor([0.5]))
+
+
 def test_consistency_sampler_is_algorithm_1():
     from diffsuite.core.distill import ConsistencyFunction
     from diffsuite.core.samplers import consistency

@@ -107,6 +107,10 @@ class ExplicitAlphaBars(torch.nn.Module):
 
     def __init__(self, denoiser, timesteps: torch.Tensor, alpha_bars: torch.Tensor):
         super().__init__()
+        from diffsuite.core.distill import ConsistencyFunction
+        if isinstance(denoiser, ConsistencyFunction):  # its x0 is f, not a conversion of the network's output
+            raise ValueError("the fast schedule needs a diffusion model; a consistency student samples with "
+                             "'consistency' (its own sampler)")
         self.denoiser, self.schedule = denoiser, denoiser.schedule
         self.ts = torch.as_tensor(timesteps, dtype=torch.float64)
         self.abs_ = torch.as_tensor(alpha_bars, dtype=torch.float64)
