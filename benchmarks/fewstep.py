@@ -209,6 +209,41 @@ def music_rows(teacher: Path, students: list[Path], n: int, seeds: list[int], wi
     return rows + student_rows(students, lambda name, ld, sampler, k: row(name, ld, sampler, k, 0.0), clip_network_x0)
 
 
+def flowmap_rows(teacher: Path, student: Path, n: int, times: list[float], ode_steps: int, split: str,
+                 seed: int = 0) -> list[dict]:
+    """Where a consistency student misses its target, f(x_t, t) = the teacher's ODE solution from x_t (Song et al.
+    2023, eq. 2): for n held-out items noised to each t with a fixed seed, the RMS distance from the student's f to
+    that solution (deterministic DDIM, ode_steps steps from t to 0, at the guidance the student was distilled at),
+    beside the teacher's own one-step x0 estimate (where the student started) and the solution's distance from the
+    clean items. Sampling-time transforms (clipping) apply as when sampling."""
+    from torch.utils.data import default_collate
+    from diffsuite.core.samplers import sample
+    from diffsuite.core.trainer import split_batch
+    from diffsuite.recipes import run
+    from diffsuite.recipes.distill import _teacher
+    t_ld, s_ld = run.load(teacher), run.load(student)
+    den = _teacher(t_ld, s_ld.recipe.distill.guidance)
+    torch.manual_seed(seed)
+    ds = t_ld.task.build_dataset(t_ld.recipe.data, split)
+    x0, cond = split_batch(default_collate([ds[i] for i in torch.randperm(len(ds))[:n].tolist()]))
+    g = torch.Generator().manual_seed(seed)
+    rms = lambda a, b: float((a - b).pow(2).mean().sqrt())  # noqa: E731
+    rows = []
+    for t in times:
+        ab = float(den.schedule.alpha_bar_at(torch.tensor([float(t)], dtype=torch.float64)))
+        x_t = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * torch.randn(x0.shape, generator=g)
+        grid = torch.linspace(float(t), 0.0, ode_steps + 1, dtype=torch.float64)[:-1]
+        with torch.no_grad():
+            phi = sample(den, x0.shape, "ddim", ode_steps, cond=cond, x_T=x_t, timesteps=grid, eta=0.0)
+            tt = torch.full((len(x0),), float(t))
+            f, x0_teacher = s_ld.denoiser(x_t, tt, cond).x0, den(x_t, tt, cond).x0
+        rows.append({"t": float(t), "sigma_ve": ((1 - ab) / ab) ** 0.5, "student_vs_ode": rms(f, phi),
+                     "teacher_x0_vs_ode": rms(x0_teacher, phi), "ode_vs_clean": rms(phi, x0),
+                     "student_vs_clean": rms(f, x0)})
+        print(" ".join(f"{k} {v:.4f}" for k, v in rows[-1].items()), flush=True)
+    return rows
+
+
 def _pm(r, k):
     return f"{r[k]:6.3f} ± {r[k + '_sd']:5.3f}"
 
@@ -389,6 +424,14 @@ def main(argv=None) -> int:
                            help="score only the students and replace their rows in an existing --out (the teacher's stay)")
             c.add_argument("--clip-network-x0", action="store_true",
                            help="sample consistency students as before session 40's fix (clipping the network's x0 term)")
+    fm = sub.add_parser("flowmap")
+    fm.add_argument("--teacher", type=Path, required=True)
+    fm.add_argument("--student", type=Path, required=True, help="a consistency student of that teacher")
+    fm.add_argument("--n", type=int, default=64)
+    fm.add_argument("--times", type=float, nargs="+", required=True, help="noise levels t of the teacher's schedule")
+    fm.add_argument("--ode-steps", type=int, default=50)
+    fm.add_argument("--split", default="test")
+    fm.add_argument("--out", type=Path, required=True)
     sp = sub.add_parser("audio-speed")
     sp.add_argument("--presets", nargs="+", default=["tiny", "base"])
     sp.add_argument("--seconds", type=float, default=5.0)
@@ -410,6 +453,13 @@ def main(argv=None) -> int:
             print(f"{r['preset']:6s} {r['schedule']:40s} {r['seconds']:8.3f} s  RTF {r['rtf']:.3f}")
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(res, indent=2) + "\n")
+        print(f"written {a.out}")
+        return 0
+    if a.what == "flowmap":
+        rows = flowmap_rows(a.teacher, a.student, a.n, a.times, a.ode_steps, a.split)
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps({"teacher": str(a.teacher), "student": str(a.student), "n": a.n, "split": a.split,
+                                     "ode_steps": a.ode_steps, "rows": rows}, indent=2) + "\n")
         print(f"written {a.out}")
         return 0
     if a.what == "exact":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -326,3 +327,18 @@ def test_every_stage_of_a_guided_teacher_samples_unguided(tmp_path, monkeypatch)
     for stage in ("stages/0004", ""):
         r = run.load(tmp_path / "pd" / stage).recipe
         assert r.sample.guidance == 0.0 and r.distill.guidance == 1.0
+
+
+def test_flowmap_diagnostic_measures_against_the_teachers_ode(teacher, tmp_path):
+    """benchmarks/fewstep.py flowmap: with one ODE step the teacher's solution is its own x0 estimate (distance 0);
+    with more steps it moves away from it."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from diffsuite.recipes import distill as D
+    from fewstep import flowmap_rows
+    student = D.distill(teacher, tmp_path / "cd", method="consistency", steps=1,
+                        overrides=["distill.stage_steps=4", "train.progress=false"])
+    one = flowmap_rows(teacher, student, 16, [500.0, 50.0], 1, "test")
+    assert [r["teacher_x0_vs_ode"] for r in one] == [0.0, 0.0]
+    many = flowmap_rows(teacher, student, 16, [500.0], 20, "test")[0]
+    assert many["teacher_x0_vs_ode"] > 0 and many["student_vs_ode"] > 0
