@@ -195,6 +195,10 @@ class DistillConfig:
     ode_steps: int = valid(18, min=1)  # consistency: intervals of the teacher's ODE grid t_n = n (T - 1) / N
     target_decay: float = valid(0.95, min=0, max=1)  # consistency: EMA decay mu of the target network
     sigma_data: float = valid(0.5, above=0)  # consistency: c_skip's sigma_data (core.distill.consistency_coefs)
+    # consistency: how f is built from the network (core.distill.consistency_coefs): "edm", Song et al.'s c_skip and
+    # c_out around the network's EDM-preconditioned output; "blend", c_skip x + (1 - c_skip) x0 (students made before
+    # session 40, whose saved configs lack this key, load as "blend")
+    form: str = valid("edm", choices=("edm", "blend"))
     weighting: str = valid("truncated_snr", choices=("truncated_snr", "x0"))
     guidance: Optional[float] = None  # distil the teacher guided at this w (None: the teacher recipe's sample.guidance)
     # recorded by `diffsuite distill` (not set by hand): where the student came from

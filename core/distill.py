@@ -77,25 +77,37 @@ class ProgressiveDistillation:
 
 
 
-def consistency_coefs(sigma, sigma_min: float, sigma_data: float = 0.5):
-    """c_skip(sigma) = sigma_data^2 / ((sigma - sigma_min)^2 + sigma_data^2) and c_out = 1 - c_skip: Song et al.
-    (2023, Appendix C)'s c_skip, which is exactly 1 at sigma_min; c_out = 1 - c_skip weighs the network's x0 estimate,
-    so that a student copied from its teacher starts as the teacher's x0 predictor."""
+def consistency_coefs(sigma, sigma_min: float, sigma_data: float = 0.5, form: str = "edm"):
+    """(a, b) with f = a x + b x0_hat, on the variance-exploding state x = x_t / alpha_t at noise level sigma.
+
+    Song et al. (2023, App. C): f = c_skip x + c_out F, c_skip = sigma_data^2 / ((sigma - sigma_min)^2 + sigma_data^2),
+    c_out = sigma_data (sigma - sigma_min) / sqrt(sigma^2 + sigma_data^2), where F is the network of an EDM denoiser
+    x0_hat = c_skip^EDM x + c_out^EDM F (Karras et al. 2022: sigma_data^2 / (sigma^2 + sigma_data^2) and
+    sigma sigma_data / sqrt(sigma^2 + sigma_data^2)). form "edm" writes F through the network's own x0 estimate,
+    so a = c_skip - b c_skip^EDM and b = c_out / c_out^EDM = (sigma - sigma_min) / sigma: f = x exactly at sigma_min,
+    and a student copied from its teacher starts as the teacher's x0 predictor (to O(sigma_min / sigma)), as Song et
+    al.'s students start from their EDM teachers. form "blend" (before session 40): a = c_skip, b = 1 - c_skip, which
+    starts as a blend of x0_hat with the noisy x wherever c_skip is not small."""
     c_skip = sigma_data ** 2 / ((sigma - sigma_min) ** 2 + sigma_data ** 2)
-    return c_skip, 1 - c_skip
+    if form == "blend":
+        return c_skip, 1 - c_skip
+    if form != "edm":
+        raise ValueError(f"consistency_coefs: form must be 'edm' or 'blend', got {form!r}")
+    b = (sigma - sigma_min) / sigma
+    return c_skip - b * sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2), b
 
 
 class ConsistencyFunction(nn.Module):
-    """f(x_t, t) = c_skip(sigma_t) x_t / alpha_t + c_out(sigma_t) x0_hat(x_t, t) around a denoiser (Song et al. 2023,
-    eq. 3, on the core's VP schedules: x_t / alpha_t is the variance-exploding state, sigma_t = sqrt(1 - ab) / sqrt(ab),
-    and the boundary t = 0 gives f = x_0 / alpha_0 exactly). Returns a Prediction whose x0 is f, so the core's
-    samplers and hooks run on it; `samplers.consistency` is Algorithm 1. A sampling denoiser's x0 transform (clipping)
-    moves onto f: the network's own x0 term is not a sample (it cancels c_skip's noise) and must not be clipped."""
+    """f(x_t, t) = a(sigma_t) x_t / alpha_t + b(sigma_t) x0_hat(x_t, t) around a denoiser (Song et al. 2023, eq. 3 and
+    App. C, on the core's VP schedules: x_t / alpha_t is the variance-exploding state, sigma_t = sqrt(1 - ab) / sqrt(ab);
+    a, b from consistency_coefs, and the boundary t = 0 gives f = x_0 / alpha_0 exactly). Returns a Prediction whose
+    x0 is f, so the core's samplers and hooks run on it; `samplers.consistency` is Algorithm 1. A sampling denoiser's
+    x0 transform (clipping) moves onto f: the network's own x0 term is not a sample and must not be clipped."""
 
-    def __init__(self, denoiser, sigma_data: float = 0.5):
+    def __init__(self, denoiser, sigma_data: float = 0.5, form: str = "edm"):
         super().__init__()
         self.x0_transform, denoiser.x0_transform = getattr(denoiser, "x0_transform", None), None
-        self.denoiser, self.sigma_data = denoiser, sigma_data
+        self.denoiser, self.sigma_data, self.form = denoiser, sigma_data, form
         self.schedule = denoiser.schedule
         self.sigma_min = float(self.schedule.sigma[0])
 
@@ -111,9 +123,9 @@ class ConsistencyFunction(nn.Module):
         t = torch.as_tensor(t, device=x_t.device, dtype=torch.float64).expand(x_t.shape[0])
         ab = self.schedule.alpha_bar_at(t).to(x_t.device)
         sigma = ((1 - ab) / ab).sqrt()
-        c_skip, c_out = (append_dims(c.to(x_t.dtype), x_t.ndim) for c in consistency_coefs(sigma, self.sigma_min,
-                                                                                           self.sigma_data))
-        x0 = c_skip * x_t / append_dims(ab.sqrt().to(x_t.dtype), x_t.ndim) + c_out * pred.x0
+        a, b = (append_dims(c.to(x_t.dtype), x_t.ndim)
+                for c in consistency_coefs(sigma, self.sigma_min, self.sigma_data, self.form))
+        x0 = a * x_t / append_dims(ab.sqrt().to(x_t.dtype), x_t.ndim) + b * pred.x0
         if self.x0_transform is not None:
             x0 = self.x0_transform(x0)
         return Prediction(x0=x0, eps=x0_to_eps(x_t, x0, ab.to(x_t.dtype)), out=pred.out, v_var=pred.v_var)

@@ -131,7 +131,7 @@ def _train_stage(r, task, dataset, teacher_loaded, teacher, run_dir: Path) -> No
     net.load_state_dict(teacher_loaded.denoiser.net.state_dict())
     student = build_denoiser(net, r.diffusion)
     if d.method == "consistency":
-        student = ConsistencyFunction(student, d.sigma_data)
+        student = ConsistencyFunction(student, d.sigma_data, d.form)
         loss = ConsistencyDistillation(teacher, student, d.ode_steps, d.target_decay)
     else:
         loss = ProgressiveDistillation(teacher, d.steps, d.weighting)

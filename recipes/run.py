@@ -337,7 +337,8 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
     chosen = choose_precision(precision, device, quiet=precision == "fp32")
     den.autocast_dtype = chosen.dtype
     if r.distill is not None and r.distill.method == "consistency":  # the student is the consistency function f
-        den = ConsistencyFunction(den, r.distill.sigma_data).eval()
+        form = config["distill"].get("form", "blend")  # (a student saved before the key existed was made as a blend)
+        den = ConsistencyFunction(den, r.distill.sigma_data, form).eval()
     return Loaded(task, r, den, ckpt, state["step"], chosen)
 
 

@@ -168,21 +168,37 @@ def test_a_student_samples_through_every_command(task, command, method, tmp_path
 
 # ------------------------------------------------------------------------------------------------ consistency
 
-def test_consistency_function_meets_its_boundary_exactly():
+@pytest.mark.parametrize("form", ["edm", "blend"])
+def test_consistency_function_meets_its_boundary_exactly(form):
     from diffsuite.core.distill import ConsistencyFunction, consistency_coefs
     sch = make_schedule("cosine", 50)
     from diffsuite.recipes.toy2d import MLPDenoiser
     den = Denoiser(MLPDenoiser(2, 16, 2, 8), sch, "v")
-    f = ConsistencyFunction(den)
+    f = ConsistencyFunction(den, form=form)
     x = torch.randn(5, 2, dtype=torch.float64)
     den.double()
     a0 = math.sqrt(float(sch.alpha_bar[0]))
-    assert torch.equal(f(x, torch.zeros(5)).x0, x / a0)  # c_skip = 1, c_out = 0 at t = 0: no network term at all
-    c_skip, c_out = consistency_coefs(torch.tensor([f.sigma_min, 1.0, 80.0]), f.sigma_min)
-    assert c_skip[0] == 1 and c_out[0] == 0 and torch.all(c_skip[1:] < 1) and c_skip[2] < 1e-4
+    assert torch.equal(f(x, torch.zeros(5)).x0, x / a0)  # a = 1, b = 0 at t = 0: no network term at all
+    a, b = consistency_coefs(torch.tensor([f.sigma_min, 1.0, 80.0], dtype=torch.float64), f.sigma_min, form=form)
+    assert a[0] == 1 and b[0] == 0 and torch.all(a[1:] < 1) and a[2] < 1e-4
     # away from the boundary f moves towards the network's x0 estimate
     t = torch.full((5,), 49.0)
     assert torch.allclose(f(x, t).x0, den(x, t).x0, atol=1e-3)
+
+
+def test_a_consistency_student_starts_as_its_teachers_x0_predictor():
+    """Song et al.'s c_out with the teacher's x0 as the EDM denoiser: f = x0_hat up to O(sigma_min / sigma) at every
+    noise level; the pre-session-40 blend c_skip x + (1 - c_skip) x0_hat is far from it wherever c_skip is not small."""
+    from diffsuite.core.distill import ConsistencyFunction
+    gmm = GaussianMixture([[-1.0, 0.5], [1.0, -0.5]], [[0.05, 0.1], [0.1, 0.05]])
+    sch = make_schedule("cosine", 1000)
+    teacher = Denoiser(ExactGMMNet(gmm, sch, "v"), sch, "v")
+    x = torch.randn(256, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for t in (250.0, 500.0):
+        tt = torch.full((256,), t)
+        gap = {form: float((ConsistencyFunction(teacher, form=form)(x, tt).x0 - teacher(x, tt).x0).abs().max())
+               for form in ("edm", "blend")}
+        assert gap["edm"] < 0.05 and gap["blend"] > 0.5, gap
 
 
 def test_a_sampling_denoisers_clipping_applies_to_f_not_to_the_networks_x0():
@@ -194,12 +210,12 @@ def test_a_sampling_denoisers_clipping_applies_to_f_not_to_the_networks_x0():
         def forward(self, x, t, cond=None):
             return torch.full_like(x, 3.0)
     sch = make_schedule("cosine", 50)
-    f = ConsistencyFunction(Denoiser(Constant(), sch, "x0", x0_transform=clip_x0))
+    f = ConsistencyFunction(Denoiser(Constant(), sch, "x0", x0_transform=clip_x0), form="blend")
     t = torch.full((4,), 20.0, dtype=torch.float64)
     ab = float(sch.alpha_bar_at(t[:1]))
-    c_skip, c_out = (float(c) for c in consistency_coefs(torch.tensor(math.sqrt((1 - ab) / ab)), f.sigma_min))
+    a, b = (float(c) for c in consistency_coefs(torch.tensor(math.sqrt((1 - ab) / ab)), f.sigma_min, form="blend"))
     x = torch.tensor([-6.0, -2.0, 0.0, 2.0], dtype=torch.float64)[:, None] * math.sqrt(ab)
-    want = (c_skip * x / math.sqrt(ab) + c_out * 3.0).clamp(-1, 1)
+    want = (a * x / math.sqrt(ab) + b * 3.0).clamp(-1, 1)
     assert torch.allclose(f(x, t).x0, want)
     assert (want.abs() < 1).any() and (want.abs() == 1).any()  # both cases occur: inside the range and clipped
 
@@ -342,3 +358,18 @@ def test_flowmap_diagnostic_measures_against_the_teachers_ode(teacher, tmp_path)
     assert [r["teacher_x0_vs_ode"] for r in one] == [0.0, 0.0]
     many = flowmap_rows(teacher, student, 16, [500.0], 20, "test")[0]
     assert many["teacher_x0_vs_ode"] > 0 and many["student_vs_ode"] > 0
+
+
+def test_a_student_saved_before_the_form_key_loads_as_the_blend_it_was_made_as(teacher, tmp_path, monkeypatch):
+    from diffsuite.recipes import distill as D
+    student = D.distill(teacher, tmp_path / "cd", method="consistency", steps=1,
+                        overrides=["distill.stage_steps=2", "train.progress=false"])
+    assert run.load(student).denoiser.form == "edm"
+    real = run.load_checkpoint
+
+    def without_form(*a, **k):
+        tensors, state, config = real(*a, **k)
+        config["distill"].pop("form")
+        return tensors, state, config
+    monkeypatch.setattr(run, "load_checkpoint", without_form)
+    assert run.load(student).denoiser.form == "blend"
