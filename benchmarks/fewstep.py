@@ -220,9 +220,9 @@ def flowmap_rows(teacher: Path, student: Path, n: int, times: list[float], ode_s
     from diffsuite.core.samplers import sample
     from diffsuite.core.trainer import split_batch
     from diffsuite.recipes import run
-    from diffsuite.recipes.distill import _teacher
+    from diffsuite.recipes.distill import teacher_denoiser
     t_ld, s_ld = run.load(teacher), run.load(student)
-    den = _teacher(t_ld, s_ld.recipe.distill.guidance)
+    den = teacher_denoiser(t_ld, s_ld.recipe.distill.guidance)
     torch.manual_seed(seed)
     ds = t_ld.task.build_dataset(t_ld.recipe.data, split)
     x0, cond = split_batch(default_collate([ds[i] for i in torch.randperm(len(ds))[:n].tolist()]))

@@ -68,7 +68,7 @@ def _finished(run_dir: Path, stage_steps: int) -> bool:
     return latest.is_file() and read_json(latest).get("step") == stage_steps
 
 
-def _teacher(loaded, guidance: float):
+def teacher_denoiser(loaded, guidance: float):
     """The stage's teacher denoiser: the EMA weights, guided when w != 0 and the task has a null condition."""
     den = loaded.denoiser.eval().requires_grad_(False)
     null = loaded.task.null_condition(loaded.recipe)
@@ -97,7 +97,7 @@ def distill(checkpoint: str | Path, out: str | Path, method: str = "progressive"
                                     train=dataclasses.replace(r.train, steps=d.stage_steps),
                                     sample=_student_sampling(r.sample, "consistency", d.steps, w))
         if not _finished(out, d.stage_steps):
-            _train_stage(stage, task, dataset, first, _teacher(first, w), out)
+            _train_stage(stage, task, dataset, first, teacher_denoiser(first, w), out)
         return out
     teacher_run, teacher, w_stage = ckpt, first, w
     for n in stage_plan(d.start_steps, d.steps):
@@ -106,7 +106,7 @@ def distill(checkpoint: str | Path, out: str | Path, method: str = "progressive"
                                     train=dataclasses.replace(r.train, steps=d.stage_steps),
                                     sample=_student_sampling(r.sample, "ddim", n, w))  # every stage has learnt w
         if not _finished(run_dir, d.stage_steps):
-            _train_stage(stage, task, dataset, teacher, _teacher(teacher, w_stage), run_dir)
+            _train_stage(stage, task, dataset, teacher, teacher_denoiser(teacher, w_stage), run_dir)
         teacher_run = resolve_checkpoint(run_dir)
         teacher = load(teacher_run)
         w_stage = 0.0  # the first student has learnt the guided teacher; later stages distil (unguided) students
