@@ -335,8 +335,8 @@ def test_every_stage_of_a_guided_teacher_samples_unguided(tmp_path, monkeypatch)
     assert run.load(teacher).recipe.sample.guidance == 1.0
     from diffsuite.recipes import distill as D
     seen = []
-    real = D._teacher
-    monkeypatch.setattr(D, "_teacher", lambda loaded, w: (seen.append(w), real(loaded, w))[1])
+    real = D.teacher_denoiser
+    monkeypatch.setattr(D, "teacher_denoiser", lambda loaded, w: (seen.append(w), real(loaded, w))[1])
     D.distill(teacher, tmp_path / "pd", steps=2, overrides=["distill.start_steps=8", "distill.stage_steps=1",
                                                             "train.progress=false"])
     assert seen == [1.0, 0.0]
