@@ -111,7 +111,7 @@ def _write_folder(tmp: Path, tensors, state: dict, config: dict) -> None:
     manifest = {}
     for group, sd in tensors.items():
         f = tmp / f"{group}.safetensors"
-        save_tensors(f, {k: v.detach().cpu().clone() for k, v in sd.items()})  # own storage: no tensor shares memory
+        save_tensors(f, {k: v.detach().to("cpu", copy=True) for k, v in sd.items()})  # one copy, own storage each
         manifest[f.name] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
     atomic_write_json(tmp / "config.json", config)
     atomic_write_json(tmp / "state.json", {**state, "manifest": manifest})
