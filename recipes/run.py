@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -330,6 +331,8 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
     if bad:
         raise ConfigError(f"{command}: only sample.* settings can be changed when loading a checkpoint, got {bad}")
     r = load_recipe(config, sample_overrides)
+    if r.distill is not None and "form" not in config["distill"]:  # a student saved before the key: made as a blend
+        r = dataclasses.replace(r, distill=dataclasses.replace(r.distill, form="blend"))
     task = task_of(r)
     den = build_model(task, r, for_sampling=True)
     _load_weights(den.net, weights, where)
@@ -337,8 +340,7 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
     chosen = choose_precision(precision, device, quiet=precision == "fp32")
     den.autocast_dtype = chosen.dtype
     if r.distill is not None and r.distill.method == "consistency":  # the student is the consistency function f
-        form = config["distill"].get("form", "blend")  # (a student saved before the key existed was made as a blend)
-        den = ConsistencyFunction(den, r.distill.sigma_data, form).eval()
+        den = ConsistencyFunction(den, r.distill.sigma_data, r.distill.form).eval()
     return Loaded(task, r, den, ckpt, state["step"], chosen)
 
 

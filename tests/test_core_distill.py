@@ -372,4 +372,5 @@ def test_a_student_saved_before_the_form_key_loads_as_the_blend_it_was_made_as(t
         config["distill"].pop("form")
         return tensors, state, config
     monkeypatch.setattr(run, "load_checkpoint", without_form)
-    assert run.load(student).denoiser.form == "blend"
+    old = run.load(student)
+    assert old.denoiser.form == "blend" and old.recipe.distill.form == "blend"  # the model and its recipe agree
