@@ -77,19 +77,15 @@ def training_seconds(run_dir: Path) -> float:
     return sum(_run_seconds(d) for d in stages if distill(d)["steps"] >= mine["steps"])
 
 
-def student_rows(students: list[Path], row, clip_network_x0: bool = False) -> list[dict]:
+def student_rows(students: list[Path], row) -> list[dict]:
     """Each few-step model's rows at its step counts, `row(name, loaded, sampler, steps) -> dict`, with the seconds
-    it took to train. clip_network_x0: sample a consistency student as before session 40's fix (its clipping on the
-    network's x0 term instead of on f), to measure what the fix changed."""
+    it took to train."""
     from diffsuite.recipes import run
     rows = []
     for p in students:
         st, seconds = run.load(p), training_seconds(p)
-        name = f"{method_of(st)} {p}"
-        if clip_network_x0 and method_of(st) == "consistency":
-            f = st.denoiser
-            f.denoiser.x0_transform, f.x0_transform, name = f.x0_transform, None, name + " (pre-fix clipping)"
-        rows += [{**row(name, st, st.recipe.sample.sampler, k), "training_seconds": seconds} for k in step_counts(st)]
+        rows += [{**row(f"{method_of(st)} {p}", st, st.recipe.sample.sampler, k), "training_seconds": seconds}
+                 for k in step_counts(st)]
     return rows
 
 
@@ -132,8 +128,7 @@ def toy_rows(teacher: Path, students: list[Path], n: int, seeds: list[int]) -> l
     return rows
 
 
-def image_rows(teacher: Path, students: list[Path], n: int, seeds: list[int], with_teacher: bool = True,
-               clip_network_x0: bool = False) -> list[dict]:
+def image_rows(teacher: Path, students: list[Path], n: int, seeds: list[int], with_teacher: bool = True) -> list[dict]:
     """digits-FID (the digits classifier's features, against the test split) and conditional accuracy, mean and sd
     over seeds, for the teacher at its recipe's guidance and each student at its own sampler."""
     import numpy as np
@@ -156,7 +151,7 @@ def image_rows(teacher: Path, students: list[Path], n: int, seeds: list[int], wi
     if with_teacher:
         rows = [row("teacher", t, "ddim", 50), row("teacher", t, t.recipe.sample.sampler, t.recipe.sample.steps)]
         rows += [row("teacher", t, "ddim", k, "uniform") for k in (1, 2, 4)]  # the students' grid
-    rows += student_rows(students, row, clip_network_x0)
+    rows += student_rows(students, row)
     if not with_teacher:
         return rows
     d = t.recipe.data
@@ -170,8 +165,7 @@ def image_rows(teacher: Path, students: list[Path], n: int, seeds: list[int], wi
     return rows
 
 
-def music_rows(teacher: Path, students: list[Path], n: int, seeds: list[int], with_teacher: bool = True,
-               clip_network_x0: bool = False) -> list[dict]:
+def music_rows(teacher: Path, students: list[Path], n: int, seeds: list[int], with_teacher: bool = True) -> list[dict]:
     """Mean overlapping area (Yang & Lerch's OA, against held-out windows) and chord accuracy (against the chords of
     those windows, the conditions), mean and sd over seeds of n windows, as benchmarks/music.py measures them: the
     teacher at its own sampler and guidance, and at DDIM / DPM-Solver++(2M) with 4 steps (same w); each student at its
@@ -206,7 +200,7 @@ def music_rows(teacher: Path, students: list[Path], n: int, seeds: list[int], wi
                 row("teacher", t, "dpmpp_2m", 4, w, "linspace")]
         for r in rows:
             r["training_seconds"] = _run_seconds(Path(teacher))
-    return rows + student_rows(students, lambda name, ld, sampler, k: row(name, ld, sampler, k, 0.0), clip_network_x0)
+    return rows + student_rows(students, lambda name, ld, sampler, k: row(name, ld, sampler, k, 0.0))
 
 
 def flowmap_rows(teacher: Path, student: Path, n: int, times: list[float], ode_steps: int, split: str,
@@ -422,8 +416,6 @@ def main(argv=None) -> int:
         if students_only:
             c.add_argument("--students-only", action="store_true",
                            help="score only the students and replace their rows in an existing --out (the teacher's stay)")
-            c.add_argument("--clip-network-x0", action="store_true",
-                           help="sample consistency students as before session 40's fix (clipping the network's x0 term)")
     fm = sub.add_parser("flowmap")
     fm.add_argument("--teacher", type=Path, required=True)
     fm.add_argument("--student", type=Path, required=True, help="a consistency student of that teacher")
@@ -474,8 +466,7 @@ def main(argv=None) -> int:
         return 0
     if a.what in ("image", "music"):
         rows_fn, columns = (image_rows, IMAGE_COLUMNS) if a.what == "image" else (music_rows, MUSIC_COLUMNS)
-        rows = rows_fn(a.teacher, a.students, a.n, a.seeds, with_teacher=not a.students_only,
-                       clip_network_x0=a.clip_network_x0)
+        rows = rows_fn(a.teacher, a.students, a.n, a.seeds, with_teacher=not a.students_only)
         if a.students_only:
             names = {r["model"] for r in rows}
             rows = [r for r in json.loads(a.out.read_text())["rows"] if r["model"] not in names] + rows
