@@ -210,16 +210,15 @@ def flowmap_rows(teacher: Path, student: Path, n: int, times: list[float], ode_s
     that solution (deterministic DDIM, ode_steps steps from t to 0, at the guidance the student was distilled at),
     beside the teacher's own one-step x0 estimate (where the student started) and the solution's distance from the
     clean items. Sampling-time transforms (clipping) apply as when sampling."""
-    from torch.utils.data import default_collate
     from diffsuite.core.samplers import sample
-    from diffsuite.core.trainer import split_batch
+    from diffsuite.core.trainer import batch_of
     from diffsuite.recipes import run
     from diffsuite.recipes.distill import teacher_denoiser
     t_ld, s_ld = run.load(teacher), run.load(student)
     den = teacher_denoiser(t_ld, s_ld.recipe.distill.guidance)
     torch.manual_seed(seed)
     ds = t_ld.task.build_dataset(t_ld.recipe.data, split)
-    x0, cond = split_batch(default_collate([ds[i] for i in torch.randperm(len(ds))[:n].tolist()]))
+    x0, cond = batch_of(ds, torch.randperm(len(ds))[:n].tolist())
     g = torch.Generator().manual_seed(seed)
     rms = lambda a, b: float((a - b).pow(2).mean().sqrt())  # noqa: E731
     rows = []

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import default_collate
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ["image_digits_quick", "audio_vocoder_quick", "music_bach_quick", "trajectory_umaze_quick"]
@@ -25,12 +24,10 @@ RECIPES = ["image_digits_quick", "audio_vocoder_quick", "music_bach_quick", "tra
 
 def one_batch(task, recipe):
     """The first training batch of the recipe's own dataset, as (x0, cond)."""
-    from diffsuite.core.trainer import split_batch
+    from diffsuite.core.trainer import batch_of
     ds = task.build_dataset(recipe.data, "train")
     n = recipe.train.batch_size
-    if isinstance(ds, torch.utils.data.TensorDataset):
-        return split_batch(tuple(t[:n] for t in ds.tensors))
-    return split_batch(default_collate([ds[i % len(ds)] for i in range(n)]))
+    return batch_of(ds, [i % len(ds) for i in range(n)])
 
 
 def step_fn(name: str, device: str):

@@ -99,6 +99,15 @@ class _StepBatches(torch.utils.data.Sampler):
         return self.args[2] - self.args[1]
 
 
+def batch_of(dataset, indices) -> tuple:
+    """(x0, cond) of the dataset's items at `indices`, collated as the trainer's loader does (a TensorDataset indexed
+    directly)."""
+    if isinstance(dataset, torch.utils.data.TensorDataset):
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return split_batch(tuple(t[idx] for t in dataset.tensors))
+    return split_batch(default_collate([dataset[i] for i in indices]))
+
+
 def split_batch(batch):
     """A collated batch is a tensor x0, a tuple (x0[, cond]) or a dict with 'x0' and optionally 'cond'."""
     if isinstance(batch, dict):

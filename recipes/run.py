@@ -188,15 +188,14 @@ def training_loss(task, r: Recipe):
 def scale_measurer(dataset, r: Recipe):
     """The trainer's finish hook of an autoencoder run: the latent scale factor, 1 / std of posterior samples of
     `autoencoder.scale_batches` training batches (seeded) under the EMA weights, stored in the net and its EMA."""
-    from torch.utils.data import default_collate
-    from diffsuite.core.trainer import split_batch
+    from diffsuite.core.trainer import batch_of
 
     def fn(trainer):
         ae = trainer.ema_denoiser().net
         g = torch.Generator().manual_seed(r.train.seed)
         n, bs = len(dataset), r.train.batch_size
         idx = torch.randperm(n, generator=g)[: r.autoencoder.scale_batches * bs].tolist()
-        batches = [split_batch(default_collate([dataset[i] for i in idx[k:k + bs]]))[0] for k in range(0, len(idx), bs)]
+        batches = [batch_of(dataset, idx[k:k + bs])[0] for k in range(0, len(idx), bs)]
         scale = torch.tensor(measure_scale(ae, batches, g))
         trainer.net.scale.fill_(scale)
         trainer.ema.shadow["scale"].fill_(scale)
@@ -249,13 +248,8 @@ def build_model(task, r: Recipe, for_sampling: bool = False):
 def dry_run(denoiser, dataset, T: int) -> None:
     """One forward pass on one training item before the first step (and before anything is written), so a network
     that cannot run on this data (shapes, learned variance, conditioning) is a ConfigError now, not a crash later."""
-    from torch.utils.data import default_collate
-    from diffsuite.core.trainer import split_batch
-    if isinstance(dataset, torch.utils.data.TensorDataset):
-        batch = tuple(t[:1] for t in dataset.tensors)
-    else:
-        batch = default_collate([dataset[0]])
-    x0, cond = split_batch(batch)
+    from diffsuite.core.trainer import batch_of
+    x0, cond = batch_of(dataset, [0])
     rng_state = torch.get_rng_state()  # the dry run must not move the global RNG (resumes and seeds stay exact)
     try:
         with torch.no_grad():

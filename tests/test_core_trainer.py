@@ -356,3 +356,21 @@ def test_sample_callback_tensorboard_and_progress(tmp_path, capsys):
     assert list((out / "logs" / "tb").glob("events.out.tfevents.*"))
     err = capsys.readouterr().err
     assert "loss=" in err and "it/s" in err  # tqdm shows the loss and the rate
+
+
+def test_batch_of_collates_items_as_the_loader_does():
+    from torch.utils.data import TensorDataset
+    from diffsuite.core.trainer import batch_of
+    x, y = torch.randn(5, 3), torch.arange(5)
+    x0, cond = batch_of(TensorDataset(x, y), [4, 1])
+    assert torch.equal(x0, x[[4, 1]]) and torch.equal(cond, y[[4, 1]])
+
+    class Items(torch.utils.data.Dataset):  # dict items, as the modalities' datasets give
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return {"x0": x[i], "cond": y[i]}
+    x0, cond = batch_of(Items(), [4, 1])
+    assert torch.equal(x0, x[[4, 1]]) and torch.equal(cond, y[[4, 1]])
+    assert batch_of(TensorDataset(x), [0])[1] is None
