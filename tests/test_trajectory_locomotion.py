@@ -297,3 +297,44 @@ def test_reference_rows_score_the_data_bc_and_every_replay_snapshot(tmp_path, mo
     assert names[2:5] == [f"behaviour policy (SAC actor at {s} steps, stochastic)" for s in (10, 20, 30)]
     assert rows[5]["episodes"] == 6 and rows[5]["return_mean"] == pytest.approx(np.mean([r["return_mean"]
                                                                                          for r in rows[2:5]]))
+
+
+def test_an_interrupted_planner_evaluation_resumes_from_its_episode_log(tmp_path, monkeypatch):
+    import importlib.util
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+    import diffsuite.modalities.trajectory.cli as cli
+    import diffsuite.modalities.trajectory.locomotion as L
+    import diffsuite.recipes.run as run_mod
+    spec = importlib.util.spec_from_file_location(
+        "loco_eval", Path(__file__).resolve().parents[1] / "benchmarks" / "locomotion" / "evaluate.py")
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+    played = []
+
+    def episode(env_id, planner, seed, replan_every):
+        played.append(seed)
+        if seed == 12:
+            raise KeyboardInterrupt  # the user stops the evaluation during its third episode
+        return {"seed": seed, "return": float(seed), "length": 3, "terminated": False, "plan_seconds": [0.1, 0.2]}
+
+    monkeypatch.setattr(run_mod, "load", lambda run: SimpleNamespace(
+        checkpoint=Path(run) / "ckpt", recipe=SimpleNamespace(data=SimpleNamespace(env_id="Hopper-v5"))))
+    monkeypatch.setattr(cli, "_planner", lambda opts, loaded: None)
+    monkeypatch.setattr(L, "planned_episode", episode)
+    opts = {"candidates": 16, "guide_scale": 0.1}
+    with pytest.raises(KeyboardInterrupt):
+        ev.planner_episodes(str(tmp_path), opts, [10, 11, 12, 13], 1)
+    log = ev.episode_log(str(tmp_path), opts, 1)
+    with open(log, "a") as f:
+        f.write('{"seed": 12, "ret')  # a line torn by the interruption is ignored
+    assert sorted(ev.logged_episodes(log)) == [10, 11]
+    played.clear()
+    monkeypatch.setattr(L, "planned_episode", lambda env_id, planner, seed, r: played.append(seed) or {
+        "seed": seed, "return": float(seed), "length": 3, "terminated": False, "plan_seconds": [0.1]})
+    eps = ev.planner_episodes(str(tmp_path), opts, [10, 11, 12, 13], 1)
+    assert played == [12, 13] and [e["seed"] for e in eps] == [10, 11, 12, 13]
+    assert sorted(ev.logged_episodes(log)) == [10, 11, 12, 13]
+    assert ev.episode_log(str(tmp_path), {**opts, "guide_scale": 0.2}, 1) != log  # other settings, another log
+    assert json.loads(log.read_text().splitlines()[0])["plan_seconds"] == [0.1, 0.2]

@@ -9,12 +9,15 @@ digit: v5 is not D4RL's v2), and the planner's time per planning call.
     python benchmarks/locomotion/evaluate.py RUN --value RUN/value --ranking-diagnostic 60 --candidates 16
     python benchmarks/locomotion/evaluate.py RUN --references-only --out references   # no planner
 
+Finished planner episodes are logged in RUN/eval_episodes/, so the same command, interrupted, resumes where it stopped.
+
 Writes benchmarks/results/locomotion_<env>_<dataset>.json (..._decision.json for a Decision Diffuser run).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,21 +36,58 @@ def row(name: str, returns: list[float], ref: dict, env_id: str, extra: dict | N
     return out
 
 
+def episode_log(run: str, opts: dict, replan_every: int) -> Path:
+    """Where finished planner episodes are kept, one JSON line each, so an interrupted evaluation resumes where it
+    stopped: RUN/eval_episodes/<hash of the checkpoint and the planner's settings>.jsonl."""
+    import hashlib
+    from diffsuite.recipes.run import load
+    key = json.dumps({"checkpoint": str(load(run).checkpoint), "replan_every": replan_every, **opts}, sort_keys=True)
+    return Path(run) / "eval_episodes" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
+
+
+def logged_episodes(log: Path) -> dict[int, dict]:
+    """The episodes an earlier evaluation with the same settings finished, by seed (a torn last line is ignored)."""
+    done = {}
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        done[e["seed"]] = e
+    return done
+
+
 def planner_episodes(run: str, opts: dict, seeds: list[int], replan_every: int, threads: int = 1) -> list[dict]:
-    """Planned episodes with the given seeds (one worker's share when --jobs > 1; frames dropped)."""
+    """Planned episodes with the given seeds (one worker's share when --jobs > 1; frames dropped), each appended to
+    the episode log when it ends; seeds already in the log are not played again."""
     from diffsuite.modalities.trajectory.cli import _planner
     from diffsuite.modalities.trajectory.locomotion import planned_episode
     from diffsuite.recipes.run import load
     torch.set_num_threads(threads)
+    log = episode_log(run, opts, replan_every)
+    done = logged_episodes(log)
+    eps = [done[s] for s in seeds if s in done]
+    todo = [s for s in seeds if s not in done]
+    if not todo:
+        return eps
     loaded = load(run)
     planner = _planner(SimpleNamespace(**opts), loaded)
-    eps = []
-    for s in seeds:
-        eps.append({k: v for k, v in planned_episode(loaded.recipe.data.env_id, planner, s, replan_every).items()
-                    if k != "frames"})
-        print(f"  episode seed {s}: return {eps[-1]['return']:.1f}, {eps[-1]['length']} steps, plan "
-              f"{np.mean(eps[-1]['plan_seconds']) * 1000:.0f} ms", flush=True)
-    return eps
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if log.is_file() and not log.read_bytes().endswith(b"\n"):
+        with open(log, "a") as f:  # end a line torn by an interruption, so the next episode starts its own
+            f.write("\n")
+    for s in todo:
+        e = {k: v for k, v in planned_episode(loaded.recipe.data.env_id, planner, s, replan_every).items()
+             if k != "frames"}
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # one write() a line: workers do not interleave
+        try:
+            os.write(fd, (json.dumps(e, default=float) + "\n").encode())
+        finally:
+            os.close(fd)
+        eps.append(e)
+        print(f"  episode seed {s}: return {e['return']:.1f}, {e['length']} steps, plan "
+              f"{np.mean(e['plan_seconds']) * 1000:.0f} ms", flush=True)
+    return sorted(eps, key=lambda e: e["seed"])
 
 
 def planner_opts(args) -> dict:
