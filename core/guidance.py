@@ -82,7 +82,7 @@ class ValueGuidance(SamplerHook):
 
     def before_step(self, x, t, cond):
         t = float(t)
-        if t < self.t_stopgrad:
+        if t < self.t_stopgrad or self.scale == 0:  # scale 0 (ranking only): no gradient to compute
             return x
         var = float(self.schedule.beta_tilde[int(round(t))].clamp(min=1e-20)) if self.scale_grad_by_std else 1.0
         tt = torch.full((x.shape[0],), t, device=x.device)

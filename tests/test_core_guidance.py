@@ -133,6 +133,9 @@ def test_value_guidance_hook():
     x2 = x1 + 10.0 * var * (-2 * (x1 - 3.0))
     torch.testing.assert_close(hook.before_step(x.clone(), torch.tensor(500.0), None), x2)
     assert torch.equal(hook.before_step(x.clone(), torch.tensor(1.0), None), x)
+    def never(x, t, c):
+        raise AssertionError("scale 0 must not evaluate the value")
+    assert torch.equal(ValueGuidance(never, SCH, scale=0.0).before_step(x.clone(), torch.tensor(500.0), None), x)
     den = Denoiser(ExactGMMNet(gmm_2d(), SCH), SCH)
     x_T = torch.randn(300, 2, generator=torch.Generator().manual_seed(0))
     plain = sample(den, (300, 2), "ddpm", 100, x_T=x_T.clone(), generator=torch.Generator().manual_seed(1))
