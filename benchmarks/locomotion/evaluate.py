@@ -115,22 +115,29 @@ def run_planner(args) -> list[dict]:
 
 def ranking_diagnostic(args, loaded, n_states: int) -> dict:
     """What ranking candidates by value picks, with no guidance: from n_states dataset states, --candidates plans
-    each; the value spread among them, and how far the first action of the best-valued plan and of the average
-    candidate lie from the action the behaviour policy took in that state (the data's)."""
+    each; the value spread among them, how far the first action of the best-valued plan and of the average
+    candidate lie from the action the behaviour policy took in that state (the data's), and how the value follows
+    each candidate's planned forward velocity."""
     from diffsuite.modalities.trajectory.cli import _planner
     from diffsuite.modalities.trajectory.data import ValueDataset
     from diffsuite.modalities.trajectory.task import full_dataset
     opts = {**planner_opts(args), "guidance": "none", "guide_scale": 0.0}
     planner, seq = _planner(SimpleNamespace(**opts), loaded), full_dataset(loaded.recipe.data)
     flat = np.asarray(seq.normalizer.unnormalize(np.asarray(seq.joint)), np.float32).reshape(-1, seq.joint.shape[-1])
+    from diffsuite.modalities.trajectory.locomotion import FORWARD_VELOCITY_INDEX
     A, g, rows = seq.action_dim, torch.Generator().manual_seed(args.seed), []
+    vx = A + FORWARD_VELOCITY_INDEX[loaded.recipe.data.env_id]
     for i in np.random.default_rng(args.seed).choice(len(flat), n_states, replace=False):
         x = planner.plan(flat[i, A:], generator=g).normalized
         with torch.no_grad():
             v = planner.value_fn(x, torch.zeros(len(x)), None).float().flatten().numpy()
-        d = np.linalg.norm(seq.normalizer.unnormalize(x.float().numpy())[:, 0, :A] - flat[i, :A], axis=1)
+        plans = seq.normalizer.unnormalize(x.float().numpy())
+        d = np.linalg.norm(plans[:, 0, :A] - flat[i, :A], axis=1)
+        speed = plans[:, :, vx].mean(1)  # each candidate's planned forward velocity, over its horizon
         rows.append({"value_spread": float(v.max() - v.min()), "best_action_distance": float(d[v.argmax()]),
-                     "mean_action_distance": float(d.mean()), "value_vs_closeness_corr": float(np.corrcoef(v, -d)[0, 1])})
+                     "mean_action_distance": float(d.mean()), "value_vs_closeness_corr": float(np.corrcoef(v, -d)[0, 1]),
+                     "value_vs_planned_speed_corr": float(np.corrcoef(v, speed)[0, 1]),
+                     "best_planned_speed_minus_mean": float(speed[v.argmax()] - speed.mean())})
     summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     vd = ValueDataset(seq)  # the value's own error on data windows, in the same units (returns-to-go / their std)
     pick = np.random.default_rng(args.seed).choice(len(vd), min(2000, len(vd)), replace=False)

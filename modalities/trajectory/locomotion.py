@@ -269,6 +269,9 @@ def dataset_path(dataset: str, env_id: str, folder: Path, n_steps: int, seed: in
 #: foot friction, the healthy reward on the last step), so scores against them are not comparable digit for digit
 D4RL_REFERENCE = {"Hopper-v5": (-20.272305, 3234.3), "HalfCheetah-v5": (-280.178953, 12135.0),
                   "Walker2d-v5": (1.629008, 4592.3)}
+#: Where the forward (x) velocity sits in each environment's observation (qpos without x, then qvel): what the
+#: forward reward pays for.
+FORWARD_VELOCITY_INDEX = {"Hopper-v5": 5, "HalfCheetah-v5": 8, "Walker2d-v5": 8}
 
 
 def plan_episode(env, planner, seed: int, replan_every: int = 1, max_steps: int = 1000, frames_every: int = 0) -> dict:
