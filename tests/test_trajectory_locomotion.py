@@ -319,8 +319,12 @@ def test_an_interrupted_planner_evaluation_resumes_from_its_episode_log(tmp_path
             raise KeyboardInterrupt  # the user stops the evaluation during its third episode
         return {"seed": seed, "return": float(seed), "length": 3, "terminated": False, "plan_seconds": [0.1, 0.2]}
 
+    import diffsuite.core.checkpoint as ckpt_mod
     monkeypatch.setattr(run_mod, "load", lambda run: SimpleNamespace(
         checkpoint=Path(run) / "ckpt", recipe=SimpleNamespace(data=SimpleNamespace(env_id="Hopper-v5"))))
+    monkeypatch.setattr(run_mod, "resolve_checkpoint", lambda run: Path(run) / "ckpt")
+    weights = {"sha": "a"}
+    monkeypatch.setattr(ckpt_mod, "weights_sha256", lambda path: weights["sha"])
     monkeypatch.setattr(cli, "_planner", lambda opts, loaded: None)
     monkeypatch.setattr(L, "planned_episode", episode)
     opts = {"candidates": 16, "guide_scale": 0.1}
@@ -337,4 +341,6 @@ def test_an_interrupted_planner_evaluation_resumes_from_its_episode_log(tmp_path
     assert played == [12, 13] and [e["seed"] for e in eps] == [10, 11, 12, 13]
     assert sorted(ev.logged_episodes(log)) == [10, 11, 12, 13]
     assert ev.episode_log(str(tmp_path), {**opts, "guide_scale": 0.2}, 1) != log  # other settings, another log
+    weights["sha"] = "b"
+    assert ev.episode_log(str(tmp_path), opts, 1) != log  # the run retrained in place: another log
     assert json.loads(log.read_text().splitlines()[0])["plan_seconds"] == [0.1, 0.2]

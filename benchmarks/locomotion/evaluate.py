@@ -38,10 +38,15 @@ def row(name: str, returns: list[float], ref: dict, env_id: str, extra: dict | N
 
 def episode_log(run: str, opts: dict, replan_every: int) -> Path:
     """Where finished planner episodes are kept, one JSON line each, so an interrupted evaluation resumes where it
-    stopped: RUN/eval_episodes/<hash of the checkpoint and the planner's settings>.jsonl."""
+    stopped: RUN/eval_episodes/<hash of the weights (the model's, the value's) and the planner's settings>.jsonl; a
+    run retrained or overwritten in place gets a new log."""
     import hashlib
-    from diffsuite.recipes.run import load
-    key = json.dumps({"checkpoint": str(load(run).checkpoint), "replan_every": replan_every, **opts}, sort_keys=True)
+    from diffsuite.core.checkpoint import weights_sha256
+    from diffsuite.core.utils import sha256_file
+    from diffsuite.recipes.run import resolve_checkpoint
+    value = Path(opts["value"]) / "value.safetensors" if opts.get("value") else None
+    key = json.dumps({"weights": weights_sha256(resolve_checkpoint(run)), "replan_every": replan_every, **opts,
+                      "value_weights": sha256_file(value) if value and value.is_file() else None}, sort_keys=True)
     return Path(run) / "eval_episodes" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
 
 
@@ -120,11 +125,11 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
     each candidate's planned forward velocity."""
     from diffsuite.modalities.trajectory.cli import _planner
     from diffsuite.modalities.trajectory.data import ValueDataset
+    from diffsuite.modalities.trajectory.locomotion import FORWARD_VELOCITY_INDEX
     from diffsuite.modalities.trajectory.task import full_dataset
     opts = {**planner_opts(args), "guidance": "none", "guide_scale": 0.0}
     planner, seq = _planner(SimpleNamespace(**opts), loaded), full_dataset(loaded.recipe.data)
     flat = np.asarray(seq.normalizer.unnormalize(np.asarray(seq.joint)), np.float32).reshape(-1, seq.joint.shape[-1])
-    from diffsuite.modalities.trajectory.locomotion import FORWARD_VELOCITY_INDEX
     A, g, rows = seq.action_dim, torch.Generator().manual_seed(args.seed), []
     vx = A + FORWARD_VELOCITY_INDEX[loaded.recipe.data.env_id]
     for i in np.random.default_rng(args.seed).choice(len(flat), n_states, replace=False):
