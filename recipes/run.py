@@ -1,8 +1,8 @@
 """Recipes: YAML files loaded into typed configs; train a recipe, load a checkpoint, generate samples."""
 from __future__ import annotations
 
-import time
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence

@@ -62,6 +62,15 @@ def logged_episodes(log: Path) -> dict[int, dict]:
     return done
 
 
+def append(log: Path, line: str) -> None:
+    """Append one line to the log in a single write(), so workers appending at once do not interleave."""
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
 def planner_episodes(run: str, opts: dict, seeds: list[int], replan_every: int, threads: int = 1) -> list[dict]:
     """Planned episodes with the given seeds (one worker's share when --jobs > 1; frames dropped), each appended to
     the episode log when it ends; seeds already in the log are not played again."""
@@ -79,16 +88,11 @@ def planner_episodes(run: str, opts: dict, seeds: list[int], replan_every: int, 
     planner = _planner(SimpleNamespace(**opts), loaded)
     log.parent.mkdir(parents=True, exist_ok=True)
     if log.is_file() and not log.read_bytes().endswith(b"\n"):
-        with open(log, "a") as f:  # end a line torn by an interruption, so the next episode starts its own
-            f.write("\n")
+        append(log, "")  # end a line torn by an interruption, so the next episode starts its own
     for s in todo:
         e = {k: v for k, v in planned_episode(loaded.recipe.data.env_id, planner, s, replan_every).items()
              if k != "frames"}
-        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # one write() a line: workers do not interleave
-        try:
-            os.write(fd, (json.dumps(e, default=float) + "\n").encode())
-        finally:
-            os.close(fd)
+        append(log, json.dumps(e, default=float))
         eps.append(e)
         print(f"  episode seed {s}: return {e['return']:.1f}, {e['length']} steps, plan "
               f"{np.mean(e['plan_seconds']) * 1000:.0f} ms", flush=True)
