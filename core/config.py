@@ -188,10 +188,10 @@ class SampleConfig:
 class DistillConfig:
     """How a student was (or is to be) distilled from a teacher checkpoint (core.distill; `diffsuite distill`)."""
 
-    method: str = valid("progressive", choices=("progressive", "consistency"))
-    steps: int = valid(4, min=1)  # the student's sampling steps (progressive: the last stage's)
+    method: str = valid("progressive", choices=("progressive", "consistency", "guidance"))
+    steps: int = valid(4, min=1)  # the student's sampling steps (progressive: the last stage's; guidance: its sampler's)
     start_steps: int = valid(64, min=2)  # progressive: the first teacher's DDIM steps, halved each stage to `steps`
-    stage_steps: int = valid(500, min=1)  # training steps per stage (consistency: in all)
+    stage_steps: int = valid(500, min=1)  # training steps per stage (consistency and guidance: in all)
     ode_steps: int = valid(18, min=1)  # consistency: intervals of the teacher's ODE grid t_n = n (T - 1) / N
     target_decay: float = valid(0.95, min=0, max=1)  # consistency: EMA decay mu of the target network
     sigma_data: float = valid(0.5, above=0)  # consistency: c_skip's sigma_data (core.distill.consistency_coefs)
@@ -199,7 +199,7 @@ class DistillConfig:
     # c_out around the network's EDM-preconditioned output; "blend", c_skip x + (1 - c_skip) x0 (students made before
     # session 40, whose saved configs lack this key, load as "blend")
     form: str = valid("edm", choices=("edm", "blend"))
-    weighting: str = valid("truncated_snr", choices=("truncated_snr", "x0"))
+    weighting: str = valid("truncated_snr", choices=("truncated_snr", "x0"))  # progressive and guidance: x-space loss
     guidance: Optional[float] = None  # distil the teacher guided at this w (None: the teacher recipe's sample.guidance)
     # recorded by `diffsuite distill` (not set by hand): where the student came from
     teacher: Optional[str] = None

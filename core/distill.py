@@ -8,6 +8,8 @@ Times: the core's schedules are discrete (indices 0..T-1, with t = -1 the clean 
 t_j = j T / N - 1, j = N, ..., 1 (`uniform_timesteps`, the "uniform" spacing of the core's samplers), followed by the
 clean end point; so the 2N-step grid holds the N-step grid and the mid-points between its steps, at any N <= T / 2
 (fractional indices use the schedule's log-sigma interpolation).
+
+Guidance distillation (Meng et al. 2023, stage one) and consistency distillation (Song et al. 2023) are below.
 """
 from __future__ import annotations
 
@@ -69,11 +71,38 @@ class ProgressiveDistillation:
             z_t1 = ddim_to(self.teacher(z_t, t.float(), cond), alpha[1], sigma[1])
             z_t2 = ddim_to(self.teacher(z_t1, t1.float(), cond), alpha[2], sigma[2])
             target = pd_target(z_t, z_t2, alpha[0], sigma[0], alpha[2], sigma[2])
-        pred = student(z_t, t.float(), cond)
-        mse = mean_flat((pred.x0.float() - target.float()) ** 2)
-        if self.weighting == "truncated_snr":
-            mse = mse * (ab[0] / (1 - ab[0])).clamp(min=1.0).to(mse.dtype)
-        return mse, t
+        return x_space_loss(student(z_t, t.float(), cond).x0, target, ab[0], self.weighting), t
+
+
+def x_space_loss(x0_hat, target, alpha_bar, weighting: str):
+    """Per-sample squared error in x-space, weighted by the truncated SNR max(alpha^2 / sigma^2, 1) (Salimans & Ho
+    2022, eq. 9) or unweighted ("x0")."""
+    mse = mean_flat((x0_hat.float() - target.float()) ** 2)
+    if weighting == "truncated_snr":
+        mse = mse * (alpha_bar / (1 - alpha_bar)).clamp(min=1.0).to(mse.dtype)
+    return mse
+
+
+class GuidanceDistillation:
+    """Guidance distillation, stage one at a fixed w (Meng et al. 2023, eq. 6): the student learns to predict in one
+    network evaluation the x0 that its classifier-free guided teacher predicts in two, (1 + w) x0(z_t, c) - w x0(z_t),
+    at the same z_t and t ~ U{0..T-1}; x-space loss with `weighting` as progressive distillation's. `teacher` is the
+    guided denoiser (core.guidance.ClassifierFreeGuidance). Called like DiffusionLoss."""
+
+    def __init__(self, teacher, weighting: str = "truncated_snr"):
+        if weighting not in ProgressiveDistillation.WEIGHTINGS:
+            raise ValueError(f"GuidanceDistillation: weighting {weighting!r}; valid: {ProgressiveDistillation.WEIGHTINGS}")
+        self.teacher, self.weighting, self.T = teacher, weighting, teacher.schedule.T
+
+    def __call__(self, student, x0, cond=None, generator=None):
+        t = torch.randint(0, self.T, (x0.shape[0],), generator=generator,
+                          device=generator.device if generator else None).to(x0.device, torch.float64)
+        ab = self.teacher.schedule.alpha_bar_at(t).to(x0.device)
+        alpha, sigma = (append_dims(v.to(x0.dtype), x0.ndim) for v in (ab.sqrt(), (1 - ab).sqrt()))
+        z_t = alpha * x0 + sigma * randn(x0.shape, generator, x0.device, x0.dtype)
+        with torch.no_grad():
+            target = self.teacher(z_t, t.float(), cond).x0
+        return x_space_loss(student(z_t, t.float(), cond).x0, target, ab, self.weighting), t
 
 
 

@@ -1,4 +1,4 @@
-"""`diffsuite distill CHECKPOINT --method progressive|consistency --steps N --out RUN`: a few-step student of a checkpoint.
+"""`diffsuite distill CHECKPOINT --method progressive|consistency|guidance --steps N --out RUN`: a student of a checkpoint.
 
 Progressive distillation (core.distill.ProgressiveDistillation) runs in stages: the first teacher is the checkpoint
 sampled with DDIM in `distill.start_steps` steps; each stage trains a copy of its teacher for `distill.stage_steps`
@@ -12,20 +12,26 @@ with guidance 0 and the config says which w it learned.
 Consistency distillation (core.distill.ConsistencyDistillation) is one stage of `distill.stage_steps` steps: the
 student, a copy of the teacher wrapped as a consistency function, learns to map every point of the teacher's ODE grid
 (`distill.ode_steps` DDIM steps) to the same clean sample; it samples with multistep consistency sampling in N steps.
+
+Guidance distillation (core.distill.GuidanceDistillation; Meng et al. 2023, stage one) is one stage of
+`distill.stage_steps` steps: the student learns the guided teacher's x0 in one network evaluation instead of two, and
+samples with the teacher's own sampler at guidance 0 (`--steps` sets its step count; default: the teacher's). A
+guidance-distilled student is an unguided teacher for a consistency or progressive student (Meng et al.'s stage two).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from diffsuite.core.build import build_denoiser
 from diffsuite.core.checkpoint import checkpoint_folders, read_json, weights_sha256
 from diffsuite.core.config import ConfigError, deep_merge, parse_overrides, positive_int
-from diffsuite.core.distill import ConsistencyDistillation, ConsistencyFunction, ProgressiveDistillation
+from diffsuite.core.distill import (ConsistencyDistillation, ConsistencyFunction, GuidanceDistillation,
+                                   ProgressiveDistillation)
 from diffsuite.core.guidance import ClassifierFreeGuidance
 from diffsuite.core.trainer import Trainer
 from diffsuite.core.utils import atomic_write_bytes
@@ -33,7 +39,7 @@ from diffsuite.core.utils import atomic_write_bytes
 from . import safety
 from .run import load, recipe_from_dict, recipe_to_dict, resolve_checkpoint
 
-METHODS = ("progressive", "consistency")
+METHODS = ("progressive", "consistency", "guidance")
 
 
 def stage_plan(start_steps: int, steps: int) -> list[int]:
@@ -54,7 +60,7 @@ def student_recipe(teacher_cfg: dict, overrides: Sequence[str], method: str, ste
         if r.distill.start_steps > r.diffusion.T:
             raise ConfigError(f"distill.start_steps={r.distill.start_steps}: at most the teacher's T={r.diffusion.T}")
         stage_plan(r.distill.start_steps, r.distill.steps)
-    elif not r.distill.ode_steps < r.diffusion.T:
+    elif r.distill.method == "consistency" and not r.distill.ode_steps < r.diffusion.T:
         raise ConfigError(f"distill.ode_steps={r.distill.ode_steps}: at most the teacher's T - 1 = {r.diffusion.T - 1}")
     return r
 
@@ -77,9 +83,10 @@ def teacher_denoiser(loaded, guidance: float):
     return den
 
 
-def distill(checkpoint: str | Path, out: str | Path, method: str = "progressive", steps: int = 4,
+def distill(checkpoint: str | Path, out: str | Path, method: str = "progressive", steps: Optional[int] = None,
             overrides: Sequence[str] = (), resume: bool = False) -> Path:
-    """Distil `checkpoint` into a `steps`-step student under `out`; returns the student's run folder (= out)."""
+    """Distil `checkpoint` into a `steps`-step student under `out` (default 4; guidance: the teacher's sampler's
+    steps); returns the student's run folder (= out)."""
     if method not in METHODS:
         raise ConfigError(f"--method {method!r}: valid: {list(METHODS)}")
     out = Path(out)
@@ -87,15 +94,21 @@ def distill(checkpoint: str | Path, out: str | Path, method: str = "progressive"
         raise ConfigError(safety.in_use_message(out).replace("--resume auto", "--resume"))
     ckpt = resolve_checkpoint(checkpoint)
     first = load(ckpt)
+    steps = steps or (first.recipe.sample.steps if method == "guidance" else 4)
     r = student_recipe(recipe_to_dict(first.recipe), overrides, method, steps)
     d = r.distill
     w = first.recipe.sample.guidance if d.guidance is None else d.guidance
     d = dataclasses.replace(d, guidance=w, teacher=str(ckpt.resolve()), teacher_sha256=weights_sha256(ckpt))
+    if method == "guidance" and not (w and first.task.null_condition(first.recipe) is not None):
+        raise ConfigError(f"distill --method guidance: {ckpt} is not sampled with classifier-free guidance "
+                          f"(guidance {w}, null condition {first.task.null_condition(first.recipe)}); "
+                          "set distill.guidance=W on a conditional model trained with condition dropout")
     task, dataset = first.task, first.task.build_dataset(r.data, "train")
-    if method == "consistency":
+    if method != "progressive":  # one stage
+        sample = (_student_sampling(r.sample, "consistency", d.steps, w) if method == "consistency"
+                  else dataclasses.replace(r.sample, steps=d.steps, guidance=0.0))
         stage = dataclasses.replace(r, distill=dataclasses.replace(d, stage_teacher=str(ckpt)),
-                                    train=dataclasses.replace(r.train, steps=d.stage_steps),
-                                    sample=_student_sampling(r.sample, "consistency", d.steps, w))
+                                    train=dataclasses.replace(r.train, steps=d.stage_steps), sample=sample)
         if not _finished(out, d.stage_steps):
             _train_stage(stage, task, dataset, first, teacher_denoiser(first, w), out)
         return out
@@ -122,9 +135,10 @@ def _student_sampling(s, sampler: str, steps: int, w: float):
 
 def _train_stage(r, task, dataset, teacher_loaded, teacher, run_dir: Path) -> None:
     """One stage: the student starts as a copy of its teacher's weights (progressive: learns two teacher steps in one;
-    consistency: learns the consistency function on the teacher's ODE grid)."""
+    consistency: learns the consistency function on the teacher's ODE grid; guidance: learns the guided x0)."""
     d = r.distill
-    what = f"{d.steps * 2} -> {d.steps} steps" if d.method == "progressive" else f"consistency, {d.ode_steps}-step grid"
+    what = {"progressive": f"{d.steps * 2} -> {d.steps} steps", "consistency": f"consistency, {d.ode_steps}-step grid",
+            "guidance": f"guidance w = {d.guidance} into one evaluation"}[d.method]
     print(f"distill: stage {what} into {run_dir}", flush=True)
     torch.manual_seed(r.train.seed)
     net = task.build_net(r.model, r.diffusion)
@@ -133,6 +147,8 @@ def _train_stage(r, task, dataset, teacher_loaded, teacher, run_dir: Path) -> No
     if d.method == "consistency":
         student = ConsistencyFunction(student, d.sigma_data, d.form)
         loss = ConsistencyDistillation(teacher, student, d.ode_steps, d.target_decay)
+    elif d.method == "guidance":
+        loss = GuidanceDistillation(teacher, d.weighting)
     else:
         loss = ProgressiveDistillation(teacher, d.steps, d.weighting)
     cfg = recipe_to_dict(r)
@@ -147,12 +163,14 @@ def _train_stage(r, task, dataset, teacher_loaded, teacher, run_dir: Path) -> No
 
 
 def add_commands(subparsers) -> None:
-    p = subparsers.add_parser("distill", help="distil a checkpoint into a few-step student (progressive or consistency)",
+    p = subparsers.add_parser("distill", help="distil a checkpoint into a few-step student (progressive or consistency) "
+                              "or a guided one into an unguided student (guidance)",
                               description=__doc__)
     p.add_argument("checkpoint", help="the teacher: a run folder or a checkpoint folder")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. distill.stage_steps=1000 train.lr=1e-4")
     p.add_argument("--method", default="progressive", choices=METHODS)
-    p.add_argument("--steps", type=positive_int, default=4, help="the student's sampling steps")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="the student's sampling steps (default 4; guidance: the teacher's)")
     p.add_argument("--out", required=True, help="the student's run folder (intermediate stages under OUT/stages)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted distillation in --out")
     p.set_defaults(func=cmd_distill)

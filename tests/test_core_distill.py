@@ -374,3 +374,58 @@ def test_a_student_saved_before_the_form_key_loads_as_the_blend_it_was_made_as(t
     monkeypatch.setattr(run, "load_checkpoint", without_form)
     old = run.load(student)
     assert old.denoiser.form == "blend" and old.recipe.distill.form == "blend"  # the model and its recipe agree
+
+
+# ------------------------------------------------------------------------------------------------ guidance
+
+def test_guidance_distillation_target_is_the_guided_teachers_x0():
+    """By hand (Meng et al. 2023, eq. 6 at a fixed w): on a stub eps network eps(x, c) = x / 2 + c, the target at
+    (z_t, t) is the x0 of (1 + w) eps(z_t, c) - w eps(z_t, null); the loss of a conditional-only student is its
+    weighted distance from that, and a student predicting the guided x0 has zero loss."""
+    from diffsuite.core.distill import GuidanceDistillation
+    from diffsuite.core.guidance import ClassifierFreeGuidance
+    from diffsuite.core.utils import append_dims, randn
+
+    class Net(torch.nn.Module):
+        def forward(self, x, t, cond):
+            return x / 2 + append_dims(cond.to(x.dtype), x.ndim)
+    sch, w = make_schedule("cosine", 40), 1.5
+    den = Denoiser(Net(), sch, "eps")
+    teacher = ClassifierFreeGuidance(den, w, 0.0)
+    x0 = torch.tensor([[0.3, -0.2], [-1.1, 0.4], [0.5, 0.5]], dtype=torch.float64)
+    c = torch.tensor([1.0, 2.0, -3.0], dtype=torch.float64)
+    loss, t = GuidanceDistillation(teacher)(den, x0, c, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # the same draws, by hand
+    t_own = torch.randint(0, 40, (3,), generator=g).double()
+    eps = randn(x0.shape, g, x0.device, x0.dtype)
+    assert torch.equal(t, t_own)
+    ab = append_dims(sch.alpha_bar_at(t_own), 2)
+    z = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    x0_of = lambda e: (z - (1 - ab).sqrt() * e) / ab.sqrt()  # noqa: E731
+    guided = x0_of((1 + w) * (z / 2 + c[:, None]) - w * (z / 2))
+    want = ((x0_of(z / 2 + c[:, None]) - guided) ** 2).mean(1) * (ab / (1 - ab)).clamp(min=1).squeeze(1)
+    assert torch.allclose(loss.double(), want, rtol=1e-6) and (want > 0).all()
+    assert GuidanceDistillation(teacher)(teacher, x0, c, torch.Generator().manual_seed(3))[0].abs().max() < 1e-10
+
+
+def test_a_guidance_student_samples_unguided_and_teaches_a_consistency_student(tmp_path, monkeypatch, capsys):
+    """`distill --method guidance`: the student keeps its teacher's sampler at guidance 0 and records the w it learnt;
+    a consistency student of it distils it unguided; a teacher sampled without guidance is refused, naming it."""
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    teacher = run.train(recipe("image", tmp_path, steps=2), out_dir=tmp_path / "teacher")
+    from diffsuite.recipes import distill as D
+    seen = []
+    real = D.teacher_denoiser
+    monkeypatch.setattr(D, "teacher_denoiser", lambda loaded, w: (seen.append(w), real(loaded, w))[1])
+    quiet = ["distill.stage_steps=2", "train.progress=false"]
+    assert cli.main(["distill", str(teacher), "--method", "guidance", "--out", str(tmp_path / "gd"), *quiet]) == 0
+    r = run.load(tmp_path / "gd").recipe
+    assert (r.distill.method, r.distill.guidance, r.sample.guidance) == ("guidance", 1.0, 0.0)
+    assert (r.sample.sampler, r.sample.steps) == ("ddim", 3) and r.distill.steps == 3
+    assert cli.main(["sample", str(tmp_path / "gd"), "--out", str(tmp_path / "s"), "--n", "2"]) == 0
+    D.distill(tmp_path / "gd", tmp_path / "cd", method="consistency", steps=2, overrides=quiet)
+    assert seen == [1.0, 0.0] and run.load(tmp_path / "cd").recipe.distill.guidance == 0.0
+    assert cli.main(["distill", str(tmp_path / "gd"), "--method", "guidance", "--out", str(tmp_path / "gd2"),
+                     *quiet]) == 2
+    err = capsys.readouterr().err
+    assert "not sampled with classifier-free guidance" in err and "distill.guidance=W" in err
