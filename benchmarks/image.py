@@ -395,21 +395,22 @@ def colorize_rows(args, out: Path) -> dict:
 
 
 def photo_restore_rows(args, out: Path) -> dict:
-    """Palette inpainting and uncropping of held-out photo tiles: per mask kind (random boxes, free-form strokes, the
-    right half for uncropping), PSNR / SSIM over the whole tile and PSNR inside the hole of one sample and of the mean
-    of --samples, beside the floor that fills the hole with the known pixels' mean colour; a picture per mask kind
-    (masked input / one sample / another sample / original)."""
+    """Palette inpainting and uncropping of held-out photo tiles (--split): per mask kind (random boxes, free-form
+    strokes, the right half for uncropping), PSNR / SSIM over the whole tile and PSNR inside the hole of one sample and
+    of the mean of --samples, beside two floors that fill the hole from the known pixels, with their mean colour and
+    smoothly (push-pull, where a residual model starts); a picture per mask kind (masked input / one sample / another
+    sample / original)."""
     import torch
-    from diffsuite.core.degrade import border_mask, box_mask, free_form_mask, inpaint_source, masked
+    from diffsuite.core.degrade import border_mask, box_mask, free_form_mask, inpaint_source, masked, push_pull_fill
     from diffsuite.recipes.run import load
     loaded = load(args.photo_inpaint)
-    x = loaded.task.build_dataset(loaded.recipe.data, "test").x[:args.n]
+    x = loaded.task.build_dataset(loaded.recipe.data, args.split).x[:args.n]
     g, size = torch.Generator().manual_seed(0), tuple(x.shape[-2:])
     masks = {"box": torch.stack([box_mask(size, g) for _ in x]),
              "free-form": torch.stack([free_form_mask(size, g) for _ in x]),
              "uncrop right half": border_mask(size, "right", 0.5).expand(len(x), 1, *size)}
     steps = args.steps or loaded.recipe.sample.steps
-    res = {"checkpoint": str(loaded.checkpoint), "n": len(x), "sampler": "ddim", "steps": steps,
+    res = {"checkpoint": str(loaded.checkpoint), "split": args.split, "n": len(x), "sampler": "ddim", "steps": steps,
            "samples": args.samples, "rows": []}
 
     def hole_psnr(y, m):  # PSNR over the hidden pixels only (images in [-1, 1])
@@ -418,10 +419,12 @@ def photo_restore_rows(args, out: Path) -> dict:
 
     for name, m in masks.items():
         src = inpaint_source(x, m)
-        ys = _draws(loaded.denoiser, x.shape, {"source": src}, "ddim", steps, args.samples)
+        ys = loaded.task.finish(_draws(loaded.denoiser, x.shape, {"source": src}, "ddim", steps, args.samples),
+                                {"source": src}, loaded.recipe)  # (a residual model adds its base)
         ys = m * x + (1 - m) * ys  # the known pixels are the input's
         fill = (x * m).flatten(2).sum(2) / m.flatten(2).sum(2).clamp(min=1)  # (N, C): the known pixels' mean colour
         outs = {"hole filled with the known mean colour": m * x + (1 - m) * fill[..., None, None],
+                "hole filled smoothly (push-pull)": push_pull_fill(x, m),
                 "Palette, one sample": ys[0], f"Palette, mean of {args.samples}": ys.mean(0)}
         for method, y in outs.items():
             res["rows"].append({"mask": name, "method": method, **_scores(y, x, {"hole_psnr": hole_psnr(y, m)})})
@@ -508,7 +511,8 @@ def main(argv=None):
     ii.add_argument("--samples", type=int, default=8)
     ii.add_argument("--steps", type=int, default=None, help="SR3 / colorization DDIM steps (default the recipe's)")
     ii.add_argument("--palette-steps", type=int, default=10)
-    ii.add_argument("--split", default="test", choices=("val", "test"), help="super-resolution: the split scored")
+    ii.add_argument("--split", default="test", choices=("val", "test"),
+                    help="super-resolution and photo inpainting: the split scored")
     ii.add_argument("--threads", type=int, default=1)
     ii.add_argument("--out", default="digits", help="results/img2img_<out>.json")
     args = p.parse_args(argv)

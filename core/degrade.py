@@ -78,6 +78,42 @@ def inpaint_source(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.cat([masked(x, m), m], 1)
 
 
+def push_pull_fill(x: torch.Tensor, mask: torch.Tensor, smooth: int = 8) -> torch.Tensor:
+    """x with its hole (mask 0) filled smoothly from the known values: push-pull (Gortler et al. 1996, the Lumigraph)
+    with Jacobi smoothing toward the harmonic fill at each level, coarse to fine (a multigrid Laplace solve). Push: a
+    mask-weighted average pyramid down to one cell. Pull: from the coarsest level up, a level's unknown cells start
+    from the coarser level's values, linearly upsampled, and take `smooth` steps of the mean of their neighbours (the
+    edges reflect). Known values stay exact; the fill is a convex combination of them (all zeros when none is known)."""
+    d = _spatial(x)
+    m = mask.to(x.dtype).expand(x.shape[0], 1, *x.shape[2:])
+    pool = F.avg_pool1d if d == 1 else F.avg_pool2d
+    levels = [(x * m, m)]
+    while max(levels[-1][1].shape[2:]) > 1:
+        s, w = levels[-1]
+        levels.append((pool(s, 2, ceil_mode=True), pool(w, 2, ceil_mode=True)))
+    s, w = levels[-1]
+    filled = s / w.clamp(min=1e-12)
+    for s, w in reversed(levels[:-1]):
+        up = F.interpolate(filled, size=s.shape[2:], mode="linear" if d == 1 else "bilinear", align_corners=False)
+        filled = torch.where(w > 0, s / w.clamp(min=1e-12), up)
+        filled = _jacobi(filled, w > 0, smooth)
+    return filled
+
+
+def _jacobi(y: torch.Tensor, known: torch.Tensor, steps: int) -> torch.Tensor:
+    """`steps` Jacobi steps of Laplace's equation on the cells that are not `known`: each becomes the mean of its 2
+    (1-D) or 4 (2-D) neighbours, the edges replicated."""
+    d = y.ndim - 2
+    for _ in range(steps):
+        p = F.pad(y, (1, 1) * d, mode="replicate")
+        if d == 1:
+            mean = (p[..., :-2] + p[..., 2:]) / 2
+        else:
+            mean = (p[..., 1:-1, :-2] + p[..., 1:-1, 2:] + p[..., :-2, 1:-1] + p[..., 2:, 1:-1]) / 4
+        y = torch.where(known, y, mean)
+    return y
+
+
 def box_mask(size: tuple, generator: Optional[torch.Generator] = None, min_frac: float = 0.25,
              max_frac: float = 0.5) -> torch.Tensor:
     """(1, H, W): one random rectangle hidden (0), its sides a uniform fraction of the image's."""

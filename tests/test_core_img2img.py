@@ -9,7 +9,7 @@ from torch import nn
 
 from diffsuite.core.conditions import cond_cat, cond_rows, drop_condition, null_like
 from diffsuite.core.degrade import (border_mask, box_mask, check_factor, consistency_error, downsample, free_form_mask,
-                                    inpaint_source, sr_source, to_grayscale, upsample)
+                                    inpaint_source, push_pull_fill, sr_source, to_grayscale, upsample)
 from diffsuite.core.denoiser import Denoiser
 from diffsuite.core.guidance import ClassifierFreeGuidance
 from diffsuite.core.samplers import sample
@@ -112,6 +112,27 @@ def test_grayscale_and_masks():
     src = inpaint_source(x, b)
     assert src.shape == (2, 4, 8, 8) and torch.equal(src[:, :3, :, :6], x[:, :, :, :6]) and (src[:, :3, :, 6:] == 0).all()
     assert torch.equal(src[:, 3:], b.expand(2, 1, 8, 8))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (1, 1, 17, 9), (2, 2, 40)])
+def test_push_pull_fills_the_hole_smoothly_from_the_known_values(shape):
+    """Known values stay exact, the fill stays within their range (a convex combination), a constant is filled with
+    itself, a ramp around an interior hole to within 0.6 of a step; nothing known fills zeros; 1-D works as 2-D."""
+    g = torch.Generator().manual_seed(0)
+    size = shape[2:]
+    m = (box_mask(size, g) if len(size) == 2 else (torch.arange(size[0]) % 13 < 8).float()[None]).expand(shape[0], 1,
+                                                                                                       *size)
+    x = torch.rand(shape, generator=g) * 2 - 1
+    y = push_pull_fill(x, m)
+    assert torch.equal(y * m, x * m) and (1 - m).sum() > 0
+    lo, hi = (x * m + 9 * (1 - m)).amin(), (x * m - 9 * (1 - m)).amax()
+    assert (y >= lo - 1e-6).all() and (y <= hi + 1e-6).all()
+    assert torch.allclose(push_pull_fill(torch.full(shape, 0.3), m), torch.full(shape, 0.3))
+    ramp = torch.linspace(-1, 1, size[-1]).expand(shape)  # harmonic: an interior hole's fill is nearly the ramp
+    inner = torch.ones(1, 1, *size)
+    inner[(slice(None), slice(None), *(slice(n // 4, n - n // 4) for n in size))] = 0
+    assert (push_pull_fill(ramp, inner) - ramp).abs().max() < 0.6 * 2 / (size[-1] - 1)  # (a mean fill: ~0.5)
+    assert torch.equal(push_pull_fill(x, torch.zeros_like(m)), torch.zeros(shape))
 
 
 def test_tiles_cover_the_canvas_and_blend_to_the_untiled_prediction():

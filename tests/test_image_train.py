@@ -387,10 +387,32 @@ def test_residual_sr_generates_the_residual_over_the_source(tmp_path, monkeypatc
     x, cond = run.generate(a.denoiser, a.task, a.recipe, n=2, progress=False)
     raw = a.task.finish(x * 0, {"source": cond["source"]}, a.recipe)
     assert torch.equal(raw, cond["source"].clamp(-1, 1)) and x.abs().max() <= 1
-    r["data"]["degradation"] = "inpaint"
+    r["data"]["degradation"] = "colorize"
     from diffsuite.core.config import ConfigError
-    with pytest.raises(ConfigError, match="data.residual is for super-resolution"):
+    with pytest.raises(ConfigError, match=r"data.residual needs data.degradation in \('sr', 'inpaint', 'uncrop'\)"):
         run.train(r, out_dir=tmp_path / "bad")
+
+
+@pytest.mark.parametrize("degradation", ["inpaint", "uncrop"])
+def test_residual_inpainting_generates_the_residual_over_the_push_pull_fill(degradation, tmp_path, monkeypatch):
+    """data.residual for Palette's inpainting and uncropping: x0 is the clean image minus the push-pull fill of its
+    known pixels (0 where they are known), and finish adds that fill back."""
+    from diffsuite.core.degrade import push_pull_fill
+    monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
+    r = _sr_recipe(residual=True)
+    r["data"]["degradation"] = degradation
+    a = run.load(run.train(r, out_dir=tmp_path / "inpaint"))
+    ds = a.task.build_dataset(a.recipe.data, "test")
+    clean = a.task._images(a.recipe.data, "test").x[0]
+    item = ds[0]  # (each item draws its own mask)
+    src = item["cond"]["source"]
+    known, m = src[:1], src[1:]
+    assert 0 < m.sum() < m.numel() and torch.equal(item["x0"] * m, torch.zeros_like(clean))
+    fill = push_pull_fill(known[None], m[None])[0]
+    torch.testing.assert_close(item["x0"] + fill, clean)
+    torch.testing.assert_close(a.task.finish(item["x0"][None], {"source": src[None]}, a.recipe)[0], clean)
+    x, cond = run.generate(a.denoiser, a.task, a.recipe, n=2, progress=False)
+    assert x.shape == (2, 1, 16, 16) and x.abs().max() <= 1
 
 
 def test_residual_scale_auto_is_measured_once_and_undone_by_finish(tmp_path, monkeypatch):

@@ -188,14 +188,13 @@ def digits(split: str = "train", image_size: int = 16, mode: str = "resize", hfl
 # ---------------------------------------------------------------- image-to-image pairs (SR3, Palette)
 
 class Degraded(torch.utils.data.Dataset):
-    """Pairs made on the fly from clean images: {"x0": clean (or residual * (clean - source), SRDiff, when `residual`
-    is a scale), "cond": {"source":
-    degrade(clean)[, "label": y]}};
+    """Pairs made on the fly from clean images: {"x0": clean (or residual * (clean - base(source)), SRDiff, when
+    `residual` is a scale), "cond": {"source": degrade(clean)[, "label": y]}};
     `degrade` maps a batch (B, C, H, W) to its source, drawing any randomness (masks) from torch's global RNG, which
     the trainer seeds per item."""
 
-    def __init__(self, base: ArrayImages, degrade, residual: float = 0.0):
-        self.base, self.degrade, self.residual = base, degrade, residual
+    def __init__(self, base: ArrayImages, degrade, residual: float = 0.0, residual_base=lambda source: source):
+        self.base, self.degrade, self.residual, self.residual_base = base, degrade, residual, residual_base
         self.x, self.labels, self.classes = base.x, base.labels, base.classes
 
     def __len__(self) -> int:
@@ -207,7 +206,7 @@ class Degraded(torch.utils.data.Dataset):
         cond = {"source": self.degrade(x[None])[0]}
         if label is not None:
             cond["label"] = label
-        return {"x0": self.residual * (x - cond["source"]) if self.residual else x, "cond": cond}
+        return {"x0": self.residual * (x - self.residual_base(cond["source"])) if self.residual else x, "cond": cond}
 
 
 # ---------------------------------------------------------------- photographs, as patches

@@ -11,8 +11,8 @@ from PIL import Image
 
 from diffsuite.core.classify import Candidates
 from diffsuite.core.config import ConfigError, valid
-from diffsuite.core.degrade import (border_mask, box_mask, check_factor, free_form_mask, inpaint_source, sr_source,
-                                    to_grayscale)
+from diffsuite.core.degrade import (border_mask, box_mask, check_factor, free_form_mask, inpaint_source, push_pull_fill,
+                                    sr_source, to_grayscale)
 from diffsuite.core.task import Task
 from diffsuite.core.utils import atomic_write_json
 
@@ -67,8 +67,10 @@ class DataConfig:
     # image-to-image (SR3 / Palette): the model is given degrade(x) as a source image (core.degrade)
     degradation: Optional[str] = valid(None, choices=DEGRADATIONS)
     factor: int = valid(4, min=2)  # sr: the downsampling factor
-    residual: bool = False  # sr: generate x - source, the residual over the bicubic upsampling (SRDiff, Li et al. 2022)
-    # residual: the model generates s * (x - source); "auto": s = 1 / std of the training residuals, measured when
+    # residual: generate the residual over a base made from the source (SRDiff, Li et al. 2022): sr, the bicubic
+    # upsampling; inpaint / uncrop, the known pixels with the hole filled by push-pull (core.degrade.push_pull_fill)
+    residual: bool = False
+    # residual: the model generates s * (x - base); "auto": s = 1 / std of the training residuals, measured when
     # training starts and saved in the run's config (a residual's std is ~0.1: unscaled, most noise levels hide it)
     residual_scale: Union[float, str] = 1.0
     mask: str = valid("mixed", choices=MASKS)  # inpaint: a random box, free-form strokes, a half, or any of them
@@ -83,6 +85,19 @@ def _scale(data: DataConfig) -> float:
     if s == "auto":
         raise ConfigError('data.residual_scale="auto" is measured when training starts; this recipe has no number yet')
     raise ConfigError(f'data.residual_scale: expected a number > 0 or "auto", got {s!r}')
+
+
+RESIDUAL_DEGRADATIONS = ("sr", "inpaint", "uncrop")
+
+
+def residual_base(source: torch.Tensor, data: DataConfig) -> torch.Tensor:
+    """What a residual model's sample is the residual over (data.residual): the bicubic upsampling itself (sr), or the
+    known pixels with the hole filled smoothly (inpaint / uncrop: the source's first C channels and its mask)."""
+    if data.degradation == "sr":
+        return source
+    lead, C = source.shape[:-3], data.channels
+    src = source.reshape(-1, *source.shape[-3:])
+    return push_pull_fill(src[:, :C], src[:, C:C + 1]).reshape(*lead, C, *source.shape[-2:])
 
 
 def source_channels(data: DataConfig) -> int:
@@ -200,13 +215,14 @@ class ImageTask(Task):
         return Candidates(x, torch.arange(spec.num_classes), names, labels)
 
     def build_dataset(self, data: DataConfig, split: str = "train") -> torch.utils.data.Dataset:
+        if data.residual and data.degradation not in RESIDUAL_DEGRADATIONS:
+            raise ConfigError(f"data.residual needs data.degradation in {RESIDUAL_DEGRADATIONS}, got {data.degradation}")
         base = self._images(data, split)
         degrade = degrader(data)
-        if data.residual and data.degradation != "sr":
-            raise ConfigError(f"data.residual is for super-resolution (data.degradation=sr), got {data.degradation}")
         if data.residual and data.residual_scale == "auto":  # (train measures it once and saves the number)
             data = self.measure(data)
-        return base if degrade is None else D.Degraded(base, degrade, _scale(data) if data.residual else 0.0)
+        return base if degrade is None else D.Degraded(base, degrade, _scale(data) if data.residual else 0.0,
+                                                       lambda src: residual_base(src, data))
 
     def measure(self, data: DataConfig) -> DataConfig:
         """data.residual_scale="auto" as a number: 1 / the std of 256 training residuals (seeded crops and flips)."""
@@ -298,9 +314,9 @@ class ImageTask(Task):
         return {"source": 0.0, **({"label": self.null_cond} if recipe.model.num_classes else {})}
 
     def finish(self, x: torch.Tensor, cond, recipe: Any) -> torch.Tensor:
-        """A residual super-resolution model's sample plus its source (data.residual); other samples as they are."""
+        """A residual model's sample plus its base (data.residual); other samples as they are."""
         if recipe.data.residual and isinstance(cond, dict):
-            return (x / _scale(recipe.data) + cond["source"].to(x)).clamp(-1, 1)
+            return (x / _scale(recipe.data) + residual_base(cond["source"].to(x), recipe.data)).clamp(-1, 1)
         return x
 
     def sample_cond(self, n: int, cfg: Any, generator: Optional[torch.Generator] = None):
