@@ -189,7 +189,7 @@ class DistillConfig:
     """How a student was (or is to be) distilled from a teacher checkpoint (core.distill; `diffsuite distill`)."""
 
     method: str = valid("progressive", choices=("progressive", "consistency", "guidance"))
-    steps: int = valid(4, min=1)  # the student's sampling steps (progressive: the last stage's; guidance: its sampler's)
+    steps: int = valid(4, min=1)  # the student's sampling steps (progressive: the last stage's; guidance: sampler's)
     start_steps: int = valid(64, min=2)  # progressive: the first teacher's DDIM steps, halved each stage to `steps`
     stage_steps: int = valid(500, min=1)  # training steps per stage (consistency and guidance: in all)
     ode_steps: int = valid(18, min=1)  # consistency: intervals of the teacher's ODE grid t_n = n (T - 1) / N

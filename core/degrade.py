@@ -83,7 +83,7 @@ def push_pull_fill(x: torch.Tensor, mask: torch.Tensor, smooth: int = 8) -> torc
     with Jacobi smoothing toward the harmonic fill at each level, coarse to fine (a multigrid Laplace solve). Push: a
     mask-weighted average pyramid down to one cell. Pull: from the coarsest level up, a level's unknown cells start
     from the coarser level's values, linearly upsampled, and take `smooth` steps of the mean of their neighbours (the
-    edges reflect). Known values stay exact; the fill is a convex combination of them (all zeros when none is known)."""
+    edges replicated). Known values stay exact; the fill is a convex combination of them (zeros when none is known)."""
     d = _spatial(x)
     m = mask.to(x.dtype).expand(x.shape[0], 1, *x.shape[2:])
     pool = F.avg_pool1d if d == 1 else F.avg_pool2d
