@@ -91,7 +91,8 @@ class GuidanceDistillation:
 
     def __init__(self, teacher, weighting: str = "truncated_snr"):
         if weighting not in ProgressiveDistillation.WEIGHTINGS:
-            raise ValueError(f"GuidanceDistillation: weighting {weighting!r}; valid: {ProgressiveDistillation.WEIGHTINGS}")
+            raise ValueError(f"GuidanceDistillation: weighting {weighting!r}; "
+                             f"valid: {ProgressiveDistillation.WEIGHTINGS}")
         self.teacher, self.weighting, self.T = teacher, weighting, teacher.schedule.T
 
     def __call__(self, student, x0, cond=None, generator=None):

@@ -1,4 +1,4 @@
-"""`diffsuite distill CHECKPOINT --method progressive|consistency|guidance --steps N --out RUN`: a student of a checkpoint.
+"""`diffsuite distill CHECKPOINT --method progressive|consistency|guidance --steps N --out RUN`: a student.
 
 Progressive distillation (core.distill.ProgressiveDistillation) runs in stages: the first teacher is the checkpoint
 sampled with DDIM in `distill.start_steps` steps; each stage trains a copy of its teacher for `distill.stage_steps`
@@ -163,7 +163,7 @@ def _train_stage(r, task, dataset, teacher_loaded, teacher, run_dir: Path) -> No
 
 
 def add_commands(subparsers) -> None:
-    p = subparsers.add_parser("distill", help="distil a checkpoint into a few-step student (progressive or consistency) "
+    p = subparsers.add_parser("distill", help="distil a checkpoint into a few-step student (progressive, consistency) "
                               "or a guided one into an unguided student (guidance)",
                               description=__doc__)
     p.add_argument("checkpoint", help="the teacher: a run folder or a checkpoint folder")

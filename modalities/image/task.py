@@ -216,7 +216,8 @@ class ImageTask(Task):
 
     def build_dataset(self, data: DataConfig, split: str = "train") -> torch.utils.data.Dataset:
         if data.residual and data.degradation not in RESIDUAL_DEGRADATIONS:
-            raise ConfigError(f"data.residual needs data.degradation in {RESIDUAL_DEGRADATIONS}, got {data.degradation}")
+            raise ConfigError(f"data.residual needs data.degradation in {RESIDUAL_DEGRADATIONS}, "
+                              f"got {data.degradation}")
         base = self._images(data, split)
         degrade = degrader(data)
         if data.residual and data.residual_scale == "auto":  # (train measures it once and saves the number)
