@@ -269,9 +269,20 @@ def dataset_path(dataset: str, env_id: str, folder: Path, n_steps: int, seed: in
 #: foot friction, the healthy reward on the last step), so scores against them are not comparable digit for digit
 D4RL_REFERENCE = {"Hopper-v5": (-20.272305, 3234.3), "HalfCheetah-v5": (-280.178953, 12135.0),
                   "Walker2d-v5": (1.629008, 4592.3)}
-#: Where the forward (x) velocity sits in each environment's observation (qpos without x, then qvel): what the
-#: forward reward pays for.
-FORWARD_VELOCITY_INDEX = {"Hopper-v5": 5, "HalfCheetah-v5": 8, "Walker2d-v5": 8}
+
+def _observation_names(joints: list[str]) -> list[str]:
+    """gymnasium MuJoCo's locomotion observation: qpos without the root's x (height, pitch, joint angles), then qvel."""
+    return ["height", "pitch", *joints, "x velocity", "z velocity", "pitch velocity", *[f"{j} velocity" for j in joints]]
+
+
+#: What each dimension of an environment's observation is.
+OBSERVATION_NAMES = {"Hopper-v5": _observation_names(["thigh", "leg", "foot"]),
+                     "Walker2d-v5": _observation_names(["right thigh", "right leg", "right foot", "left thigh",
+                                                        "left leg", "left foot"]),
+                     "HalfCheetah-v5": _observation_names(["back thigh", "back shin", "back foot", "front thigh",
+                                                           "front shin", "front foot"])}
+#: Where the forward (x) velocity sits in each observation: what the forward reward pays for.
+FORWARD_VELOCITY_INDEX = {env: names.index("x velocity") for env, names in OBSERVATION_NAMES.items()}
 
 
 def plan_episode(env, planner, seed: int, replan_every: int = 1, max_steps: int = 1000, frames_every: int = 0) -> dict:
