@@ -163,6 +163,7 @@ def test_a_tiny_locomotion_run_end_to_end(tmp_path, monkeypatch):
     sn = json.loads((tmp_path / "pn" / "summary.json").read_text())
     assert s0["per_episode"] == sn["per_episode"]  # scale 0: the same plans, the same episodes
     assert s0["episodes"] == 2 and np.isfinite(s0["normalized_score"]) and s0["plan_seconds_mean"] > 0
+    assert all(len(e["final_observation"]) == 11 for e in s0["per_episode"])  # Hopper's: what ended each episode
 
 
 def test_behaviour_cloning_fits_a_linear_policy():

@@ -223,7 +223,8 @@ def plan_locomotion(args, loaded) -> int:
                "fell": int(sum(e["terminated"] for e in eps)), "plan_seconds_mean": float(secs.mean()),
                "plan_seconds_p95": float(np.percentile(secs, 95)), "replan_every": args.replan_every or 1,
                "checkpoint": str(loaded.checkpoint), "train_step": loaded.step, "planner": vars(planner.cfg),
-               "per_episode": [{k: e[k] for k in ("seed", "return", "length", "terminated")} for e in eps]}
+               "per_episode": [{k: e[k] for k in ("seed", "return", "length", "terminated", "final_observation")}
+                               for e in eps]}
     out = Path(args.out or Path(loaded.checkpoint).parent.parent / "plans" / f"plan-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "summary.json", summary)

@@ -289,7 +289,8 @@ def plan_episode(env, planner, seed: int, replan_every: int = 1, max_steps: int 
     """One episode of receding-horizon planning: plan from the current state (start-state inpainting, value guidance
     and ranking as the planner is configured), execute the plan's actions from its first, replan every
     `replan_every` steps (1: every step, Diffuser's locomotion setting) with the previous plan shifted for a warm
-    start. Returns the return, length, whether it fell, plan seconds, and frames when the env renders."""
+    start. Returns the return, length, whether it fell, the last observation (what ended it: height or pitch out of
+    the healthy range), plan seconds, and frames when the env renders."""
     low, high = env.action_space.low, env.action_space.high
     g = torch.Generator().manual_seed(seed)
     obs, _ = env.reset(seed=seed)
@@ -306,8 +307,8 @@ def plan_episode(env, planner, seed: int, replan_every: int = 1, max_steps: int 
             frames.append(env.render())
         if term or trunc:
             break
-    return {"seed": seed, "return": total, "length": step + 1, "terminated": bool(term), "plan_seconds": secs,
-            "frames": frames}
+    return {"seed": seed, "return": total, "length": step + 1, "terminated": bool(term),
+            "final_observation": np.asarray(obs, float).round(4).tolist(), "plan_seconds": secs, "frames": frames}
 
 
 def planned_episode(env_id: str, planner, seed: int, replan_every: int = 1, filmstrip: bool = False) -> dict:
