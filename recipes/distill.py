@@ -99,9 +99,10 @@ def distill(checkpoint: str | Path, out: str | Path, method: str = "progressive"
     d = r.distill
     w = first.recipe.sample.guidance if d.guidance is None else d.guidance
     d = dataclasses.replace(d, guidance=w, teacher=str(ckpt.resolve()), teacher_sha256=weights_sha256(ckpt))
-    if method == "guidance" and not (w and first.task.null_condition(first.recipe) is not None):
+    null = first.task.null_condition(first.recipe)
+    if method == "guidance" and not (w and null is not None):
         raise ConfigError(f"distill --method guidance: {ckpt} is not sampled with classifier-free guidance "
-                          f"(guidance {w}, null condition {first.task.null_condition(first.recipe)}); "
+                          f"(guidance {w}, null condition {null}); "
                           "set distill.guidance=W on a conditional model trained with condition dropout")
     task, dataset = first.task, first.task.build_dataset(r.data, "train")
     if method != "progressive":  # one stage
