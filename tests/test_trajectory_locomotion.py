@@ -164,50 +164,6 @@ def test_a_tiny_locomotion_run_end_to_end(tmp_path, monkeypatch):
     assert s0["per_episode"] == sn["per_episode"]  # scale 0: the same plans, the same episodes
     assert s0["episodes"] == 2 and np.isfinite(s0["normalized_score"]) and s0["plan_seconds_mean"] > 0
     assert all(len(e["final_observation"]) == 11 for e in s0["per_episode"])  # Hopper's: what ended each episode
-    assert main(args + ["--guide-scale", "0", "--stay-healthy", "--out", str(tmp_path / "ph")]) == 0
-    assert main(args[:-4] + ["--candidates", "1", "--stay-healthy", "--out", str(tmp_path / "bad")]) == 2
-
-
-def test_staying_healthy_ranks_the_plans_gymnasium_would_not_end_first():
-    """locomotion.unhealthy is gymnasium's termination rule on observations (Hopper: height > 0.7, |pitch| < 0.2, the
-    rest within 100; Walker2d: height in (0.8, 2), |pitch| < 1; HalfCheetah has none); planner.healthy_value puts every
-    plan that leaves it below every plan that stays, and adds nothing to a value's gradient."""
-    import gymnasium as gym
-    from diffsuite.modalities.trajectory.data import GaussianNormalizer
-    from diffsuite.modalities.trajectory.locomotion import unhealthy
-    from diffsuite.modalities.trajectory.planner import healthy_value
-    out = unhealthy("Hopper-v5")
-    ok = np.zeros(11, np.float32)
-    ok[0] = 1.25
-    for i, v, bad in ((1, -0.21, True), (1, 0.19, False), (0, 0.69, True), (7, 150.0, True), (7, 99.0, False)):
-        s = ok.copy()
-        s[i] = v
-        assert bool(out(torch.as_tensor(s))) == bad, (i, v)
-    env = gym.make("Hopper-v5")
-    obs, _ = env.reset(seed=0)
-    for _ in range(300):  # random actions until gymnasium ends the episode: the rule says so too, and not before
-        obs, _, term, _, _ = env.step(env.action_space.sample())
-        assert bool(out(torch.as_tensor(obs))) == term
-        if term:
-            break
-    env.close()
-    assert term
-    walker = unhealthy("Walker2d-v5")
-    assert walker(torch.tensor([1.2, 0.9] + [0.0] * 15)).item() is False
-    assert walker(torch.tensor([2.1, 0.0] + [0.0] * 15)).item() is True
-    with pytest.raises(ValueError, match="never ends an episode early"):
-        unhealthy("HalfCheetah-v5")
-    A, H = 3, 4
-    norm = GaussianNormalizer(np.random.default_rng(0).normal(size=(50, A + 11)))
-    plans = torch.as_tensor(np.tile(np.r_[np.zeros(A), ok], (3, H, 1)), dtype=torch.float32)
-    plans[0, 2, A + 1] = -0.3  # the best-valued candidate pitches out of range at step 2
-    x = torch.as_tensor(norm.normalize(plans.numpy()), dtype=torch.float32).requires_grad_(True)
-    w = torch.tensor([3.0, 2.0, 1.0])
-    J = healthy_value(lambda x, t, c: (x.sum((1, 2)) * 0 + w) + x.sum((1, 2)), norm, A, out)
-    v = J(x)
-    assert int(v.argmax()) == 1 and v[0] < -1e5
-    (g,) = torch.autograd.grad(v.sum(), x)
-    assert torch.equal(g, torch.ones_like(x))  # the penalty adds no gradient
 
 
 def test_behaviour_cloning_fits_a_linear_policy():

@@ -104,8 +104,7 @@ def planner_opts(args) -> dict:
     return dict(value=args.value, guidance=None, avoid_walls=False, candidates=args.candidates,
                 guide_scale=args.guide_scale, t_stopgrad=args.t_stopgrad, warm_start=0.0, sampler=args.sampler,
                 steps=args.steps, device="cpu", target_return=args.target_return,
-                condition_guidance_w=args.condition_guidance_w, inverse=None, execute=args.execute,
-                **({"stay_healthy": True} if args.stay_healthy else {}))  # (absent when off: older logs keep their key)
+                condition_guidance_w=args.condition_guidance_w, inverse=None, execute=args.execute)
 
 
 def run_planner(args) -> list[dict]:
@@ -227,8 +226,6 @@ def main(argv=None) -> int:
     ap.add_argument("--replan-every", type=int, default=1)
     ap.add_argument("--execute", choices=("best", "mean"), default="best", help="act on the best-valued candidate "
                     "(Diffuser) or on the candidates' actions averaged")
-    ap.add_argument("--stay-healthy", action="store_true", help="rank the candidates that stay in the environment's "
-                    "healthy range above those that leave it (diffsuite plan --stay-healthy)")
     ap.add_argument("--sampler", default=None, help="the planner's sampler (default the recipe's)")
     ap.add_argument("--steps", type=int, default=None, help="the planner's sampling steps (default the recipe's)")
     ap.add_argument("--jobs", type=int, default=1, help="planner episodes in this many processes of one thread each")

@@ -14,8 +14,7 @@ from diffsuite.core.utils import atomic_write_json
 from . import locomotion
 from .evaluate import plan_episode, reference_returns, summarize
 from .maze import MazeGrid, env_id_for, make_env
-from .planner import (DD_GUIDANCE_W, DD_TARGET_RETURN, LOOKAHEAD, PD_KD, PD_KP, Planner, PlannerConfig, healthy_value,
-                      wall_value)
+from .planner import DD_GUIDANCE_W, DD_TARGET_RETURN, LOOKAHEAD, PD_KD, PD_KP, Planner, PlannerConfig, wall_value
 
 
 def add_commands(subparsers) -> None:
@@ -51,9 +50,6 @@ def add_commands(subparsers) -> None:
     p.add_argument("--avoid-walls", action="store_true",
                    help="with --candidates > 1: keep the candidate plan that runs least into the maze's walls "
                         "(planner.wall_value); not with --value")
-    p.add_argument("--stay-healthy", action="store_true",
-                   help="locomotion, with --candidates > 1: rank the plans that stay inside the environment's healthy "
-                        "range (height, pitch: where gymnasium ends an episode) above those that leave it")
     p.add_argument("--guide-scale", type=float, default=0.1)
     p.add_argument("--t-stopgrad", type=int, default=2, help="value guidance: no gradient at diffusion steps t below "
                    "this (Diffuser: 2; its HalfCheetah setting 4, with --guide-scale 0.001)")
@@ -136,8 +132,6 @@ def _planner(args, loaded, grid=None) -> Planner:
         from .value import load_value
         vnet = load_value(args.value).to(args.device)
         value_fn = lambda x, t, c: vnet(x, t)  # noqa: E731
-    if getattr(args, "stay_healthy", False):
-        value_fn = _healthy_ranking(args, r, seq, value_fn)
     guidance = args.guidance or ("value" if args.value else "none")  # the wall value only ranks
     if guidance != "none" and not args.value:
         raise ConfigError(f"--guidance {guidance} needs a value function: --value FOLDER (from diffsuite train-value)")
@@ -150,19 +144,6 @@ def _planner(args, loaded, grid=None) -> Planner:
                         warm_start_t=args.warm_start, sampler_options=sampler_options(r.sample, sampler),
                         condition=r.data.condition, execute=args.execute)
     return Planner(loaded.denoiser, seq.normalizer, seq.action_dim, seq.obs_dim, r.data.horizon, cfg, value_fn)
-
-
-def _healthy_ranking(args, r, seq, value_fn):
-    """--stay-healthy: the ranking value (the value function's, or 0 without one) less a penalty for every candidate
-    that leaves the environment's healthy range (planner.healthy_value)."""
-    if args.candidates < 2:
-        raise ConfigError(f"--stay-healthy ranks --candidates (> 1) plans, got --candidates {args.candidates}")
-    try:
-        out = locomotion.unhealthy(r.data.env_id)
-    except ValueError as e:
-        raise ConfigError(f"--stay-healthy: {e}") from None
-    base = value_fn or (lambda x, t, c: torch.zeros(x.shape[0], device=x.device))
-    return healthy_value(base, seq.normalizer, seq.action_dim, out)
 
 
 def _decision_planner(args, loaded, seq) -> Planner:

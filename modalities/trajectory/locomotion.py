@@ -285,30 +285,6 @@ OBSERVATION_NAMES = {"Hopper-v5": _observation_names(["thigh", "leg", "foot"]),
 FORWARD_VELOCITY_INDEX = {env: names.index("x velocity") for env, names in OBSERVATION_NAMES.items()}
 
 
-def unhealthy(env_id: str):
-    """gymnasium's early-termination rule of a locomotion environment, on observations: a function of states
-    (..., S) -> bool (...), True where the height (obs 0), the pitch (obs 1) or, for Hopper, any of obs[1:] leaves
-    the environment's healthy range. A ValueError for an environment that never ends an episode early."""
-    import gymnasium as gym
-    env = gym.make(env_id)
-    z, pitch, rest = (getattr(env.unwrapped, f"_healthy_{k}_range", None) for k in ("z", "angle", "state"))
-    env.close()
-    if z is None and pitch is None:
-        raise ValueError(f"{env_id} never ends an episode early: it has no healthy range to stay in")
-
-    def outside(v, r):
-        return (v <= r[0]) | (v >= r[1])
-
-    def out(s: torch.Tensor) -> torch.Tensor:
-        bad = outside(s[..., 0], z) if z is not None else torch.zeros(s.shape[:-1], dtype=torch.bool)
-        if pitch is not None:
-            bad = bad | outside(s[..., 1], pitch)
-        if rest is not None:
-            bad = bad | outside(s[..., 1:], rest).any(-1)
-        return bad
-    return out
-
-
 def plan_episode(env, planner, seed: int, replan_every: int = 1, max_steps: int = 1000, frames_every: int = 0) -> dict:
     """One episode of receding-horizon planning: plan from the current state (start-state inpainting, value guidance
     and ranking as the planner is configured), execute the plan's actions from its first, replan every

@@ -180,18 +180,6 @@ class Planner:
                     all_states=joint[:, :, self.A:], normalized=x.detach())
 
 
-def healthy_value(value_fn: Callable, normalizer, action_dim: int, unhealthy: Callable) -> Callable:
-    """Rank the candidate plans whose states all stay in the environment's healthy range (locomotion.unhealthy:
-    where gymnasium would end the episode) above every one that leaves it: J(x) - 1e6 per plan that leaves. The
-    penalty is computed without gradient, so value guidance follows J alone."""
-    def J(x, t=None, cond=None):
-        v = value_fn(x, t, cond)
-        with torch.no_grad():
-            left = unhealthy(normalizer.unnormalize(x.detach().float())[..., action_dim:]).any(-1)
-        return v - 1e6 * left.to(v.device, v.dtype).reshape(v.shape)
-    return J
-
-
 def wall_value(grid, normalizer, action_dim: int) -> Callable:
     """A value J(x, t, cond) = -(wall penetration of the plan's positions) for normalised plans x (B, H, A + S),
     for ranking candidate plans (Planner value_fn); MazeGrid.wall_penetration."""
