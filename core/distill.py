@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from .denoiser import Prediction
+from .losses import UniformTimesteps
+from .parameterization import q_sample, x0_to_eps
 from .utils import append_dims, mean_flat, randn
 
 
@@ -96,11 +98,9 @@ class GuidanceDistillation:
         self.teacher, self.weighting, self.T = teacher, weighting, teacher.schedule.T
 
     def __call__(self, student, x0, cond=None, generator=None):
-        t = torch.randint(0, self.T, (x0.shape[0],), generator=generator,
-                          device=generator.device if generator else None).to(x0.device, torch.float64)
-        ab = self.teacher.schedule.alpha_bar_at(t).to(x0.device)
-        alpha, sigma = (append_dims(v.to(x0.dtype), x0.ndim) for v in (ab.sqrt(), (1 - ab).sqrt()))
-        z_t = alpha * x0 + sigma * randn(x0.shape, generator, x0.device, x0.dtype)
+        t, _ = UniformTimesteps(self.T).sample(x0.shape[0], generator, x0.device)
+        ab = self.teacher.schedule.alpha_bar_at(t.double()).to(x0.device)
+        z_t = q_sample(x0, ab.to(x0.dtype), randn(x0.shape, generator, x0.device, x0.dtype))
         with torch.no_grad():
             target = self.teacher(z_t, t.float(), cond).x0
         return x_space_loss(student(z_t, t.float(), cond).x0, target, ab, self.weighting), t
@@ -148,7 +148,6 @@ class ConsistencyFunction(nn.Module):
             return getattr(self._modules["denoiser"], name)  # net, prediction, autocast_dtype, ...
 
     def forward(self, x_t, t, cond=None):
-        from .parameterization import x0_to_eps
         pred = self.denoiser(x_t, t, cond)
         t = torch.as_tensor(t, device=x_t.device, dtype=torch.float64).expand(x_t.shape[0])
         ab = self.schedule.alpha_bar_at(t).to(x_t.device)
