@@ -413,6 +413,11 @@ def test_residual_inpainting_generates_the_residual_over_the_push_pull_fill(degr
     torch.testing.assert_close(a.task.finish(item["x0"][None], {"source": src[None]}, a.recipe)[0], clean)
     x, cond = run.generate(a.denoiser, a.task, a.recipe, n=2, progress=False)
     assert x.shape == (2, 1, 16, 16) and x.abs().max() <= 1
+    import pickle  # picklable, so that data-loader workers can be spawned (macOS, Windows)
+    torch.manual_seed(5)
+    again = pickle.loads(pickle.dumps(ds))[0]
+    torch.manual_seed(5)
+    assert torch.equal(again["x0"], ds[0]["x0"])
 
 
 def test_residual_scale_auto_is_measured_once_and_undone_by_finish(tmp_path, monkeypatch):

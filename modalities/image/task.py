@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -106,29 +107,39 @@ def source_channels(data: DataConfig) -> int:
             "uncrop": data.channels + 1}[data.degradation]
 
 
+def _half_mask(size: tuple) -> torch.Tensor:
+    return border_mask(size, ("left", "right", "top", "bottom")[int(torch.randint(4, ()))], 0.5)
+
+
+_MASK_MAKERS = {"box": box_mask, "free": free_form_mask, "half": _half_mask}
+
+
+def _inpaint(x: torch.Tensor, mask: str, size: tuple) -> torch.Tensor:
+    kind = mask if mask != "mixed" else tuple(_MASK_MAKERS)[int(torch.randint(len(_MASK_MAKERS), ()))]
+    return inpaint_source(x, _MASK_MAKERS[kind](size))
+
+
+def _uncrop(x: torch.Tensor, size: tuple, border: float) -> torch.Tensor:
+    return inpaint_source(x, border_mask(size, "right", border))
+
+
 def degrader(data: DataConfig):
     """The data's degradation as a batch function x (B, C, H, W) -> source (core.degrade; masks drawn from torch's
-    global RNG), or None."""
+    global RNG), or None; picklable (module functions and partials), so data-loader workers can be spawned."""
     d = data.degradation
     size = (data.image_size, data.image_size)
     if d == "sr":
         check_factor(size, data.factor, "data.image_size")
-        return lambda x: sr_source(x, data.factor)
+        return partial(sr_source, factor=data.factor)
     if d == "colorize":
         if data.channels != 3:
             raise ConfigError(f"data.degradation=colorize makes grayscale sources from RGB images: set data.channels=3 "
                               f"(got {data.channels})")
         return to_grayscale
     if d == "inpaint":
-        masks = {"box": box_mask, "free": free_form_mask,
-                 "half": lambda s: border_mask(s, ("left", "right", "top", "bottom")[int(torch.randint(4, ()))], 0.5)}
-
-        def inpaint(x):
-            kind = data.mask if data.mask != "mixed" else tuple(masks)[int(torch.randint(len(masks), ()))]
-            return inpaint_source(x, masks[kind](size))
-        return inpaint
+        return partial(_inpaint, mask=data.mask, size=size)
     if d == "uncrop":
-        return lambda x: inpaint_source(x, border_mask(size, "right", data.border))
+        return partial(_uncrop, size=size, border=data.border)
     return None
 
 
@@ -223,7 +234,7 @@ class ImageTask(Task):
         if data.residual and data.residual_scale == "auto":  # (train measures it once and saves the number)
             data = self.measure(data)
         return base if degrade is None else D.Degraded(base, degrade, _scale(data) if data.residual else 0.0,
-                                                       lambda src: residual_base(src, data))
+                                                       partial(residual_base, data=data))
 
     def measure(self, data: DataConfig) -> DataConfig:
         """data.residual_scale="auto" as a number: 1 / the std of 256 training residuals (seeded crops and flips)."""
