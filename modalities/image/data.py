@@ -194,8 +194,8 @@ class Degraded(torch.utils.data.Dataset):
     the trainer seeds per item."""
 
     def __init__(self, base: ArrayImages, degrade, residual: float = 0.0, residual_base=None):
-        """residual_base: source -> what the residual is taken over (None: the source itself); picklable (a
-        functools.partial, not a lambda) so that data-loader workers can be spawned."""
+        """residual_base (with a residual): source -> what the residual is taken over; picklable (a functools.partial,
+        not a lambda) so that data-loader workers can be spawned."""
         self.base, self.degrade, self.residual, self.residual_base = base, degrade, residual, residual_base
         self.x, self.labels, self.classes = base.x, base.labels, base.classes
 
@@ -208,10 +208,7 @@ class Degraded(torch.utils.data.Dataset):
         cond = {"source": self.degrade(x[None])[0]}
         if label is not None:
             cond["label"] = label
-        if not self.residual:
-            return {"x0": x, "cond": cond}
-        base = self.residual_base(cond["source"]) if self.residual_base else cond["source"]
-        return {"x0": self.residual * (x - base), "cond": cond}
+        return {"x0": self.residual * (x - self.residual_base(cond["source"])) if self.residual else x, "cond": cond}
 
 
 # ---------------------------------------------------------------- photographs, as patches
