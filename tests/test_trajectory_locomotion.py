@@ -345,3 +345,13 @@ def test_an_interrupted_planner_evaluation_resumes_from_its_episode_log(tmp_path
     weights["sha"] = "b"
     assert ev.episode_log(str(tmp_path), opts, 1) != log  # the run retrained in place: another log
     assert json.loads(log.read_text().splitlines()[0])["plan_seconds"] == [0.1, 0.2]
+
+
+def test_observation_names_fit_each_environment():
+    """locomotion.OBSERVATION_NAMES names every dimension of each environment's observation, in gymnasium's order."""
+    import gymnasium as gym
+    from diffsuite.modalities.trajectory.locomotion import OBSERVATION_NAMES
+    for env_id, names in OBSERVATION_NAMES.items():
+        env = gym.make(env_id)
+        assert env.observation_space.shape == (len(names),) and names[:2] == ["height", "pitch"], env_id
+        env.close()

@@ -126,18 +126,18 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
     """What ranking candidates by value picks, with no guidance: from n_states dataset states, --candidates plans
     each; the value spread among them, how far the first action of the best-valued plan and of the average
     candidate lie from the action the behaviour policy took in that state (the data's), and how the value follows
-    each dimension of the candidates' planned observations (over the horizon; forward velocity among them): its
-    correlation with the value, and the best-valued plan's mean minus the candidates' mean in the data's sd units."""
+    each dimension of the candidates' planned observations (over the horizon; forward velocity, what the reward pays
+    for, among them): its correlation with the value, and the best-valued plan's mean minus the candidates' mean in the data's sd units."""
     from diffsuite.modalities.trajectory.cli import _planner
     from diffsuite.modalities.trajectory.data import ValueDataset
-    from diffsuite.modalities.trajectory.locomotion import FORWARD_VELOCITY_INDEX, OBSERVATION_NAMES
+    from diffsuite.modalities.trajectory.locomotion import OBSERVATION_NAMES
     from diffsuite.modalities.trajectory.task import full_dataset
     opts = {**planner_opts(args), "guidance": "none", "guide_scale": 0.0}
     planner, seq = _planner(SimpleNamespace(**opts), loaded), full_dataset(loaded.recipe.data)
     flat = np.asarray(seq.normalizer.unnormalize(np.asarray(seq.joint)), np.float32).reshape(-1, seq.joint.shape[-1])
     A, g, rows = seq.action_dim, torch.Generator().manual_seed(args.seed), []
     env_id = loaded.recipe.data.env_id
-    vx, sd = FORWARD_VELOCITY_INDEX[env_id], flat[:, A:].std(0)
+    sd = flat[:, A:].std(0)
     for i in np.random.default_rng(args.seed).choice(len(flat), n_states, replace=False):
         x = planner.plan(flat[i, A:], generator=g).normalized
         with torch.no_grad():
@@ -148,8 +148,6 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
         corr = [float(np.corrcoef(v, o)[0, 1]) for o in obs.T]
         rows.append({"value_spread": float(v.max() - v.min()), "best_action_distance": float(d[v.argmax()]),
                      "mean_action_distance": float(d.mean()), "value_vs_closeness_corr": float(np.corrcoef(v, -d)[0, 1]),
-                     "value_vs_planned_speed_corr": corr[vx],
-                     "best_planned_speed_minus_mean": float(obs[v.argmax(), vx] - obs[:, vx].mean()),
                      "value_vs_planned_obs_corr": corr,
                      "best_minus_mean_obs_sd": ((obs[v.argmax()] - obs.mean(0)) / sd).tolist()})
     summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if not isinstance(rows[0][k], list)}

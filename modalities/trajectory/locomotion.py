@@ -275,14 +275,12 @@ def _observation_names(joints: list[str]) -> list[str]:
     return ["height", "pitch", *joints, "x velocity", "z velocity", "pitch velocity", *[f"{j} velocity" for j in joints]]
 
 
-#: What each dimension of an environment's observation is.
+#: What each dimension of an environment's observation is ("x velocity": what the forward reward pays for).
 OBSERVATION_NAMES = {"Hopper-v5": _observation_names(["thigh", "leg", "foot"]),
                      "Walker2d-v5": _observation_names(["right thigh", "right leg", "right foot", "left thigh",
                                                         "left leg", "left foot"]),
                      "HalfCheetah-v5": _observation_names(["back thigh", "back shin", "back foot", "front thigh",
                                                            "front shin", "front foot"])}
-#: Where the forward (x) velocity sits in each observation: what the forward reward pays for.
-FORWARD_VELOCITY_INDEX = {env: names.index("x velocity") for env, names in OBSERVATION_NAMES.items()}
 
 
 def plan_episode(env, planner, seed: int, replan_every: int = 1, max_steps: int = 1000, frames_every: int = 0) -> dict:
