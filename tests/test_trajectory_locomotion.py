@@ -6,9 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from diffsuite.modalities.trajectory.locomotion import Actor, actor_from_sb3, evaluate_actor, load_actor, save_actor
+from diffsuite.modalities.trajectory.locomotion import (OBSERVATION_NAMES, Actor, actor_from_sb3, evaluate_actor,
+                                                         load_actor, save_actor)
 
 torch.set_num_threads(1)
+
+
+def _evaluate_module():
+    """benchmarks/locomotion/evaluate.py, which is a script, not a package module."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "loco_eval", Path(__file__).resolve().parents[1] / "benchmarks" / "locomotion" / "evaluate.py")
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+    return ev
 
 
 def test_the_actor_acts_as_stable_baselines3_does():
@@ -164,6 +175,36 @@ def test_a_tiny_locomotion_run_end_to_end(tmp_path, monkeypatch):
     assert s0["per_episode"] == sn["per_episode"]  # scale 0: the same plans, the same episodes
     assert s0["episodes"] == 2 and np.isfinite(s0["normalized_score"]) and s0["plan_seconds_mean"] > 0
     assert all(len(e["final_observation"]) == 11 for e in s0["per_episode"])  # Hopper's: what ended each episode
+    ev = _evaluate_module()
+    args = ev.parser().parse_args([str(out), "--value", str(out / "value"), "--candidates", "3", "--steps", "3"])
+    diag = ev.ranking_diagnostic(args, a, 2)
+    assert len(diag["rows"]) == 2 and set(diag["summary"]["value_vs_planned_obs_corr"]) == set(OBSERVATION_NAMES["Hopper-v5"])
+    gap = diag["summary"]["mean_real_gap_sd"]  # plans of 8 states: gaps after 1 and 4 actions, none after 8 or 16
+    assert set(gap) == {"1", "4"} and gap["1"] >= 0 and gap["4"] >= 0
+    assert all(0 <= r["share_ends"] <= 1 and r["best_ends"] in (0.0, 1.0) for r in diag["rows"])
+
+
+def test_open_loop_replays_an_episode_from_its_first_observation():
+    """A state set from an observation and the same actions give the same observations as the episode itself (the
+    root's x does not enter the dynamics), the same termination, and nothing after it."""
+    import gymnasium as gym
+    from diffsuite.modalities.trajectory.locomotion import open_loop
+    env, other = gym.make("Hopper-v5"), gym.make("Hopper-v5")
+    obs, _ = env.reset(seed=3)
+    actions = np.random.default_rng(0).uniform(-1, 1, (200, 3))
+    seen, ended = [], None
+    for k, a in enumerate(actions):
+        o, _, term, _, _ = env.step(a)
+        seen.append(o)
+        if term:
+            ended = k + 1
+            break
+    assert ended is not None and ended < 200  # random actions topple the hopper
+    other.reset(seed=99)
+    out, k = open_loop(other, obs, actions)
+    assert k == ended and np.allclose(out[:k], seen, atol=1e-9) and np.isnan(out[k:]).all()
+    with pytest.raises(ValueError, match=r"Hopper-v5: an observation of shape \(10,\)"):
+        open_loop(other, obs[:10], actions)
 
 
 def test_behaviour_cloning_fits_a_linear_policy():
@@ -273,15 +314,11 @@ def test_episode_returns_split_at_terminals_and_timeouts():
 def test_reference_rows_score_the_data_bc_and_every_replay_snapshot(tmp_path, monkeypatch):
     """benchmarks/locomotion/evaluate.py's rows beside the planner: the dataset's own episodes, behaviour cloning, and
     on medium-replay each snapshot and their pooled mixture."""
-    import importlib.util
     import json
     from types import SimpleNamespace
     from diffsuite.modalities.trajectory import locomotion as L
     from diffsuite.modalities.trajectory.task import TrajectoryDataConfig, locomotion_arrays
-    spec = importlib.util.spec_from_file_location(
-        "bench_locomotion", Path(__file__).resolve().parents[1] / "benchmarks" / "locomotion" / "evaluate.py")
-    E = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(E)
+    E = _evaluate_module()
     monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))
     folder = _actors(tmp_path / "actors")
     levels = {"expert": 30, "medium": 30, "replay": [10, 20, 30]}
@@ -301,17 +338,13 @@ def test_reference_rows_score_the_data_bc_and_every_replay_snapshot(tmp_path, mo
 
 
 def test_an_interrupted_planner_evaluation_resumes_from_its_episode_log(tmp_path, monkeypatch):
-    import importlib.util
     import json
     from pathlib import Path
     from types import SimpleNamespace
     import diffsuite.modalities.trajectory.cli as cli
     import diffsuite.modalities.trajectory.locomotion as L
     import diffsuite.recipes.run as run_mod
-    spec = importlib.util.spec_from_file_location(
-        "loco_eval", Path(__file__).resolve().parents[1] / "benchmarks" / "locomotion" / "evaluate.py")
-    ev = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ev)
+    ev = _evaluate_module()
     played = []
 
     def episode(env_id, planner, seed, replan_every):
@@ -350,7 +383,6 @@ def test_an_interrupted_planner_evaluation_resumes_from_its_episode_log(tmp_path
 def test_observation_names_fit_each_environment():
     """locomotion.OBSERVATION_NAMES names every dimension of each environment's observation, in gymnasium's order."""
     import gymnasium as gym
-    from diffsuite.modalities.trajectory.locomotion import OBSERVATION_NAMES
     for env_id, names in OBSERVATION_NAMES.items():
         env = gym.make(env_id)
         assert env.observation_space.shape == (len(names),) and names[:2] == ["height", "pitch"], env_id

@@ -122,15 +122,21 @@ def run_planner(args) -> list[dict]:
         return sorted((e for part in parts for e in part), key=lambda e: e["seed"])
 
 
+GAP_STEPS = (1, 4, 8, 16)  # plan steps at which the ranking diagnostic compares a plan with its real open-loop rollout
+
+
 def ranking_diagnostic(args, loaded, n_states: int) -> dict:
     """What ranking candidates by value picks, with no guidance: from n_states dataset states, --candidates plans
     each; the value spread among them, how far the first action of the best-valued plan and of the average
     candidate lie from the action the behaviour policy took in that state (the data's), and how the value follows
     each dimension of the candidates' planned observations (over the horizon; forward velocity, what the reward pays
-    for, among them): its correlation with the value, and the best-valued plan's mean minus the candidates' mean in the data's sd units."""
+    for, among them): its correlation with the value, and the best-valued plan's mean minus the candidates' mean in the data's sd units;
+    and each plan against the real dynamics: its actions played open loop from the same state, the RMS gap between
+    planned and real observations (data sd units) at GAP_STEPS, and whether gymnasium ends the episode within the plan."""
+    import gymnasium as gym
     from diffsuite.modalities.trajectory.cli import _planner
     from diffsuite.modalities.trajectory.data import ValueDataset
-    from diffsuite.modalities.trajectory.locomotion import OBSERVATION_NAMES
+    from diffsuite.modalities.trajectory.locomotion import OBSERVATION_NAMES, open_loop
     from diffsuite.modalities.trajectory.task import full_dataset
     opts = {**planner_opts(args), "guidance": "none", "guide_scale": 0.0}
     planner, seq = _planner(SimpleNamespace(**opts), loaded), full_dataset(loaded.recipe.data)
@@ -138,6 +144,9 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
     A, g, rows = seq.action_dim, torch.Generator().manual_seed(args.seed), []
     env_id = loaded.recipe.data.env_id
     sd = flat[:, A:].std(0)
+    env = gym.make(env_id)
+    env.reset(seed=args.seed)
+    steps = np.array([k for k in GAP_STEPS if k < loaded.recipe.data.horizon])  # HalfCheetah plans 4 steps
     for i in np.random.default_rng(args.seed).choice(len(flat), n_states, replace=False):
         x = planner.plan(flat[i, A:], generator=g).normalized
         with torch.no_grad():
@@ -146,11 +155,20 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
         d = np.linalg.norm(plans[:, 0, :A] - flat[i, :A], axis=1)
         obs = plans[:, :, A:].mean(1)  # each candidate's planned observation, averaged over its horizon
         corr = [float(np.corrcoef(v, o)[0, 1]) for o in obs.T]
+        real = [open_loop(env, flat[i, A:], p[:-1, :A]) for p in plans]  # after action k: planned state k + 1
+        gap = np.array([np.sqrt(np.mean(((r - p[1:, A:]) / sd) ** 2, axis=1))[steps - 1]
+                        for (r, _), p in zip(real, plans)])
+        ends = np.array([k is not None for _, k in real])
         rows.append({"value_spread": float(v.max() - v.min()), "best_action_distance": float(d[v.argmax()]),
                      "mean_action_distance": float(d.mean()), "value_vs_closeness_corr": float(np.corrcoef(v, -d)[0, 1]),
                      "value_vs_planned_obs_corr": corr,
-                     "best_minus_mean_obs_sd": ((obs[v.argmax()] - obs.mean(0)) / sd).tolist()})
+                     "best_minus_mean_obs_sd": ((obs[v.argmax()] - obs.mean(0)) / sd).tolist(),
+                     "best_real_gap_sd": gap[v.argmax()].tolist(), "mean_real_gap_sd": np.nanmean(gap, 0).tolist(),
+                     "best_ends": float(ends[v.argmax()]), "share_ends": float(ends.mean())})
+    env.close()
     summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if not isinstance(rows[0][k], list)}
+    for k in ("best_real_gap_sd", "mean_real_gap_sd"):  # at each of GAP_STEPS, over the plans not yet ended there
+        summary[k] = dict(zip(map(str, steps), np.nanmean([r[k] for r in rows], 0).round(4).tolist()))
     for k in ("value_vs_planned_obs_corr", "best_minus_mean_obs_sd"):  # per observation dimension, named
         summary[k] = dict(zip(OBSERVATION_NAMES[env_id], np.nanmean([r[k] for r in rows], 0).round(3).tolist()))
     vd = ValueDataset(seq)  # the value's own error on data windows, in the same units (returns-to-go / their std)
@@ -208,7 +226,7 @@ def planner_row(args, d, ref: dict, env_id: str) -> dict:
                {"plan_seconds_mean": float(secs.mean()), "fell": int(sum(e["terminated"] for e in eps))})
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     from diffsuite.modalities.trajectory.planner import DD_GUIDANCE_W, DD_TARGET_RETURN
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", help="a trained locomotion trajectory run")
@@ -238,7 +256,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="suffix of the results file (an ablation: ..._<out>.json)")
     ap.add_argument("--ranking-diagnostic", type=int, metavar="N", default=0, help="instead of episodes: what ranking "
                     "--candidates plans by value picks from N dataset states (..._ranking.json)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     from diffsuite.core.precision import probe_machine
     from diffsuite.modalities.trajectory import locomotion as L

@@ -283,6 +283,30 @@ OBSERVATION_NAMES = {"Hopper-v5": _observation_names(["thigh", "leg", "foot"]),
                                                            "front shin", "front foot"])}
 
 
+def set_state(env, obs) -> None:
+    """Put a gymnasium MuJoCo locomotion environment in the state an observation describes: qpos without the root's x
+    (set to 0: the dynamics on a flat floor do not depend on it), then qvel. The environment must have been reset."""
+    u = env.unwrapped
+    obs, nq = np.asarray(obs, np.float64), u.model.nq
+    if obs.shape != (nq - 1 + u.model.nv,):
+        raise ValueError(f"{u.spec.id}: an observation of shape {obs.shape} does not describe a state; expected "
+                         f"({nq - 1 + u.model.nv},) = qpos without x, then qvel")
+    u.set_state(np.concatenate([[0.0], obs[:nq - 1]]), obs[nq - 1:])
+
+
+def open_loop(env, obs, actions) -> tuple[np.ndarray, Optional[int]]:
+    """A plan's actions played open loop from the state `obs` describes: the observation after each action (NaN after
+    the episode ends) and the number of actions after which gymnasium's termination ended it (None if it did not)."""
+    set_state(env, obs)
+    low, high = env.action_space.low, env.action_space.high
+    out = np.full((len(actions), len(obs)), np.nan)
+    for k, a in enumerate(actions):
+        out[k], _, term, _, _ = env.step(np.clip(a, low, high))
+        if term:
+            return out, k + 1
+    return out, None
+
+
 def plan_episode(env, planner, seed: int, replan_every: int = 1, max_steps: int = 1000, frames_every: int = 0) -> dict:
     """One episode of receding-horizon planning: plan from the current state (start-state inpainting, value guidance
     and ranking as the planner is configured), execute the plan's actions from its first, replan every
