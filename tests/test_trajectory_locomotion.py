@@ -181,6 +181,7 @@ def test_a_tiny_locomotion_run_end_to_end(tmp_path, monkeypatch):
     assert len(diag["rows"]) == 2 and set(diag["summary"]["value_vs_planned_obs_corr"]) == set(OBSERVATION_NAMES["Hopper-v5"])
     gap = diag["summary"]["mean_real_gap_sd"]  # plans of 8 states: gaps after 1 and 4 actions, none after 8 or 16
     assert set(gap) == {"1", "4"} and gap["1"] >= 0 and gap["4"] >= 0
+    assert diag["summary"]["data_real_gap_sd"]["1"] < 1e-4  # the data's own actions give the data's next states
     assert all(0 <= r["share_ends"] <= 1 and r["best_ends"] in (0.0, 1.0) for r in diag["rows"])
 
 

@@ -132,7 +132,9 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
     each dimension of the candidates' planned observations (over the horizon; forward velocity, what the reward pays
     for, among them): its correlation with the value, and the best-valued plan's mean minus the candidates' mean in the data's sd units;
     and each plan against the real dynamics: its actions played open loop from the same state, the RMS gap between
-    planned and real observations (data sd units) at GAP_STEPS, and whether gymnasium ends the episode within the plan."""
+    planned and real observations (data sd units) at GAP_STEPS, and whether gymnasium ends the episode within the plan;
+    beside them the same for the data's own next actions from that state (the floor: exact, up to episode ends)."""
+    import bisect
     import gymnasium as gym
     from diffsuite.modalities.trajectory.cli import _planner
     from diffsuite.modalities.trajectory.data import ValueDataset
@@ -146,7 +148,14 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
     sd = flat[:, A:].std(0)
     env = gym.make(env_id)
     env.reset(seed=args.seed)
-    steps = np.array([k for k in GAP_STEPS if k < loaded.recipe.data.horizon])  # HalfCheetah plans 4 steps
+    H = loaded.recipe.data.horizon
+    steps = [k for k in GAP_STEPS if k < H]  # HalfCheetah plans 4 steps
+    starts = [b[0] for b in seq.bounds]
+
+    def against_real(start, actions, planned):  # the RMS gap (data sd) after each of `steps` actions; did it end?
+        real, k = open_loop(env, start, actions)
+        gap = np.sqrt(np.mean(((real[:len(planned)] - planned) / sd) ** 2, axis=1))
+        return [gap[n - 1] if n <= len(gap) else np.nan for n in steps], k is not None
     for i in np.random.default_rng(args.seed).choice(len(flat), n_states, replace=False):
         x = planner.plan(flat[i, A:], generator=g).normalized
         with torch.no_grad():
@@ -155,19 +164,19 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
         d = np.linalg.norm(plans[:, 0, :A] - flat[i, :A], axis=1)
         obs = plans[:, :, A:].mean(1)  # each candidate's planned observation, averaged over its horizon
         corr = [float(np.corrcoef(v, o)[0, 1]) for o in obs.T]
-        real = [open_loop(env, flat[i, A:], p[:-1, :A]) for p in plans]  # after action k: planned state k + 1
-        gap = np.array([np.sqrt(np.mean(((r - p[1:, A:]) / sd) ** 2, axis=1))[steps - 1]
-                        for (r, _), p in zip(real, plans)])
-        ends = np.array([k is not None for _, k in real])
+        gap, ends = map(np.array, zip(*[against_real(flat[i, A:], p[:-1, :A], p[1:, A:]) for p in plans]))
+        e = seq.bounds[bisect.bisect_right(starts, i) - 1][1]  # the end of the data episode holding state i
+        data_gap, data_ends = against_real(flat[i, A:], flat[i:min(i + H - 1, e), :A], flat[i + 1:min(i + H, e), A:])
         rows.append({"value_spread": float(v.max() - v.min()), "best_action_distance": float(d[v.argmax()]),
                      "mean_action_distance": float(d.mean()), "value_vs_closeness_corr": float(np.corrcoef(v, -d)[0, 1]),
                      "value_vs_planned_obs_corr": corr,
                      "best_minus_mean_obs_sd": ((obs[v.argmax()] - obs.mean(0)) / sd).tolist(),
                      "best_real_gap_sd": gap[v.argmax()].tolist(), "mean_real_gap_sd": np.nanmean(gap, 0).tolist(),
-                     "best_ends": float(ends[v.argmax()]), "share_ends": float(ends.mean())})
+                     "best_ends": float(ends[v.argmax()]), "share_ends": float(ends.mean()),
+                     "data_real_gap_sd": data_gap, "data_ends": float(data_ends)})
     env.close()
     summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if not isinstance(rows[0][k], list)}
-    for k in ("best_real_gap_sd", "mean_real_gap_sd"):  # at each of GAP_STEPS, over the plans not yet ended there
+    for k in ("best_real_gap_sd", "mean_real_gap_sd", "data_real_gap_sd"):  # at GAP_STEPS, over those not yet ended
         summary[k] = dict(zip(map(str, steps), np.nanmean([r[k] for r in rows], 0).round(4).tolist()))
     for k in ("value_vs_planned_obs_corr", "best_minus_mean_obs_sd"):  # per observation dimension, named
         summary[k] = dict(zip(OBSERVATION_NAMES[env_id], np.nanmean([r[k] for r in rows], 0).round(3).tolist()))
