@@ -175,9 +175,16 @@ def test_a_tiny_locomotion_run_end_to_end(tmp_path, monkeypatch):
     assert s0["per_episode"] == sn["per_episode"]  # scale 0: the same plans, the same episodes
     assert s0["episodes"] == 2 and np.isfinite(s0["normalized_score"]) and s0["plan_seconds_mean"] > 0
     assert all(len(e["final_observation"]) == 11 for e in s0["per_episode"])  # Hopper's: what ended each episode
+    assert main(["train-inverse", str(out), "--steps", "20"]) == 0  # a Diffuser run may execute f(s, s_1)
+    assert main(args + ["--guidance", "none", "--inverse", str(out / "inverse"), "--out", str(tmp_path / "pi")]) == 0
+    si = json.loads((tmp_path / "pi" / "summary.json").read_text())
+    assert si["episodes"] == 2 and si["per_episode"] != sn["per_episode"]  # other actions, other episodes
     ev = _evaluate_module()
-    args = ev.parser().parse_args([str(out), "--value", str(out / "value"), "--candidates", "3", "--steps", "3"])
+    args = ev.parser().parse_args([str(out), "--value", str(out / "value"), "--candidates", "3", "--steps", "3",
+                                   "--inverse", str(out / "inverse")])
     diag = ev.ranking_diagnostic(args, a, 2)
+    assert set(diag["summary"]["tracked_mean_real_gap_sd"]) == {"1", "4"}
+    assert 0 <= diag["summary"]["tracked_share_ends"] <= 1
     assert len(diag["rows"]) == 2 and set(diag["summary"]["value_vs_planned_obs_corr"]) == set(OBSERVATION_NAMES["Hopper-v5"])
     gap = diag["summary"]["mean_real_gap_sd"]  # plans of 8 states: gaps after 1 and 4 actions, none after 8 or 16
     assert set(gap) == {"1", "4"} and gap["1"] >= 0 and gap["4"] >= 0
@@ -185,11 +192,11 @@ def test_a_tiny_locomotion_run_end_to_end(tmp_path, monkeypatch):
     assert all(0 <= r["share_ends"] <= 1 and r["best_ends"] in (0.0, 1.0) for r in diag["rows"])
 
 
-def test_open_loop_replays_an_episode_from_its_first_observation():
+def test_play_from_replays_an_episode_from_its_first_observation():
     """A state set from an observation and the same actions give the same observations as the episode itself (the
     root's x does not enter the dynamics), the same termination, and nothing after it."""
     import gymnasium as gym
-    from diffsuite.modalities.trajectory.locomotion import open_loop
+    from diffsuite.modalities.trajectory.locomotion import play_from
     env, other = gym.make("Hopper-v5"), gym.make("Hopper-v5")
     obs, _ = env.reset(seed=3)
     actions = np.random.default_rng(0).uniform(-1, 1, (200, 3))
@@ -202,10 +209,18 @@ def test_open_loop_replays_an_episode_from_its_first_observation():
             break
     assert ended is not None and ended < 200  # random actions topple the hopper
     other.reset(seed=99)
-    out, k = open_loop(other, obs, actions)
+    out, k = play_from(other, obs, actions)
     assert k == ended and np.allclose(out[:k], seen, atol=1e-9) and np.isnan(out[k:]).all()
+    policy = lambda k, o: np.tanh(-o[2:5] - 0.1 * o[8:11])  # noqa: E731  (closed loop: a feedback on joint angles)
+    obs, _ = env.reset(seed=4)
+    o, seen = obs, []
+    for k in range(30):
+        o = env.step(policy(k, o))[0]
+        seen.append(o)
+    out, k = play_from(other, obs, policy, 30)
+    assert k is None and np.allclose(out, seen, atol=1e-9)
     with pytest.raises(ValueError, match=r"Hopper-v5: an observation of shape \(10,\)"):
-        open_loop(other, obs[:10], actions)
+        play_from(other, obs[:10], actions)
 
 
 def test_behaviour_cloning_fits_a_linear_policy():

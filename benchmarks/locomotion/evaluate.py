@@ -38,15 +38,18 @@ def row(name: str, returns: list[float], ref: dict, env_id: str, extra: dict | N
 
 def episode_log(run: str, opts: dict, replan_every: int) -> Path:
     """Where finished planner episodes are kept, one JSON line each, so an interrupted evaluation resumes where it
-    stopped: RUN/eval_episodes/<hash of the weights (the model's, the value's) and the planner's settings>.jsonl; a
+    stopped: RUN/eval_episodes/<hash of the weights (the model's, the value's, the inverse dynamics') and the
+    planner's settings>.jsonl; a
     run retrained or overwritten in place gets a new log."""
     import hashlib
     from diffsuite.core.checkpoint import weights_sha256
     from diffsuite.core.utils import sha256_file
     from diffsuite.recipes.run import resolve_checkpoint
     value = Path(opts["value"]) / "value.safetensors" if opts.get("value") else None
+    inverse = Path(opts["inverse"]) / "inverse.safetensors" if opts.get("inverse") else None
     key = json.dumps({"weights": weights_sha256(resolve_checkpoint(run)), "replan_every": replan_every, **opts,
-                      "value_weights": sha256_file(value) if value and value.is_file() else None}, sort_keys=True)
+                      "value_weights": sha256_file(value) if value and value.is_file() else None,
+                      **({"inverse_weights": sha256_file(inverse)} if inverse else {})}, sort_keys=True)
     return Path(run) / "eval_episodes" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
 
 
@@ -104,7 +107,7 @@ def planner_opts(args) -> dict:
     return dict(value=args.value, guidance=None, avoid_walls=False, candidates=args.candidates,
                 guide_scale=args.guide_scale, t_stopgrad=args.t_stopgrad, warm_start=0.0, sampler=args.sampler,
                 steps=args.steps, device="cpu", target_return=args.target_return,
-                condition_guidance_w=args.condition_guidance_w, inverse=None, execute=args.execute)
+                condition_guidance_w=args.condition_guidance_w, inverse=args.inverse, execute=args.execute)
 
 
 def run_planner(args) -> list[dict]:
@@ -133,12 +136,14 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
     for, among them): its correlation with the value, and the best-valued plan's mean minus the candidates' mean in the data's sd units;
     and each plan against the real dynamics: its actions played open loop from the same state, the RMS gap between
     planned and real observations (data sd units) at GAP_STEPS, and whether gymnasium ends the episode within the plan;
-    beside them the same for the data's own next actions from that state (the floor: exact, up to episode ends)."""
+    beside them the same for the data's own next actions from that state (the floor: exact, up to episode ends); with
+    --inverse, also each plan tracked closed loop through the inverse dynamics, a_k = f(s_k, planned s_(k+1))."""
     import bisect
     import gymnasium as gym
     from diffsuite.modalities.trajectory.cli import _planner
     from diffsuite.modalities.trajectory.data import ValueDataset
-    from diffsuite.modalities.trajectory.locomotion import OBSERVATION_NAMES, open_loop
+    from diffsuite.modalities.trajectory.inverse import load_inverse, plan_actions
+    from diffsuite.modalities.trajectory.locomotion import OBSERVATION_NAMES, play_from
     from diffsuite.modalities.trajectory.task import full_dataset
     opts = {**planner_opts(args), "guidance": "none", "guide_scale": 0.0}
     planner, seq = _planner(SimpleNamespace(**opts), loaded), full_dataset(loaded.recipe.data)
@@ -151,11 +156,13 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
     H = loaded.recipe.data.horizon
     steps = [k for k in GAP_STEPS if k < H]  # HalfCheetah plans 4 steps
     starts = [b[0] for b in seq.bounds]
+    f = load_inverse(args.inverse) if args.inverse else None
 
     def against_real(start, actions, planned):  # the RMS gap (data sd) after each of `steps` actions; did it end?
-        real, k = open_loop(env, start, actions)
+        real, k = play_from(env, start, actions, len(planned) if callable(actions) else None)
         gap = np.sqrt(np.mean(((real[:len(planned)] - planned) / sd) ** 2, axis=1))
         return [gap[n - 1] if n <= len(gap) else np.nan for n in steps], k is not None
+
     for i in np.random.default_rng(args.seed).choice(len(flat), n_states, replace=False):
         x = planner.plan(flat[i, A:], generator=g).normalized
         with torch.no_grad():
@@ -165,6 +172,10 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
         obs = plans[:, :, A:].mean(1)  # each candidate's planned observation, averaged over its horizon
         corr = [float(np.corrcoef(v, o)[0, 1]) for o in obs.T]
         gap, ends = map(np.array, zip(*[against_real(flat[i, A:], p[:-1, :A], p[1:, A:]) for p in plans]))
+        if f is not None:  # tracking each plan's states: the action that reaches its next state from the real one
+            track = [against_real(flat[i, A:], lambda k, o, p=p: plan_actions(f, np.stack([o, p[k + 1, A:]]))[0],
+                                  p[1:, A:]) for p in plans]
+            tgap, tends = map(np.array, zip(*track))
         e = seq.bounds[bisect.bisect_right(starts, i) - 1][1]  # the end of the data episode holding state i
         data_gap, data_ends = against_real(flat[i, A:], flat[i:min(i + H - 1, e), :A], flat[i + 1:min(i + H, e), A:])
         rows.append({"value_spread": float(v.max() - v.min()), "best_action_distance": float(d[v.argmax()]),
@@ -173,10 +184,14 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
                      "best_minus_mean_obs_sd": ((obs[v.argmax()] - obs.mean(0)) / sd).tolist(),
                      "best_real_gap_sd": gap[v.argmax()].tolist(), "mean_real_gap_sd": np.nanmean(gap, 0).tolist(),
                      "best_ends": float(ends[v.argmax()]), "share_ends": float(ends.mean()),
-                     "data_real_gap_sd": data_gap, "data_ends": float(data_ends)})
+                     "data_real_gap_sd": data_gap, "data_ends": float(data_ends),
+                     **({"tracked_best_real_gap_sd": tgap[v.argmax()].tolist(),
+                         "tracked_mean_real_gap_sd": np.nanmean(tgap, 0).tolist(),
+                         "tracked_best_ends": float(tends[v.argmax()]), "tracked_share_ends": float(tends.mean())}
+                        if f is not None else {})})
     env.close()
     summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if not isinstance(rows[0][k], list)}
-    for k in ("best_real_gap_sd", "mean_real_gap_sd", "data_real_gap_sd"):  # at GAP_STEPS, over those not yet ended
+    for k in [k for k in rows[0] if k.endswith("real_gap_sd")]:  # at GAP_STEPS, over the plays not yet ended there
         summary[k] = dict(zip(map(str, steps), np.nanmean([r[k] for r in rows], 0).round(4).tolist()))
     for k in ("value_vs_planned_obs_corr", "best_minus_mean_obs_sd"):  # per observation dimension, named
         summary[k] = dict(zip(OBSERVATION_NAMES[env_id], np.nanmean([r[k] for r in rows], 0).round(3).tolist()))
@@ -244,6 +259,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--target-return", type=float, default=DD_TARGET_RETURN, help="Decision Diffuser: the "
                     "conditioned return")
     ap.add_argument("--condition-guidance-w", type=float, default=DD_GUIDANCE_W, help="Decision Diffuser: the CFG weight")
+    ap.add_argument("--inverse", default=None, help="Diffuser runs: execute f(s, s_1) of these inverse dynamics "
+                    "(diffsuite train-inverse) in place of the diffused action; with --ranking-diagnostic, also play "
+                    "each plan by tracking its states with them")
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--candidates", type=int, default=64)
     ap.add_argument("--guide-scale", type=float, default=0.1)

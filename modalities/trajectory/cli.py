@@ -57,8 +57,9 @@ def add_commands(subparsers) -> None:
                    "return the plans are conditioned on, as a fraction of the data's largest return-to-go (their test_ret)")
     p.add_argument("--condition-guidance-w", type=float, default=DD_GUIDANCE_W, help="Decision Diffuser models: "
                    "classifier-free weight in their convention, eps_u + w (eps_c - eps_u)")
-    p.add_argument("--inverse", default=None, help="Decision Diffuser models: the inverse-dynamics folder (default "
-                   "<run>/inverse, from diffsuite train-inverse)")
+    p.add_argument("--inverse", default=None, help="an inverse-dynamics folder (diffsuite train-inverse): a Decision "
+                   "Diffuser model's actions (default <run>/inverse); a Diffuser model executes f(s, s_1), the action "
+                   "that reaches the plan's next state, in place of the diffused action")
     p.add_argument("--filmstrip", action="store_true", help="locomotion: render the first episode (MuJoCo, EGL) into "
                    "filmstrip.png")
     p.add_argument("--reference-episodes", type=positive_int, default=100)
@@ -143,7 +144,12 @@ def _planner(args, loaded, grid=None) -> Planner:
                         t_stopgrad=args.t_stopgrad,
                         warm_start_t=args.warm_start, sampler_options=sampler_options(r.sample, sampler),
                         condition=r.data.condition, execute=args.execute)
-    return Planner(loaded.denoiser, seq.normalizer, seq.action_dim, seq.obs_dim, r.data.horizon, cfg, value_fn)
+    inverse = None
+    if args.inverse:  # joint plans executed through the inverse dynamics: f(s, s_1) in place of the diffused action
+        from .inverse import load_inverse
+        inverse = load_inverse(args.inverse)
+    return Planner(loaded.denoiser, seq.normalizer, seq.action_dim, seq.obs_dim, r.data.horizon, cfg, value_fn,
+                   inverse=inverse)
 
 
 def _decision_planner(args, loaded, seq) -> Planner:

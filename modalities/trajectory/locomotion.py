@@ -294,14 +294,18 @@ def set_state(env, obs) -> None:
     u.set_state(np.concatenate([[0.0], obs[:nq - 1]]), obs[nq - 1:])
 
 
-def open_loop(env, obs, actions) -> tuple[np.ndarray, Optional[int]]:
-    """A plan's actions played open loop from the state `obs` describes: the observation after each action (NaN after
-    the episode ends) and the number of actions after which gymnasium's termination ended it (None if it did not)."""
+def play_from(env, obs, actions, steps: Optional[int] = None) -> tuple[np.ndarray, Optional[int]]:
+    """Play from the state `obs` describes either a plan's actions open loop ((n, A) array) or, for `steps` steps, a
+    closed-loop policy actions(k, observation) -> action: the observation after each action (NaN after the episode
+    ends) and the number of actions after which gymnasium's termination ended it (None if it did not)."""
+    act = actions if callable(actions) else (lambda k, o: actions[k])
+    steps = len(actions) if steps is None else steps
     set_state(env, obs)
     low, high = env.action_space.low, env.action_space.high
-    out = np.full((len(actions), len(obs)), np.nan)
-    for k, a in enumerate(actions):
-        out[k], _, term, _, _ = env.step(np.clip(a, low, high))
+    out = np.full((steps, len(obs)), np.nan)
+    for k in range(steps):
+        out[k], _, term, _, _ = env.step(np.clip(act(k, obs), low, high))
+        obs = out[k]
         if term:
             return out, k + 1
     return out, None

@@ -85,8 +85,9 @@ class Planner:
     def __init__(self, denoiser, normalizer, action_dim: int, obs_dim: int, horizon: int,
                  cfg: PlannerConfig = PlannerConfig(), value_fn: Optional[Callable] = None, goal_dims=(0, 1),
                  inverse: Optional[Callable] = None):
-        """inverse: Decision Diffuser's f(s_t, s_{t+1}) -> a_t (inverse.py) for states-only plans (action_dim 0,
-        normalizer over the states alone)."""
+        """inverse: Decision Diffuser's f(s_t, s_{t+1}) -> a_t (inverse.py): the actions of states-only plans
+        (action_dim 0, normalizer over the states alone), or for joint plans the actions executed in place of the
+        diffused ones (the action that reaches the plan's next state)."""
         self.den, self.norm, self.A, self.S, self.H = denoiser, normalizer, action_dim, obs_dim, horizon
         self.cfg, self.value_fn, self.goal_dims, self.inverse = cfg, value_fn, tuple(goal_dims), inverse
         if cfg.guidance != "none" and value_fn is None:
@@ -173,7 +174,8 @@ class Planner:
         if self.cfg.execute == "mean":
             actions = joint[:, :, :self.A].mean(0)
         else:
-            actions = plan_actions(self.inverse, joint[best]) if self.inverse is not None else joint[best, :, :self.A]
+            actions = plan_actions(self.inverse, joint[best, :, self.A:]) if self.inverse is not None \
+                else joint[best, :, :self.A]
         secs = time.perf_counter() - t_start
         return Plan(states=joint[best, :, self.A:], actions=actions,
                     value=None if values is None else float(values[best]), seconds=secs,
