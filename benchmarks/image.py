@@ -281,7 +281,7 @@ def sr_rows(args, out: Path) -> dict:
     from diffsuite.core.degrade import consistency_error, downsample, upsample
     from diffsuite.modalities.image import metrics
     from diffsuite.recipes.run import load
-    loaded = load(args.sr)
+    loaded = _sampling_x0(load(args.sr), args)
     d, f = loaded.recipe.data, loaded.recipe.data.factor
     x = loaded.task._images(d, args.split).x[:args.n]
     low = downsample(x, f)
@@ -379,7 +379,7 @@ def colorize_rows(args, out: Path) -> dict:
     from diffsuite.core.degrade import to_grayscale
     from diffsuite.modalities.image import metrics
     from diffsuite.recipes.run import load
-    loaded = load(args.colorize)
+    loaded = _sampling_x0(load(args.colorize), args)
     x = loaded.task.build_dataset(loaded.recipe.data, "test").x[:args.n]
     gray = to_grayscale(x)
     ys = _draws(loaded.denoiser, x.shape, {"source": gray}, "ddim", args.steps or loaded.recipe.sample.steps,
@@ -403,7 +403,7 @@ def photo_restore_rows(args, out: Path) -> dict:
     import torch
     from diffsuite.core.degrade import border_mask, box_mask, free_form_mask, inpaint_source, masked, push_pull_fill
     from diffsuite.recipes.run import load
-    loaded = load(args.photo_inpaint)
+    loaded = _sampling_x0(load(args.photo_inpaint), args)
     x = loaded.task.build_dataset(loaded.recipe.data, args.split).x[:args.n]
     g, size = torch.Generator().manual_seed(0), tuple(x.shape[-2:])
     masks = {"box": torch.stack([box_mask(size, g) for _ in x]),
@@ -434,6 +434,16 @@ def photo_restore_rows(args, out: Path) -> dict:
         res[f"picture_{name.split()[0]}"] = str(_picture([masked(x, m, -1.0)[:8], ys[0, :8], ys[1 % len(ys), :8], x[:8]],
                                                          out.with_name(f"{out.stem}_{name.split()[0]}.png")))
     return res
+
+
+def _sampling_x0(loaded, args):
+    """The checkpoint with --clip-x0 in place of its recipe's diffusion.clip_x0 (a sampling-time transform of the x0
+    estimate: the trained weights are the same either way)."""
+    if args.clip_x0:
+        from diffsuite.core.build import X0_TRANSFORMS
+        loaded.denoiser.x0_transform = X0_TRANSFORMS[args.clip_x0]
+        loaded.recipe.diffusion.clip_x0 = args.clip_x0
+    return loaded
 
 
 def _picture(rows: list, path: Path) -> Path:
@@ -514,6 +524,8 @@ def main(argv=None):
     ii.add_argument("--split", default="test", choices=("val", "test"),
                     help="super-resolution and photo inpainting: the split scored")
     ii.add_argument("--threads", type=int, default=1)
+    ii.add_argument("--clip-x0", default=None, choices=("none", "clip", "dynamic"), help="sample SR3, colorization and "
+                    "photo-inpainting runs with this x0 transform instead of their recipe's diffusion.clip_x0")
     ii.add_argument("--out", default="digits", help="results/img2img_<out>.json")
     args = p.parse_args(argv)
     {"speed": speed, "quality": quality, "guidance": guidance, "img2img": img2img}[args.what](args)
