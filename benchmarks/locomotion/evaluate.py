@@ -39,8 +39,7 @@ def row(name: str, returns: list[float], ref: dict, env_id: str, extra: dict | N
 def episode_log(run: str, opts: dict, replan_every: int) -> Path:
     """Where finished planner episodes are kept, one JSON line each, so an interrupted evaluation resumes where it
     stopped: RUN/eval_episodes/<hash of the weights (the model's, the value's, the inverse dynamics') and the
-    planner's settings>.jsonl; a
-    run retrained or overwritten in place gets a new log."""
+    planner's settings>.jsonl; a run retrained or overwritten in place gets a new log."""
     import hashlib
     from diffsuite.core.checkpoint import weights_sha256
     from diffsuite.core.utils import sha256_file
