@@ -244,7 +244,8 @@ def planner_row(args, d, ref: dict, env_id: str) -> dict:
     name = (f"Decision Diffuser (return {args.target_return}, w {args.condition_guidance_w})"
             if d.formulation == "decision_diffuser" else f"Diffuser planner ({args.candidates} candidates, "
             f"{'value guide scale ' + format(args.guide_scale, 'g') if args.value else 'no value'}"
-            f"{', their actions averaged' if args.execute == 'mean' else ''})")
+            f"{', their actions averaged' if args.execute == 'mean' else ''}"
+            f"{', actions from inverse dynamics' if args.inverse else ''})")
     return row(name, [e["return"] for e in eps], ref, env_id,
                {"plan_seconds_mean": float(secs.mean()), "fell": int(sum(e["terminated"] for e in eps))})
 
