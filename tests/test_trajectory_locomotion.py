@@ -185,7 +185,8 @@ def test_a_tiny_locomotion_run_end_to_end(tmp_path, monkeypatch):
     diag = ev.ranking_diagnostic(args, a, 2)
     assert set(diag["summary"]["tracked_mean_real_gap_sd"]) == {"1", "4"}
     assert 0 <= diag["summary"]["tracked_share_ends"] <= 1
-    assert len(diag["rows"]) == 2 and set(diag["summary"]["value_vs_planned_obs_corr"]) == set(OBSERVATION_NAMES["Hopper-v5"])
+    assert len(diag["rows"]) == 2
+    assert set(diag["summary"]["value_vs_planned_obs_corr"]) == set(OBSERVATION_NAMES["Hopper-v5"])
     gap = diag["summary"]["mean_real_gap_sd"]  # plans of 8 states: gaps after 1 and 4 actions, none after 8 or 16
     assert set(gap) == {"1", "4"} and gap["1"] >= 0 and gap["4"] >= 0
     assert diag["summary"]["data_real_gap_sd"]["1"] < 1e-4  # the data's own actions give the data's next states

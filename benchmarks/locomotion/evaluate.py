@@ -132,8 +132,8 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
     each; the value spread among them, how far the first action of the best-valued plan and of the average
     candidate lie from the action the behaviour policy took in that state (the data's), and how the value follows
     each dimension of the candidates' planned observations (over the horizon; forward velocity, what the reward pays
-    for, among them): its correlation with the value, and the best-valued plan's mean minus the candidates' mean in the data's sd units;
-    and each plan against the real dynamics: its actions played open loop from the same state, the RMS gap between
+    for, among them): its correlation with the value, and the best-valued plan's mean minus the candidates' mean in
+    the data's sd units; and each plan against the real dynamics: its actions played open loop from the same state, the RMS gap between
     planned and real observations (data sd units) at GAP_STEPS, and whether gymnasium ends the episode within the plan;
     beside them the same for the data's own next actions from that state (the floor: exact, up to episode ends); with
     --inverse, also each plan tracked closed loop through the inverse dynamics, a_k = f(s_k, planned s_(k+1))."""
