@@ -155,9 +155,7 @@ def quality(args) -> list[dict]:
     loaded = load(args.checkpoint)
     floor = real_floor(loaded, args.n) if loaded.recipe.data.source == "digits" else None
     print(f"real training images vs test, {args.n} per set: digits-FID {floor}", flush=True)
-    if args.clip:
-        from diffsuite.core.denoiser import clip_x0
-        loaded.denoiser.x0_transform = clip_x0
+    _sampling_x0(loaded, "clip" if args.clip else None)
     grid = [("ddpm", 1000), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("dpmpp_2m", 20), ("dpmpp_2m", 10),
             ("dpmpp_2m_sde", 20), ("dpmpp_2m_sde", 10)]
     grid = [g for g in grid if f"{g[0]}{g[1]}" not in args.skip and (not args.only or f"{g[0]}{g[1]}" in args.only)]
@@ -281,7 +279,7 @@ def sr_rows(args, out: Path) -> dict:
     from diffsuite.core.degrade import consistency_error, downsample, upsample
     from diffsuite.modalities.image import metrics
     from diffsuite.recipes.run import load
-    loaded = _sampling_x0(load(args.sr), args)
+    loaded = _sampling_x0(load(args.sr), args.clip_x0)
     d, f = loaded.recipe.data, loaded.recipe.data.factor
     x = loaded.task._images(d, args.split).x[:args.n]
     low = downsample(x, f)
@@ -379,7 +377,7 @@ def colorize_rows(args, out: Path) -> dict:
     from diffsuite.core.degrade import to_grayscale
     from diffsuite.modalities.image import metrics
     from diffsuite.recipes.run import load
-    loaded = _sampling_x0(load(args.colorize), args)
+    loaded = _sampling_x0(load(args.colorize), args.clip_x0)
     x = loaded.task.build_dataset(loaded.recipe.data, "test").x[:args.n]
     gray = to_grayscale(x)
     ys = _draws(loaded.denoiser, x.shape, {"source": gray}, "ddim", args.steps or loaded.recipe.sample.steps,
@@ -403,7 +401,7 @@ def photo_restore_rows(args, out: Path) -> dict:
     import torch
     from diffsuite.core.degrade import border_mask, box_mask, free_form_mask, inpaint_source, masked, push_pull_fill
     from diffsuite.recipes.run import load
-    loaded = _sampling_x0(load(args.photo_inpaint), args)
+    loaded = _sampling_x0(load(args.photo_inpaint), args.clip_x0)
     x = loaded.task.build_dataset(loaded.recipe.data, args.split).x[:args.n]
     g, size = torch.Generator().manual_seed(0), tuple(x.shape[-2:])
     masks = {"box": torch.stack([box_mask(size, g) for _ in x]),
@@ -436,13 +434,13 @@ def photo_restore_rows(args, out: Path) -> dict:
     return res
 
 
-def _sampling_x0(loaded, args):
-    """The checkpoint with --clip-x0 in place of its recipe's diffusion.clip_x0 (a sampling-time transform of the x0
-    estimate: the trained weights are the same either way)."""
-    if args.clip_x0:
+def _sampling_x0(loaded, clip_x0: str | None):
+    """The checkpoint sampled with another diffusion.clip_x0 (none, clip, dynamic) than its recipe's, where one is
+    given: a sampling-time transform of the x0 estimate, so the trained weights are the same either way."""
+    if clip_x0:
         from diffsuite.core.build import X0_TRANSFORMS
-        loaded.denoiser.x0_transform = X0_TRANSFORMS[args.clip_x0]
-        loaded.recipe.diffusion.clip_x0 = args.clip_x0
+        loaded.denoiser.x0_transform = X0_TRANSFORMS[clip_x0]
+        loaded.recipe.diffusion.clip_x0 = clip_x0
     return loaded
 
 

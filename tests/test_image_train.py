@@ -389,16 +389,14 @@ def test_residual_sr_generates_the_residual_over_the_source(tmp_path, monkeypatc
     raw = a.task.finish(x * 0, {"source": cond["source"]}, a.recipe)
     assert torch.equal(raw, cond["source"].clamp(-1, 1)) and x.abs().max() <= 1
     import importlib.util  # benchmarks/image.py img2img --clip-x0: the sampling transform replaced, weights the same
-    from types import SimpleNamespace
     from diffsuite.core.denoiser import clip_x0
     spec = importlib.util.spec_from_file_location("bench_image", Path(__file__).resolve().parents[1] / "benchmarks" /
                                                   "image.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert a.denoiser.x0_transform is None and bench._sampling_x0(a, SimpleNamespace(clip_x0=None)) is a
-    assert bench._sampling_x0(a, SimpleNamespace(clip_x0="clip")).denoiser.x0_transform is clip_x0
-    assert a.recipe.diffusion.clip_x0 == "clip"
-    assert bench._sampling_x0(a, SimpleNamespace(clip_x0="none")).denoiser.x0_transform is None
+    assert a.denoiser.x0_transform is None and bench._sampling_x0(a, None) is a
+    assert bench._sampling_x0(a, "clip").denoiser.x0_transform is clip_x0 and a.recipe.diffusion.clip_x0 == "clip"
+    assert bench._sampling_x0(a, "none").denoiser.x0_transform is None
     r["data"]["degradation"] = "colorize"
     from diffsuite.core.config import ConfigError
     with pytest.raises(ConfigError, match=r"data.residual needs data.degradation in \('sr', 'inpaint', 'uncrop'\)"):
