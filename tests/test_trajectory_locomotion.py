@@ -145,7 +145,7 @@ def test_action_weight_is_diffusers_weighted_loss():
     torch.testing.assert_close(weighted, 10 * plain)
 
 
-def test_a_tiny_locomotion_run_end_to_end(tmp_path, monkeypatch):
+def test_a_tiny_locomotion_run_end_to_end(tmp_path, monkeypatch, capsys):
     """A few thousand generated steps from test actors, a few training steps, a value function, and planned episodes
     with `diffsuite plan` (value guidance at scale 0 plans exactly as without guidance)."""
     import json
@@ -179,6 +179,8 @@ def test_a_tiny_locomotion_run_end_to_end(tmp_path, monkeypatch):
     assert main(args + ["--guidance", "none", "--inverse", str(out / "inverse"), "--out", str(tmp_path / "pi")]) == 0
     si = json.loads((tmp_path / "pi" / "summary.json").read_text())
     assert si["episodes"] == 2 and si["per_episode"] != sn["per_episode"]  # other actions, other episodes
+    assert main(args + ["--inverse", str(out / "inverse"), "--execute", "mean", "--out", str(tmp_path / "pm")]) == 2
+    assert "does not combine with --execute mean" in capsys.readouterr().err
     ev = _evaluate_module()
     args = ev.parser().parse_args([str(out), "--value", str(out / "value"), "--candidates", "3", "--steps", "3",
                                    "--inverse", str(out / "inverse")])
