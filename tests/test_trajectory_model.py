@@ -197,7 +197,7 @@ def test_planner_uses_the_recipe_sampler_options(monkeypatch):
                              data=SimpleNamespace(horizon=16, condition="start_goal", formulation="diffuser"))
     loaded = SimpleNamespace(recipe=recipe, denoiser=_planner(PlannerConfig()).den)
     args = SimpleNamespace(value=None, guidance=None, sampler=None, steps=None, candidates=1, guide_scale=0.1,
-                           t_stopgrad=2, warm_start=0.0, device="cpu", avoid_walls=False, execute="best")
+                           t_stopgrad=2, warm_start=0.0, device="cpu", avoid_walls=False, execute="best", inverse=None)
     seq = SimpleNamespace(normalizer=LimitsNormalizer(np.array([[0.0] * 6, [1.0] * 6])), action_dim=2, obs_dim=4)
     monkeypatch.setattr(task, "full_dataset", lambda data: seq)
     cfg = cli._planner(args, loaded).cfg
