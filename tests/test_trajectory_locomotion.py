@@ -180,7 +180,8 @@ def test_a_tiny_locomotion_run_end_to_end(tmp_path, monkeypatch, capsys):
     si = json.loads((tmp_path / "pi" / "summary.json").read_text())
     assert si["episodes"] == 2 and si["per_episode"] != sn["per_episode"]  # other actions, other episodes
     assert main(args + ["--inverse", str(out / "inverse"), "--execute", "mean", "--out", str(tmp_path / "pm")]) == 2
-    assert "does not combine with --execute mean" in capsys.readouterr().err
+    assert "execute='mean' (--execute mean) averages the candidates' diffused actions; it does not combine with " \
+        "actions from inverse dynamics (--inverse" in capsys.readouterr().err
     ev = _evaluate_module()
     args = ev.parser().parse_args([str(out), "--value", str(out / "value"), "--candidates", "3", "--steps", "3",
                                    "--inverse", str(out / "inverse")])

@@ -147,9 +147,6 @@ def _planner(args, loaded, grid=None) -> Planner:
     inverse = None
     if args.inverse:  # joint plans executed through the inverse dynamics: f(s, s_1) in place of the diffused action
         from .inverse import load_inverse
-        if args.execute == "mean":
-            raise ConfigError("--inverse executes the inverse dynamics' action for the best plan; it does not combine "
-                              "with --execute mean (the candidates' diffused actions averaged)")
         inverse = load_inverse(args.inverse)
     return Planner(loaded.denoiser, seq.normalizer, seq.action_dim, seq.obs_dim, r.data.horizon, cfg, value_fn,
                    inverse=inverse)

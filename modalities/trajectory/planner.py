@@ -34,6 +34,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from diffsuite.core.config import ConfigError
 from diffsuite.core.guidance import ClassifierFreeGuidance, GradientGuidance, Inpaint, ValueGuidance
 from diffsuite.core.parameterization import q_sample
 from diffsuite.core.samplers import sample
@@ -92,8 +93,11 @@ class Planner:
         self.cfg, self.value_fn, self.goal_dims, self.inverse = cfg, value_fn, tuple(goal_dims), inverse
         if cfg.guidance != "none" and value_fn is None:
             raise ValueError(f"Planner: guidance={cfg.guidance!r} needs a value_fn")
-        if cfg.execute not in ("best", "mean") or (cfg.execute == "mean" and (inverse is not None or action_dim == 0)):
-            raise ValueError(f"Planner: execute={cfg.execute!r}: expected 'best', or 'mean' for plans that hold actions")
+        if cfg.execute not in ("best", "mean"):
+            raise ConfigError(f"Planner: execute={cfg.execute!r}: expected 'best' or 'mean'")
+        if cfg.execute == "mean" and (inverse is not None or action_dim == 0):
+            raise ConfigError("Planner: execute='mean' (--execute mean) averages the candidates' diffused actions; it "
+                              "does not combine with actions from inverse dynamics (--inverse, Decision Diffuser)")
         self.device = next(denoiser.parameters()).device
         self.prev: Optional[torch.Tensor] = None
 
