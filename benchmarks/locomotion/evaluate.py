@@ -133,15 +133,16 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
     candidate lie from the action the behaviour policy took in that state (the data's), and how the value follows
     each dimension of the candidates' planned observations (over the horizon; forward velocity, what the reward pays
     for, among them): its correlation with the value, and the best-valued plan's mean minus the candidates' mean in
-    the data's sd units; and each plan against the real dynamics: its actions played open loop from the same state, the RMS gap between
-    planned and real observations (data sd units) at GAP_STEPS, and whether gymnasium ends the episode within the plan;
-    beside them the same for the data's own next actions from that state (the floor: exact, up to episode ends); with
-    --inverse, also each plan tracked closed loop through the inverse dynamics, a_k = f(s_k, planned s_(k+1))."""
+    the data's sd units; and each plan against the real dynamics: its actions played open loop from the same state,
+    the RMS gap between planned and real observations (data sd units) at GAP_STEPS, and whether gymnasium ends the
+    episode within the plan; beside them the same for the data's own next actions from that state (the floor: exact,
+    up to episode ends); with --inverse, also each plan tracked closed loop through the inverse dynamics,
+    a_k = f(s_k, planned s_(k+1))."""
     import bisect
     import gymnasium as gym
     from diffsuite.modalities.trajectory.cli import _planner
     from diffsuite.modalities.trajectory.data import ValueDataset
-    from diffsuite.modalities.trajectory.inverse import load_inverse, plan_actions
+    from diffsuite.modalities.trajectory.inverse import plan_actions
     from diffsuite.modalities.trajectory.locomotion import OBSERVATION_NAMES, play_from
     from diffsuite.modalities.trajectory.task import full_dataset
     opts = {**planner_opts(args), "guidance": "none", "guide_scale": 0.0}
@@ -155,7 +156,7 @@ def ranking_diagnostic(args, loaded, n_states: int) -> dict:
     H = loaded.recipe.data.horizon
     steps = [k for k in GAP_STEPS if k < H]  # HalfCheetah plans 4 steps
     starts = [b[0] for b in seq.bounds]
-    f = load_inverse(args.inverse) if args.inverse else None
+    f = planner.inverse  # --inverse: loaded with the planner (its executed actions are not used here)
 
     def against_real(start, actions, planned):  # the RMS gap (data sd) after each of `steps` actions; did it end?
         real, k = play_from(env, start, actions, len(planned) if callable(actions) else None)
