@@ -27,6 +27,7 @@ def test_the_actor_acts_as_stable_baselines3_does():
     import stable_baselines3 as sb3
     env = gym.make("Hopper-v5")
     model = sb3.SAC("MlpPolicy", env, seed=0, device="cpu", learning_starts=10, policy_kwargs={"net_arch": [32, 32]})
+    model.set_logger(sb3.common.logger.Logger(None, []))  # the default one leaves an empty /tmp/SB3-<time> folder
     model.learn(50)  # a few updates, so the weights are not the initial ones
     actor = actor_from_sb3(model)
     obs = np.stack([env.reset(seed=s)[0] for s in range(5)]).astype(np.float32) + np.random.default_rng(0).normal(
@@ -270,11 +271,14 @@ def test_sac_training_resumes_with_or_without_its_replay_buffer(tmp_path, capsys
     saves at once."""
     import importlib.util
     import json
+    import tempfile
     pytest.importorskip("stable_baselines3")
     spec = importlib.util.spec_from_file_location(
         "train_sac", Path(__file__).resolve().parents[1] / "benchmarks" / "locomotion" / "train_sac.py")
     sac = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sac)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where SB3's default logger would make folders
+    (tmp_path / "tmp").mkdir()
     work = tmp_path / "sac"
     args = ["--env", "Pendulum-v1", "--work", str(work), "--eval-every", "100", "--save-every", "100",
             "--eval-episodes", "1", "--learning-starts", "50"]
@@ -299,6 +303,7 @@ def test_sac_training_resumes_with_or_without_its_replay_buffer(tmp_path, capsys
     assert signal.getsignal(signal.SIGTERM) is not signal.default_int_handler  # the handler is put back
     monkeypatch.setattr(SAC, "learn", learn)
     assert sac.main([*args, "--steps", "500"]) == 0 and "resuming Pendulum-v1 at 430" in capsys.readouterr().out
+    assert not list((tmp_path / "tmp").iterdir())  # no empty SB3-<time> folder left behind per learn() call
 
 
 def test_every_locomotion_recipe_fits_its_environment():

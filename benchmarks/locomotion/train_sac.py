@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     import gymnasium as gym
     from stable_baselines3 import SAC
+    from stable_baselines3.common.logger import Logger
     work = Path(args.work)
     state, curve_path = work / "state", work / "curve.json"
     (work / "snapshots").mkdir(parents=True, exist_ok=True)
@@ -134,6 +135,7 @@ def main(argv=None) -> int:
     else:
         model = SAC("MlpPolicy", env, seed=args.seed, device="cpu", learning_starts=args.learning_starts,
                     train_freq=args.train_freq, gradient_steps=1, verbose=0)
+    model.set_logger(Logger(None, []))  # SB3's default logger makes an empty /tmp/SB3-<time> folder per learn()
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a SIGTERM saves the state as Ctrl-C does
     try:
         return learn(model, args, work, curve)
