@@ -5,6 +5,7 @@ each at its own sampler, with the seconds each took to train.
     python benchmarks/fewstep.py image --teacher runs/digits --students runs/digits_pd4 runs/digits_cd [--n 1000]
     python benchmarks/fewstep.py music --teacher runs/bach --students runs/bach_pd4 [--n 100 --seeds 0 1]
     python benchmarks/fewstep.py audio-speed [--presets tiny base --seconds 1 --threads 2]
+    python benchmarks/fewstep.py plan-speed runs/umaze runs/umaze_cd:1 runs/umaze_cd:2 [--threads 1 --repeats 20]
     python benchmarks/fewstep.py exact [--repeats 30 --n 10000]
 
 exact: the exact Gaussian-mixture teacher (2-D, as in benchmarks/samplers.py), so the only error is the student's
@@ -20,7 +21,7 @@ music: mean overlapping area and chord accuracy against held-out chorale windows
 
 audio-speed: real-time factors of DiffWave networks per schedule, side by side (see audio_speed). Audio quality is
 benchmarks/audio.py quality (its --samplers take consistency:2, ddgan:4, ...); trajectory models are scored by
-benchmarks/trajectory.py.
+benchmarks/trajectory.py, and plan-speed times a maze teacher's plans and its students' side by side (see plan_speed).
 
 toy: SW2 (sliced Wasserstein-2, 256 random projections) between 4000 samples and a fresh draw of the two-moons data,
 for the teacher with DDIM at 1, 2, 4, N and 100 steps (the 'uniform' grid, diffusers' linspace at 100) and
@@ -298,6 +299,41 @@ def audio_speed(presets: list[str], seconds: float, threads: int, repeats: int) 
     return {"audio_seconds": seconds, "threads": threads, "repeats": repeats, "rows": rows}
 
 
+def plan_speed(specs: list[str], threads: int, repeats: int) -> dict:
+    """Milliseconds per maze plan (start/goal inpainting, one candidate, the first test episode's start and goal) of a
+    teacher and its students side by side: RUN or RUN:STEPS, each with its own sampler; rounds in alternating order
+    after a warm-up, median of `repeats`, on `threads` threads."""
+    from trajectory import _loaded
+    from diffsuite.modalities.trajectory.maze import make_env
+    from diffsuite.modalities.trajectory.planner import Planner, PlannerConfig
+    torch.set_num_threads(threads)
+    planners, obs = {}, None
+    for spec in specs:
+        path, _, steps = spec.partition(":")
+        ld, seq = _loaded(path, "cpu")
+        r = ld.recipe
+        if obs is None:
+            env = make_env(r.data.env_id)
+            obs = env.reset(seed=1000)[0]
+            env.close()
+        cfg = PlannerConfig(sampler=r.sample.sampler, steps=int(steps) if steps else r.sample.steps,
+                            condition=r.data.condition)
+        planners[spec] = Planner(ld.denoiser, seq.normalizer, seq.action_dim, seq.obs_dim, r.data.horizon, cfg)
+    times = {k: [] for k in planners}
+    with torch.inference_mode():
+        for rep in range(repeats + 1):
+            for k in (list(planners) if rep % 2 == 0 else list(reversed(planners))):
+                g = torch.Generator().manual_seed(rep)
+                seconds = planners[k].plan(obs["observation"], obs["desired_goal"], g).seconds
+                if rep:  # round 0 warms up
+                    times[k].append(seconds)
+    import numpy as np
+    first = float(np.median(times[specs[0]]))
+    rows = [{"run": k, "sampler": pl.cfg.sampler, "steps": pl.cfg.steps, "ms_median": 1e3 * float(np.median(times[k])),
+             "ms_min": 1e3 * min(times[k]), "speedup": first / float(np.median(times[k]))} for k, pl in planners.items()]
+    return {"threads": threads, "repeats": repeats, "rows": rows}
+
+
 def _train(den, loss, steps: int, out: Path, lr: float, data: torch.Tensor, seed: int = 0, **trainer):
     """Train `den` with `loss` for `steps` steps on the samples `data` through the core trainer (fp32, batch 256;
     `trainer`: other TrainerConfig fields)."""
@@ -429,6 +465,11 @@ def main(argv=None) -> int:
     sp.add_argument("--threads", type=int, default=2)
     sp.add_argument("--repeats", type=int, default=3)
     sp.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewstep_audio_speed.json")
+    ps = sub.add_parser("plan-speed", help="maze plan latency of a teacher and its students side by side")
+    ps.add_argument("runs", nargs="+", help="RUN or RUN:STEPS, the teacher first (the speedups are against it)")
+    ps.add_argument("--threads", type=int, default=1)
+    ps.add_argument("--repeats", type=int, default=20)
+    ps.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewstep_plan_speed.json")
     e = sub.add_parser("exact")
     e.add_argument("--repeats", type=int, default=30)
     e.add_argument("--n", type=int, default=10_000)
@@ -436,12 +477,14 @@ def main(argv=None) -> int:
     e.add_argument("--gan-steps", type=int, default=8000, help="training steps of each DDGAN (T = 2 and 4)")
     e.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewstep_exact.json")
     a = p.parse_args(argv)
-    if a.what == "audio-speed":
-        res = audio_speed(a.presets, a.seconds, a.threads, a.repeats)
+    if a.what in ("audio-speed", "plan-speed"):
+        res = (audio_speed(a.presets, a.seconds, a.threads, a.repeats) if a.what == "audio-speed"
+               else plan_speed(a.runs, a.threads, a.repeats))
         import platform
         res["cpu"], res["capability"] = platform.processor() or platform.machine(), torch.backends.cpu.get_cpu_capability()
         for r in res["rows"]:
-            print(f"{r['preset']:6s} {r['schedule']:40s} {r['seconds']:8.3f} s  RTF {r['rtf']:.3f}")
+            print(f"{r['preset']:6s} {r['schedule']:40s} {r['seconds']:8.3f} s  RTF {r['rtf']:.3f}" if "rtf" in r else
+                  f"{r['run']:40s} {r['sampler']:12s} {r['steps']:3d} steps {r['ms_median']:8.1f} ms  {r['speedup']:.1f}x")
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(res, indent=2) + "\n")
         print(f"written {a.out}")
