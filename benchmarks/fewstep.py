@@ -303,6 +303,7 @@ def plan_speed(specs: list[str], threads: int, repeats: int) -> dict:
     """Milliseconds per maze plan (start/goal inpainting, one candidate, the first test episode's start and goal) of a
     teacher and its students side by side: RUN or RUN:STEPS, each with its own sampler; rounds in alternating order
     after a warm-up, median of `repeats`, on `threads` threads."""
+    import numpy as np
     from trajectory import _loaded
     from diffsuite.modalities.trajectory.maze import make_env
     from diffsuite.modalities.trajectory.planner import Planner, PlannerConfig
@@ -327,7 +328,6 @@ def plan_speed(specs: list[str], threads: int, repeats: int) -> dict:
                 seconds = planners[k].plan(obs["observation"], obs["desired_goal"], g).seconds
                 if rep:  # round 0 warms up
                     times[k].append(seconds)
-    import numpy as np
     first = float(np.median(times[specs[0]]))
     rows = [{"run": k, "sampler": pl.cfg.sampler, "steps": pl.cfg.steps, "ms_median": 1e3 * float(np.median(times[k])),
              "ms_min": 1e3 * min(times[k]), "speedup": first / float(np.median(times[k]))} for k, pl in planners.items()]
@@ -478,13 +478,16 @@ def main(argv=None) -> int:
     e.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewstep_exact.json")
     a = p.parse_args(argv)
     if a.what in ("audio-speed", "plan-speed"):
-        res = (audio_speed(a.presets, a.seconds, a.threads, a.repeats) if a.what == "audio-speed"
-               else plan_speed(a.runs, a.threads, a.repeats))
+        if a.what == "audio-speed":
+            res = audio_speed(a.presets, a.seconds, a.threads, a.repeats)
+            lines = [f"{r['preset']:6s} {r['schedule']:40s} {r['seconds']:8.3f} s  RTF {r['rtf']:.3f}" for r in res["rows"]]
+        else:
+            res = plan_speed(a.runs, a.threads, a.repeats)
+            lines = [f"{r['run']:40s} {r['sampler']:12s} {r['steps']:3d} steps {r['ms_median']:8.1f} ms  "
+                     f"{r['speedup']:.1f}x" for r in res["rows"]]
         import platform
         res["cpu"], res["capability"] = platform.processor() or platform.machine(), torch.backends.cpu.get_cpu_capability()
-        for r in res["rows"]:
-            print(f"{r['preset']:6s} {r['schedule']:40s} {r['seconds']:8.3f} s  RTF {r['rtf']:.3f}" if "rtf" in r else
-                  f"{r['run']:40s} {r['sampler']:12s} {r['steps']:3d} steps {r['ms_median']:8.1f} ms  {r['speedup']:.1f}x")
+        print("\n".join(lines))
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(res, indent=2) + "\n")
         print(f"written {a.out}")

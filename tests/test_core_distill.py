@@ -177,9 +177,8 @@ def test_plan_speed_times_a_maze_teacher_and_its_student_side_by_side(tmp_path, 
     assert cli.main(["distill", str(teacher), "--method", "consistency", "--steps", "2", "--out", str(tmp_path / "cd"),
                      "distill.ode_steps=4", "distill.stage_steps=2", "train.progress=false"]) == 0
     rows = plan_speed([str(teacher), f"{tmp_path / 'cd'}:1", str(tmp_path / "cd")], threads=1, repeats=2)["rows"]
-    assert [(r["sampler"], r["steps"]) for r in rows] == [(run.load(teacher).recipe.sample.sampler,
-                                                           run.load(teacher).recipe.sample.steps),
-                                                          ("consistency", 1), ("consistency", 2)]
+    own = run.load(teacher).recipe.sample
+    assert [(r["sampler"], r["steps"]) for r in rows] == [(own.sampler, own.steps), ("consistency", 1), ("consistency", 2)]
     assert rows[0]["speedup"] == 1.0 and all(r["ms_median"] > 0 for r in rows)
 
 
