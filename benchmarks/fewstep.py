@@ -152,6 +152,7 @@ def image_rows(teacher: Path, students: list[Path], n: int, seeds: list[int], wi
     if with_teacher:
         rows = [row("teacher", t, "ddim", 50), row("teacher", t, t.recipe.sample.sampler, t.recipe.sample.steps)]
         rows += [row("teacher", t, "ddim", k, "uniform") for k in (1, 2, 4)]  # the students' grid
+        rows += [row("teacher", t, "dpmpp_2m", k, "uniform") for k in (2, 4)]  # (at 1 step it is DDIM)
     rows += student_rows(students, row)
     if not with_teacher:
         return rows
@@ -444,7 +445,7 @@ def main(argv=None) -> int:
     for what, n, students_only in (("toy", 4000, False), ("image", 1000, True), ("music", 200, True)):
         c = sub.add_parser(what)
         c.add_argument("--teacher", type=Path, required=True)
-        c.add_argument("--students", type=Path, nargs="+", required=True)
+        c.add_argument("--students", type=Path, nargs="*", default=[], help="none: the teacher's rows alone")
         c.add_argument("--n", type=int, default=n)
         c.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
         c.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / f"fewstep_{what}.json")
