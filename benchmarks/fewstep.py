@@ -302,8 +302,8 @@ def audio_speed(presets: list[str], seconds: float, threads: int, repeats: int) 
 
 def plan_speed(specs: list[str], threads: int, repeats: int) -> dict:
     """Milliseconds per maze plan (start/goal inpainting, one candidate, the first test episode's start and goal) of a
-    teacher and its students side by side: RUN or RUN:STEPS, each with its own sampler; rounds in alternating order
-    after a warm-up, median of `repeats`, on `threads` threads."""
+    teacher and its students side by side: RUN, RUN:STEPS or RUN:STEPS:SAMPLER, each with its own sampler unless one
+    is named; rounds in alternating order after a warm-up, median of `repeats`, on `threads` threads."""
     import numpy as np
     from trajectory import _loaded
     from diffsuite.modalities.trajectory.maze import make_env
@@ -311,14 +311,15 @@ def plan_speed(specs: list[str], threads: int, repeats: int) -> dict:
     torch.set_num_threads(threads)
     planners, obs = {}, None
     for spec in specs:
-        path, _, steps = spec.partition(":")
+        path, _, rest = spec.partition(":")
+        steps, _, sampler = rest.partition(":")
         ld, seq = _loaded(path, "cpu")
         r = ld.recipe
         if obs is None:
             env = make_env(r.data.env_id)
             obs = env.reset(seed=1000)[0]
             env.close()
-        cfg = PlannerConfig(sampler=r.sample.sampler, steps=int(steps) if steps else r.sample.steps,
+        cfg = PlannerConfig(sampler=sampler or r.sample.sampler, steps=int(steps) if steps else r.sample.steps,
                             condition=r.data.condition)
         planners[spec] = Planner(ld.denoiser, seq.normalizer, seq.action_dim, seq.obs_dim, r.data.horizon, cfg)
     times = {k: [] for k in planners}
@@ -467,7 +468,8 @@ def main(argv=None) -> int:
     sp.add_argument("--repeats", type=int, default=3)
     sp.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewstep_audio_speed.json")
     ps = sub.add_parser("plan-speed", help="maze plan latency of a teacher and its students side by side")
-    ps.add_argument("runs", nargs="+", help="RUN or RUN:STEPS, the teacher first (the speedups are against it)")
+    ps.add_argument("runs", nargs="+", help="RUN, RUN:STEPS or RUN:STEPS:SAMPLER, the teacher first (the speedups "
+                                            "are against it)")
     ps.add_argument("--threads", type=int, default=1)
     ps.add_argument("--repeats", type=int, default=20)
     ps.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewstep_plan_speed.json")

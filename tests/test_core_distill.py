@@ -167,8 +167,8 @@ def test_a_student_samples_through_every_command(task, command, method, tmp_path
 
 
 def test_plan_speed_times_a_maze_teacher_and_its_student_side_by_side(tmp_path, monkeypatch):
-    """benchmarks/fewstep.py plan-speed: each run plans with its own sampler (RUN:STEPS overrides the steps), and the
-    speedups are against the first run."""
+    """benchmarks/fewstep.py plan-speed: each run plans with its own sampler (RUN:STEPS overrides the steps,
+    RUN:STEPS:SAMPLER the sampler too), and the speedups are against the first run."""
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     from fewstep import plan_speed
@@ -176,9 +176,11 @@ def test_plan_speed_times_a_maze_teacher_and_its_student_side_by_side(tmp_path, 
     teacher = run.train(recipe("trajectory", tmp_path, steps=2), out_dir=tmp_path / "teacher")
     assert cli.main(["distill", str(teacher), "--method", "consistency", "--steps", "2", "--out", str(tmp_path / "cd"),
                      "distill.ode_steps=4", "distill.stage_steps=2", "train.progress=false"]) == 0
-    rows = plan_speed([str(teacher), f"{tmp_path / 'cd'}:1", str(tmp_path / "cd")], threads=1, repeats=2)["rows"]
+    specs = [str(teacher), f"{tmp_path / 'cd'}:1", str(tmp_path / "cd"), f"{teacher}:2:dpmpp_2m"]
+    rows = plan_speed(specs, threads=1, repeats=2)["rows"]
     own = run.load(teacher).recipe.sample
-    assert [(r["sampler"], r["steps"]) for r in rows] == [(own.sampler, own.steps), ("consistency", 1), ("consistency", 2)]
+    assert [(r["sampler"], r["steps"]) for r in rows] == [(own.sampler, own.steps), ("consistency", 1),
+                                                          ("consistency", 2), ("dpmpp_2m", 2)]
     assert rows[0]["speedup"] == 1.0 and all(r["ms_median"] > 0 for r in rows)
 
 
