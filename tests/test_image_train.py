@@ -377,6 +377,42 @@ def test_a_folder_of_photographs_as_patches(tmp_path, monkeypatch):
     assert len(test) == sum(split_of(n) == "test" for n in names) >= 1  # one 32x32 tile per 40x50 photograph
 
 
+def test_scale_augmentation_draws_crops_from_larger_levels_of_each_photograph(tmp_path):
+    """data.scale_aug: the training crops come from the photograph at short_side, at sqrt(2) steps above it and at its
+    own size; val / test keep the fixed grid of the short_side photograph."""
+    import numpy as np
+    from PIL import Image
+    from diffsuite.modalities.image import data as D
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"p{i}.png" for i in range(30)]
+    for n in names:  # 100 x 150: short sides 40 (the base), 57 (40 sqrt 2), 80, 100 (its own)
+        Image.fromarray(rng.integers(0, 255, (100, 150, 3), dtype=np.uint8)).save(folder / n)
+    train = D.folder_patches(folder, "train", 32, 3, short_side=40, scale_aug=True)
+    assert [tuple(q.shape[1:]) for q in train.levels[0]] == [(40, 60), (57, 85), (80, 120), (100, 150)]
+    assert torch.equal(train.levels[0][0], train.photos[0]) and len(train) == len(train.photos)  # one 32-cell each
+    first = next(n for n in sorted(names) if D.split_of(n) == "train")
+    assert torch.equal(train.levels[0][-1], D.to_model(np.asarray(Image.open(folder / first))[None])[0])  # its own size
+    seen = set()
+    for seed in range(40):  # each crop is a window of one level, and every level is drawn
+        torch.manual_seed(seed)
+        x = train[0]
+        seen.update(k for k, q in enumerate(train.levels[0]) if _is_crop_of(x, q))
+    assert seen == {0, 1, 2, 3}
+    plain = D.folder_patches(folder, "train", 32, 3, short_side=40)
+    assert plain.levels is None
+    test = D.folder_patches(folder, "test", 32, 3, short_side=40, scale_aug=True)
+    assert len(test) == sum(D.split_of(n) == "test" for n in names)  # the grid of the 40-pixel photographs only
+
+
+def _is_crop_of(x, photo) -> bool:
+    """Whether x (C, s, s), or its mirror image, is a window of photo (C, H, W)."""
+    s = x.shape[-1]
+    windows = photo.unfold(1, s, 1).unfold(2, s, 1)  # (C, H-s+1, W-s+1, s, s)
+    return any(bool((windows == y[:, None, None]).all(0).all(-1).all(-1).any()) for y in (x, x.flip(-1)))
+
+
 def test_residual_sr_generates_the_residual_over_the_source(tmp_path, monkeypatch):
     """data.residual (SRDiff): the model's x0 is the clean image minus its source, and every output adds it back."""
     monkeypatch.setenv("DIFFSUITE_CACHE", str(tmp_path / "cache"))

@@ -232,29 +232,45 @@ def _photo(path: Path, channels: int, short_side: int) -> np.ndarray:
     return read_pixels(path, channels, lambda img: _fit_short_side(img, short_side))
 
 
-def photo_arrays(split: str, channels: int, short_side: int = 256) -> list[np.ndarray]:
-    """The split's bundled photographs as uint8 (H, W, C), each resized so its shorter side is at most short_side;
-    RGB (channels 3) takes only the colour photographs."""
+def larger_levels(path: Path, channels: int, short_side: int) -> list[np.ndarray]:
+    """The photograph at the short sides short_side * sqrt(2)^k (k = 1, 2, ...) below its own, and at its own size:
+    the levels that scale augmentation draws crops from besides the short_side one."""
+    full = read_pixels(path, channels, None)
+    n, sides = min(full.shape[:2]), []
+    while short_side * 2 ** ((len(sides) + 1) / 2) < n:
+        sides.append(round(short_side * 2 ** ((len(sides) + 1) / 2)))
+    return [_photo(path, channels, s) for s in sides] + ([full] if n > short_side else [])
+
+
+def photo_files(split: str, channels: int) -> list[Path]:
+    """The split's bundled photographs' files; RGB (channels 3) takes only the colour photographs."""
     import skimage.data
     folder = Path(skimage.data.__file__).parent  # the files ship in the wheel: read them, never fetch
     names = [n for n in PHOTO_SPLITS[split] if channels == 1 or n not in GRAY_PHOTOS]
-    out = []
-    for n in names:
-        f = next(folder.glob(f"{n}.*"), None)
-        if f is None:
-            raise FileNotFoundError(f"photos: {n} is not among scikit-image's bundled photographs in {folder}")
-        out.append(_photo(f, channels, short_side))
-    return out
+    files = [next(folder.glob(f"{n}.*"), None) for n in names]
+    missing = [n for n, f in zip(names, files) if f is None]
+    if missing:
+        raise FileNotFoundError(f"photos: {missing[0]} is not among scikit-image's bundled photographs in {folder}")
+    return files
+
+
+def photo_arrays(split: str, channels: int, short_side: int = 256) -> list[np.ndarray]:
+    """The split's bundled photographs as uint8 (H, W, C), each resized so its shorter side is at most short_side."""
+    return [_photo(f, channels, short_side) for f in photo_files(split, channels)]
 
 
 class Patches(torch.utils.data.Dataset):
     """Random size x size crops of whole photographs (with horizontal flips): item i is a crop of the photograph
-    whose grid cell i is, at a random offset (torch's global RNG, seeded per item by the trainer)."""
+    whose grid cell i is, at a random offset (torch's global RNG, seeded per item by the trainer). With `levels`
+    (larger versions of each photograph, `larger_levels`), the crop comes from a level drawn uniformly among the
+    photograph and its levels: scale augmentation."""
 
-    def __init__(self, photos: list[np.ndarray], size: int, hflip: bool = True):
+    def __init__(self, photos: list[np.ndarray], size: int, hflip: bool = True,
+                 levels: list[list[np.ndarray]] | None = None):
         small = [p.shape[:2] for p in photos if min(p.shape[:2]) < size]
         if small:
             raise ValueError(f"photographs smaller than the {size}x{size} patch: {small}")
+        self.levels = [[to_model(q[None])[0] for q in [p, *more]] for p, more in zip(photos, levels)] if levels else None
         self.photos = [to_model(p[None])[0] for p in photos]
         self.size, self.hflip = size, hflip
         self.owner = [k for k, p in enumerate(photos) for _ in range((p.shape[0] // size) * (p.shape[1] // size))]
@@ -265,6 +281,9 @@ class Patches(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         p = self.photos[self.owner[i]]
+        if self.levels:
+            options = self.levels[self.owner[i]]
+            p = options[int(torch.randint(len(options), ()))]
         top = int(torch.randint(p.shape[1] - self.size + 1, ()))
         left = int(torch.randint(p.shape[2] - self.size + 1, ()))
         x = p[:, top:top + self.size, left:left + self.size]
@@ -278,28 +297,37 @@ def grid_patches(photos: list[np.ndarray], size: int) -> ArrayImages:
     return ArrayImages(np.stack(tiles))
 
 
-def _as_patches(arrays: list[np.ndarray], split: str, size: int, hflip: bool):
-    return Patches(arrays, size, hflip) if split == "train" else grid_patches(arrays, size)
+def _as_patches(arrays: list[np.ndarray], split: str, size: int, hflip: bool, files: list[Path], channels: int,
+                short_side: int, scale_aug: bool):
+    if split != "train":
+        return grid_patches(arrays, size)
+    levels = [larger_levels(f, channels, short_side) for f in files] if scale_aug else None
+    return Patches(arrays, size, hflip, levels)
 
 
-def photos(split: str, size: int, channels: int, hflip: bool = True, short_side: int = 256):
-    """The bundled photographs as patches: random crops for training, the tiles of a fixed grid for val / test."""
+def photos(split: str, size: int, channels: int, hflip: bool = True, short_side: int = 256, scale_aug: bool = False):
+    """The bundled photographs as patches: random crops for training (from random levels of each photograph's
+    pyramid with scale_aug), the tiles of a fixed grid for val / test."""
     if split not in PHOTO_SPLITS:
         raise ValueError(f"photos: split must be one of {sorted(PHOTO_SPLITS)}, got {split!r}")
-    return _as_patches(photo_arrays(split, channels, short_side), split, size, hflip)
+    files = photo_files(split, channels)
+    arrays = [_photo(f, channels, short_side) for f in files]
+    return _as_patches(arrays, split, size, hflip, files, channels, short_side, scale_aug)
 
 
-def folder_patches(root: str | Path, split: str, size: int, channels: int, hflip: bool = True, short_side: int = 256):
+def folder_patches(root: str | Path, split: str, size: int, channels: int, hflip: bool = True, short_side: int = 256,
+                   scale_aug: bool = False):
     """A folder of one's own photographs as patches, like `photos`: split by file name (a stable hash: 10% val, 10%
     test), unreadable files skipped with a warning."""
     files = [f for f in scan_folder(root)[0] if split_of(f.name) == split]
     if not files:
         raise ValueError(f"image folder {str(root)!r}: none of its photographs falls in the {split!r} split (split by "
                          "file name: about 10% val, 10% test); add photographs")
-    arrays, bad = [], []
+    arrays, good, bad = [], [], []
     for f in files:
         try:
             arrays.append(_photo(f, channels, short_side))
+            good.append(f)
         except (OSError, ValueError):
             bad.append(f.name)
     if bad:
@@ -308,4 +336,4 @@ def folder_patches(root: str | Path, split: str, size: int, channels: int, hflip
     if small:
         raise ValueError(f"image folder {str(root)!r}: {len(small)} photograph(s) smaller than the {size}x{size} patch "
                          f"(e.g. {small[0][1]}x{small[0][0]} after shrinking to a {short_side}-pixel short side)")
-    return _as_patches(arrays, split, size, hflip)
+    return _as_patches(arrays, split, size, hflip, good, channels, short_side, scale_aug)

@@ -65,6 +65,9 @@ class DataConfig:
     # folder: whole photographs cut into random image_size patches (split by file: 10% val, 10% test), as `photos`
     patches: bool = False
     short_side: int = valid(256, min=8)  # photos / patches: photographs are first shrunk to this shorter side
+    # photos / patches: scale augmentation; each training crop comes from its photograph at a random level between
+    # short_side and its own size (sqrt(2) apart), so the model also sees the finer scales that val / test keep
+    scale_aug: bool = False
     # image-to-image (SR3 / Palette): the model is given degrade(x) as a source image (core.degrade)
     degradation: Optional[str] = valid(None, choices=DEGRADATIONS)
     factor: int = valid(4, min=2)  # sr: the downsampling factor
@@ -253,11 +256,12 @@ class ImageTask(Task):
                 raise ValueError(f"data.channels: the digits are grayscale (1 channel), got {data.channels}")
             return D.digits(split, data.image_size, data.digits_mode, data.hflip, data.class_cond)
         if data.source == "photos":
-            return D.photos(split, data.image_size, data.channels, data.hflip, data.short_side)
+            return D.photos(split, data.image_size, data.channels, data.hflip, data.short_side, data.scale_aug)
         if data.source == "folder" and data.patches:
             if not data.path:
                 raise ValueError("data.path: source 'folder' needs the image folder's path")
-            return D.folder_patches(data.path, split, data.image_size, data.channels, data.hflip, data.short_side)
+            return D.folder_patches(data.path, split, data.image_size, data.channels, data.hflip, data.short_side,
+                                   data.scale_aug)
         if data.source == "folder":
             if not data.path:
                 raise ValueError("data.path: source 'folder' needs the image folder's path")
