@@ -236,9 +236,10 @@ def larger_levels(path: Path, channels: int, short_side: int) -> list[np.ndarray
     """The photograph at the short sides short_side * sqrt(2)^k (k = 1, 2, ...) below its own, and at its own size:
     the levels that scale augmentation draws crops from besides the short_side one."""
     full = read_pixels(path, channels, None)
-    n, sides = min(full.shape[:2]), []
-    while short_side * 2 ** ((len(sides) + 1) / 2) < n:
-        sides.append(round(short_side * 2 ** ((len(sides) + 1) / 2)))
+    n, sides, k = min(full.shape[:2]), [], 1
+    while (side := short_side * 2 ** (k / 2)) < n:
+        sides.append(round(side))
+        k += 1
     return [_photo(path, channels, s) for s in sides] + ([full] if n > short_side else [])
 
 
@@ -270,8 +271,9 @@ class Patches(torch.utils.data.Dataset):
         small = [p.shape[:2] for p in photos if min(p.shape[:2]) < size]
         if small:
             raise ValueError(f"photographs smaller than the {size}x{size} patch: {small}")
-        self.levels = [[to_model(q[None])[0] for q in [p, *more]] for p, more in zip(photos, levels)] if levels else None
         self.photos = [to_model(p[None])[0] for p in photos]
+        self.levels = [[p, *(to_model(q[None])[0] for q in more)] for p, more in zip(self.photos, levels)] \
+            if levels else None
         self.size, self.hflip = size, hflip
         self.owner = [k for k, p in enumerate(photos) for _ in range((p.shape[0] // size) * (p.shape[1] // size))]
         self.x, self.labels, self.classes = None, None, []
