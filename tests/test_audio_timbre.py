@@ -46,6 +46,17 @@ def test_pairs_train_and_sample(timbre_run, tmp_path, monkeypatch):
     assert x.shape == (2, 1, 128, 32) and (tmp_path / "s" / "sample_000.wav").exists() and files["png"]
 
 
+def test_the_timbre_net_is_the_image_net_and_takes_its_layout():
+    """The timbre task builds the image U-Net through the image task's builder, channels_last included."""
+    from diffsuite.recipes.registry import get_task
+    from diffsuite.recipes.run import load_recipe
+    r = load_recipe(_recipe() | {"model": _recipe()["model"] | {"channels_last": True}})
+    task = get_task("timbre")
+    net = task.build_net(task.configure(r.model, r.data), r.diffusion)
+    conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+
+
 def test_transfer_any_length_rate_and_channels(timbre_run, tmp_path, monkeypatch, capsys):
     from diffsuite.recipes.cli import main
     run_dir, cache = timbre_run

@@ -135,9 +135,8 @@ class TimbreTask(Task):
         return replace(model, image_size=model.image_size or data.patch, in_channels=1, source_channels=1)
 
     def build_net(self, model, diffusion):
-        from diffsuite.modalities.image.task import unet_spec
-        from diffsuite.modalities.image.unet import build_unet
-        return build_unet(unet_spec(model))
+        from diffsuite.modalities.image.task import build_image_net
+        return build_image_net(model, diffusion)
 
     def build_dataset(self, data: TimbreData, split: str = "train"):
         pairs = []

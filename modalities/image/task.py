@@ -184,6 +184,12 @@ def save_grid(x: torch.Tensor, path: Path, nrow: int, pad: int = 1, scale: int =
     return path
 
 
+def build_image_net(model: ModelConfig, diffusion: Any) -> torch.nn.Module:
+    """The U-Net of a ModelConfig (in the channels_last layout if asked), for every task that reuses it."""
+    net = build_unet(unet_spec(model, learn_sigma=bool(getattr(diffusion, "learned_variance", False))))
+    return net.to(memory_format=torch.channels_last) if model.channels_last else net
+
+
 class ImageTask(Task):
     name = "image"
     ModelConfig = ModelConfig
@@ -192,8 +198,7 @@ class ImageTask(Task):
     null_cond = -1
 
     def build_net(self, model: ModelConfig, diffusion: Any) -> torch.nn.Module:
-        net = build_unet(unet_spec(model, learn_sigma=bool(getattr(diffusion, "learned_variance", False))))
-        return net.to(memory_format=torch.channels_last) if model.channels_last else net
+        return build_image_net(model, diffusion)
 
     def build_discriminator(self, model: ModelConfig, data: DataConfig, gan: Any) -> torch.nn.Module:
         """DDGAN's D(x_{t-1}, x_t, t, class): a time-conditional conv net with a class projection (core.ddgan)."""
