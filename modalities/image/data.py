@@ -255,11 +255,6 @@ def photo_files(split: str, channels: int) -> list[Path]:
     return files
 
 
-def photo_arrays(split: str, channels: int, short_side: int = 256) -> list[np.ndarray]:
-    """The split's bundled photographs as uint8 (H, W, C), each resized so its shorter side is at most short_side."""
-    return [_photo(f, channels, short_side) for f in photo_files(split, channels)]
-
-
 class Patches(torch.utils.data.Dataset):
     """Random size x size crops of whole photographs (with horizontal flips): item i is a crop of the photograph
     whose grid cell i is, at a random offset (torch's global RNG, seeded per item by the trainer). With `levels`
