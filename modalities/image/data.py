@@ -243,11 +243,12 @@ def larger_levels(path: Path, channels: int, short_side: int) -> list[np.ndarray
     return [_photo(path, channels, s) for s in sides] + ([full] if n > short_side else [])
 
 
-def photo_files(split: str, channels: int) -> list[Path]:
-    """The split's bundled photographs' files; RGB (channels 3) takes only the colour photographs."""
+def photo_files(split: str, channels: int, gray: bool = False) -> list[Path]:
+    """The split's bundled photographs' files; RGB (channels 3) takes only the colour photographs unless `gray`
+    (then the grayscale ones too, read as gray RGB)."""
     import skimage.data
     folder = Path(skimage.data.__file__).parent  # the files ship in the wheel: read them, never fetch
-    names = [n for n in PHOTO_SPLITS[split] if channels == 1 or n not in GRAY_PHOTOS]
+    names = [n for n in PHOTO_SPLITS[split] if channels == 1 or gray or n not in GRAY_PHOTOS]
     files = [next(folder.glob(f"{n}.*"), None) for n in names]
     missing = [n for n, f in zip(names, files) if f is None]
     if missing:
@@ -302,12 +303,14 @@ def _as_patches(arrays: list[np.ndarray], split: str, size: int, hflip: bool, fi
     return Patches(arrays, size, hflip, levels)
 
 
-def photos(split: str, size: int, channels: int, hflip: bool = True, short_side: int = 256, scale_aug: bool = False):
+def photos(split: str, size: int, channels: int, hflip: bool = True, short_side: int = 256, scale_aug: bool = False,
+           gray_train: bool = False):
     """The bundled photographs as patches: random crops for training (from random levels of each photograph's
-    pyramid with scale_aug), the tiles of a fixed grid for val / test."""
+    pyramid with scale_aug; RGB training with the grayscale photographs too with gray_train), the tiles of a fixed
+    grid for val / test."""
     if split not in PHOTO_SPLITS:
         raise ValueError(f"photos: split must be one of {sorted(PHOTO_SPLITS)}, got {split!r}")
-    files = photo_files(split, channels)
+    files = photo_files(split, channels, gray_train and split == "train")
     arrays = [_photo(f, channels, short_side) for f in files]
     return _as_patches(arrays, split, size, hflip, files, channels, short_side, scale_aug)
 

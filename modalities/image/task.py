@@ -68,6 +68,8 @@ class DataConfig:
     # photos / patches: scale augmentation; each training crop comes from its photograph at a random level between
     # short_side and its own size (sqrt(2) apart), so the model also sees the finer scales that val / test keep
     scale_aug: bool = False
+    # photos, RGB: the training split also takes the grayscale photographs (as gray RGB); val / test unchanged
+    gray_train: bool = False
     # image-to-image (SR3 / Palette): the model is given degrade(x) as a source image (core.degrade)
     degradation: Optional[str] = valid(None, choices=DEGRADATIONS)
     factor: int = valid(4, min=2)  # sr: the downsampling factor
@@ -261,7 +263,8 @@ class ImageTask(Task):
                 raise ValueError(f"data.channels: the digits are grayscale (1 channel), got {data.channels}")
             return D.digits(split, data.image_size, data.digits_mode, data.hflip, data.class_cond)
         if data.source == "photos":
-            return D.photos(split, data.image_size, data.channels, data.hflip, data.short_side, data.scale_aug)
+            return D.photos(split, data.image_size, data.channels, data.hflip, data.short_side, data.scale_aug,
+                            data.gray_train)
         if data.source == "folder" and data.patches:
             if not data.path:
                 raise ValueError("data.path: source 'folder' needs the image folder's path")
