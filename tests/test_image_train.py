@@ -406,6 +406,18 @@ def test_scale_augmentation_draws_crops_from_larger_levels_of_each_photograph(tm
     assert len(test) == sum(D.split_of(n) == "test" for n in names)  # the grid of the 40-pixel photographs only
 
 
+def test_gray_train_adds_the_grayscale_photographs_to_rgb_training_only():
+    """data.gray_train: RGB training also crops the grayscale photographs (as gray RGB); val / test stay colour."""
+    from diffsuite.modalities.image import data as D
+    colour, both = D.photos("train", 32, 3), D.photos("train", 32, 3, gray_train=True)
+    gray = [p for p in both.photos if torch.equal(p[0], p[1]) and torch.equal(p[1], p[2])]
+    assert len(both.photos) == len(colour.photos) + len(gray) and len(gray) == len(
+        [n for n in D.PHOTO_SPLITS["train"] if n in D.GRAY_PHOTOS])
+    assert not any(torch.equal(p[0], p[1]) for p in colour.photos)
+    for split in ("val", "test"):
+        assert torch.equal(D.photos(split, 32, 3, gray_train=True).x, D.photos(split, 32, 3).x)
+
+
 def _is_crop_of(x, photo) -> bool:
     """Whether x (C, s, s), or its mirror image, is a window of photo (C, H, W)."""
     s = x.shape[-1]
