@@ -5,6 +5,7 @@ stopped and resumed from a checkpoint reproduces the uninterrupted run exactly (
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import dataclasses
@@ -117,6 +118,15 @@ def split_batch(batch):
     if isinstance(batch, (list, tuple)):  # e.g. TensorDataset items: (x0,) or (x0, cond)
         return batch[0], (batch[1] if len(batch) > 1 else None)
     return batch, None
+
+
+@atexit.register
+def _end_process_group() -> None:
+    """Destroy the distributed process group before the interpreter tears down, as PyTorch asks: left to exit, gloo's
+    threads can meet static destruction and abort a rank ("terminate called without an active exception") after its
+    work is done, which fails the whole launch."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def make_accelerator(cfg: TrainerConfig, mixed_precision: Optional[str] = None) -> Accelerator:
