@@ -500,3 +500,23 @@ def test_residual_scale_auto_is_measured_once_and_undone_by_finish(tmp_path, mon
     r["data"]["residual_scale"] = -1.0
     with pytest.raises(ConfigError, match="data.residual_scale"):
         run.train(r, out_dir=tmp_path / "bad")
+
+
+def test_rot90_turns_training_crops_through_all_eight_symmetries_of_the_square():
+    """data.rot90 (with hflip): a training crop comes out as one of the 8 flips / quarter turns of a window of its
+    photograph, and every one of them is drawn; without it, only the identity and the horizontal flip."""
+    import numpy as np
+    from diffsuite.modalities.image import data as D
+    photo = np.random.default_rng(0).integers(0, 255, (8, 8, 1), dtype=np.uint8)  # an 8x8 crop of an 8x8 photograph
+    base = D.to_model(photo[None])[0]
+    symmetries = [base.rot90(k, (1, 2)).flip(-1) if f else base.rot90(k, (1, 2)) for k in range(4) for f in (0, 1)]
+
+    def drawn(ds):
+        seen = set()
+        for seed in range(64):
+            torch.manual_seed(seed)
+            x = ds[0]
+            seen.update(j for j, s in enumerate(symmetries) if torch.equal(x, s))
+        return seen
+    assert drawn(D.Patches([photo], 8, hflip=True, rot90=True)) == set(range(8))
+    assert drawn(D.Patches([photo], 8, hflip=True)) == {0, 1}

@@ -260,17 +260,18 @@ class Patches(torch.utils.data.Dataset):
     """Random size x size crops of whole photographs (with horizontal flips): item i is a crop of the photograph
     whose grid cell i is, at a random offset (torch's global RNG, seeded per item by the trainer). With `levels`
     (larger versions of each photograph, `larger_levels`), the crop comes from a level drawn uniformly among the
-    photograph and its levels: scale augmentation."""
+    photograph and its levels: scale augmentation. With `rot90`, each crop also takes a random quarter turn (with
+    hflip: the 8 symmetries of the square, the flips and rotations of EDSR, Lim et al. 2017)."""
 
     def __init__(self, photos: list[np.ndarray], size: int, hflip: bool = True,
-                 levels: list[list[np.ndarray]] | None = None):
+                 levels: list[list[np.ndarray]] | None = None, rot90: bool = False):
         small = [p.shape[:2] for p in photos if min(p.shape[:2]) < size]
         if small:
             raise ValueError(f"photographs smaller than the {size}x{size} patch: {small}")
         self.photos = [to_model(p[None])[0] for p in photos]
         self.levels = [[p, *(to_model(q[None])[0] for q in more)] for p, more in zip(self.photos, levels)] \
             if levels else None
-        self.size, self.hflip = size, hflip
+        self.size, self.hflip, self.rot90 = size, hflip, rot90
         self.owner = [k for k, p in enumerate(photos) for _ in range((p.shape[0] // size) * (p.shape[1] // size))]
         self.x, self.labels, self.classes = None, None, []
 
@@ -285,6 +286,8 @@ class Patches(torch.utils.data.Dataset):
         top = int(torch.randint(p.shape[1] - self.size + 1, ()))
         left = int(torch.randint(p.shape[2] - self.size + 1, ()))
         x = p[:, top:top + self.size, left:left + self.size]
+        if self.rot90:
+            x = x.rot90(int(torch.randint(4, ())), (1, 2))
         return x.flip(-1) if self.hflip and torch.rand(()) < 0.5 else x
 
 
@@ -296,15 +299,15 @@ def grid_patches(photos: list[np.ndarray], size: int) -> ArrayImages:
 
 
 def _as_patches(arrays: list[np.ndarray], split: str, size: int, hflip: bool, files: list[Path], channels: int,
-                short_side: int, scale_aug: bool):
+                short_side: int, scale_aug: bool, rot90: bool):
     if split != "train":
         return grid_patches(arrays, size)
     levels = [larger_levels(f, channels, short_side) for f in files] if scale_aug else None
-    return Patches(arrays, size, hflip, levels)
+    return Patches(arrays, size, hflip, levels, rot90)
 
 
 def photos(split: str, size: int, channels: int, hflip: bool = True, short_side: int = 256, scale_aug: bool = False,
-           gray_train: bool = False):
+           gray_train: bool = False, rot90: bool = False):
     """The bundled photographs as patches: random crops for training (from random levels of each photograph's
     pyramid with scale_aug; RGB training with the grayscale photographs too with gray_train), the tiles of a fixed
     grid for val / test."""
@@ -312,11 +315,11 @@ def photos(split: str, size: int, channels: int, hflip: bool = True, short_side:
         raise ValueError(f"photos: split must be one of {sorted(PHOTO_SPLITS)}, got {split!r}")
     files = photo_files(split, channels, gray_train and split == "train")
     arrays = [_photo(f, channels, short_side) for f in files]
-    return _as_patches(arrays, split, size, hflip, files, channels, short_side, scale_aug)
+    return _as_patches(arrays, split, size, hflip, files, channels, short_side, scale_aug, rot90)
 
 
 def folder_patches(root: str | Path, split: str, size: int, channels: int, hflip: bool = True, short_side: int = 256,
-                   scale_aug: bool = False):
+                   scale_aug: bool = False, rot90: bool = False):
     """A folder of one's own photographs as patches, like `photos`: split by file name (a stable hash: 10% val, 10%
     test), unreadable files skipped with a warning."""
     files = [f for f in scan_folder(root)[0] if split_of(f.name) == split]
@@ -336,4 +339,4 @@ def folder_patches(root: str | Path, split: str, size: int, channels: int, hflip
     if small:
         raise ValueError(f"image folder {str(root)!r}: {len(small)} photograph(s) smaller than the {size}x{size} patch "
                          f"(e.g. {small[0][1]}x{small[0][0]} after shrinking to a {short_side}-pixel short side)")
-    return _as_patches(arrays, split, size, hflip, good, channels, short_side, scale_aug)
+    return _as_patches(arrays, split, size, hflip, good, channels, short_side, scale_aug, rot90)
