@@ -261,6 +261,20 @@ def _draws(den, x_shape, cond, sampler: str, steps: int, k: int, seed: int = 0, 
                                cond=cond, hooks=hooks) for j in range(k)])
 
 
+def _self_ensemble(loaded, x_shape, src, steps: int, k: int) -> "torch.Tensor":
+    """k finished sample sets (k, N, ...) of an SR model, set j drawn with the source under the (j % 8)-th symmetry of
+    the square and turned back (EDSR's self-ensemble, Lim et al. 2017); set j's noise seed is _draws' (seed j)."""
+    import torch
+    from diffsuite.modalities.image.data import square_symmetry
+    sets = []
+    for j in range(k):
+        s = square_symmetry(src, j % 8)
+        cond = {"source": s}
+        y = _draws(loaded.denoiser, (*x_shape[:2], *s.shape[2:]), cond, "ddim", steps, 1, seed=j)[0]
+        sets.append(square_symmetry(loaded.task.finish(y, cond, loaded.recipe), j % 8, inverse=True))
+    return torch.stack(sets)
+
+
 def _scores(y, ref, extra=None) -> dict:
     from diffsuite.modalities.image import metrics
     r = {"psnr": float(metrics.psnr(y, ref).mean()), "ssim": float(metrics.ssim(y, ref).mean())}
@@ -290,6 +304,9 @@ def sr_rows(args, out: Path) -> dict:
                             {"source": src}, loaded.recipe)
     seconds = time.time() - t0
     outs = {"bicubic": src, "sr3, one sample": ys[0], f"sr3, mean of {args.samples}": ys.mean(0)}
+    if args.self_ensemble:
+        outs[f"sr3, mean of {args.samples} over the symmetries"] = _self_ensemble(loaded, x.shape, src, steps,
+                                                                                   args.samples).mean(0)
     if args.regression:
         reg = load(args.regression)
         outs["regression U-Net (L2)"] = reg.task.finish(_draws(reg.denoiser, x.shape, {"source": src}, "ddim", 1, 1)[0],
@@ -517,6 +534,8 @@ def main(argv=None):
                     "free-form strokes and uncropping the right half, with pictures")
     ii.add_argument("--n", type=int, default=1077, help="test images (inpainting: repeated to reach n)")
     ii.add_argument("--samples", type=int, default=8)
+    ii.add_argument("--self-ensemble", action="store_true", help="SR: also the mean of the samples drawn under the 8 "
+                    "symmetries of the square (EDSR's self-ensemble)")
     ii.add_argument("--steps", type=int, default=None, help="SR3 / colorization DDIM steps (default the recipe's)")
     ii.add_argument("--palette-steps", type=int, default=10)
     ii.add_argument("--split", default="test", choices=("val", "test"),

@@ -448,6 +448,10 @@ def test_residual_sr_generates_the_residual_over_the_source(tmp_path, monkeypatc
     assert a.denoiser.x0_transform is None and bench._sampling_x0(a, None) is a
     assert bench._sampling_x0(a, "clip").denoiser.x0_transform is clip_x0 and a.recipe.diffusion.clip_x0 == "clip"
     assert bench._sampling_x0(a, "none").denoiser.x0_transform is None
+    src = cond["source"]  # --self-ensemble: set 0 is the plain draw (identity, seed 0); set 1 saw a quarter turn
+    sets = bench._self_ensemble(a, x.shape, src, 2, 2)
+    plain = a.task.finish(bench._draws(a.denoiser, x.shape, {"source": src}, "ddim", 2, 1)[0], {"source": src}, a.recipe)
+    assert sets.shape == (2, *x.shape) and torch.equal(sets[0], plain) and not torch.allclose(sets[1], plain)
     r["data"]["degradation"] = "colorize"
     from diffsuite.core.config import ConfigError
     with pytest.raises(ConfigError, match=r"data.residual needs data.degradation in \('sr', 'inpaint', 'uncrop'\)"):
@@ -520,3 +524,15 @@ def test_rot90_turns_training_crops_through_all_eight_symmetries_of_the_square()
         return seen
     assert drawn(D.Patches([photo], 8, hflip=True, rot90=True)) == set(range(8))
     assert drawn(D.Patches([photo], 8, hflip=True)) == {0, 1}
+
+
+def test_square_symmetries_are_eight_distinct_transforms_each_undone_by_its_inverse():
+    """square_symmetry (the self-ensemble's transforms): k = 0 is the identity, the 8 differ on a generic image, and
+    inverse=True undoes each, on a non-square image too."""
+    from diffsuite.modalities.image.data import square_symmetry
+    x = torch.randn(2, 3, 5, 7)
+    outs = [square_symmetry(x, k) for k in range(8)]
+    assert torch.equal(outs[0], x) and outs[1].shape == (2, 3, 7, 5)
+    assert all(torch.equal(square_symmetry(y, k, inverse=True), x) for k, y in enumerate(outs))
+    square = torch.randn(1, 1, 4, 4)
+    assert len({tuple(square_symmetry(square, k).flatten().tolist()) for k in range(8)}) == 8

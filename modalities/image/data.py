@@ -291,6 +291,16 @@ class Patches(torch.utils.data.Dataset):
         return x.flip(-1) if self.hflip and torch.rand(()) < 0.5 else x
 
 
+def square_symmetry(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+    """The k-th of the 8 symmetries of the square on the last two dims (k % 4 quarter turns, then a horizontal flip
+    when k >= 4), or its inverse: the transforms of EDSR's self-ensemble (Lim et al. 2017)."""
+    turns, flip = k % 4, k >= 4
+    if inverse:
+        return (x.flip(-1) if flip else x).rot90(-turns, (-2, -1))
+    x = x.rot90(turns, (-2, -1))
+    return x.flip(-1) if flip else x
+
+
 def grid_patches(photos: list[np.ndarray], size: int) -> ArrayImages:
     """Every non-overlapping size x size tile of the photographs (a fixed evaluation set)."""
     tiles = [p[r:r + size, c:c + size] for p in photos for r in range(0, p.shape[0] - size + 1, size)
