@@ -290,7 +290,7 @@ def _digit_labels(loaded):
 def sr_rows(args, out: Path) -> dict:
     """Super-resolution on the test split: bicubic, SR3 (one sample, mean of k), a regression U-Net (see docstring)."""
     import time
-    from diffsuite.core.degrade import consistency_error, downsample, upsample
+    from diffsuite.core.degrade import consistency_error, downsample, project_consistent, upsample
     from diffsuite.modalities.image import metrics
     from diffsuite.recipes.run import load
     loaded = _sampling_x0(load(args.sr), args.clip_x0)
@@ -307,6 +307,8 @@ def sr_rows(args, out: Path) -> dict:
     if args.self_ensemble:
         outs[f"sr3, mean of {args.samples} over the symmetries"] = _self_ensemble(loaded, x.shape, src, steps,
                                                                                    args.samples).mean(0)
+    if args.project:
+        outs = {**outs, **{f"{k}, projected": project_consistent(y, low, f) for k, y in outs.items() if "one" not in k}}
     if args.regression:
         reg = load(args.regression)
         outs["regression U-Net (L2)"] = reg.task.finish(_draws(reg.denoiser, x.shape, {"source": src}, "ddim", 1, 1)[0],
@@ -536,6 +538,8 @@ def main(argv=None):
     ii.add_argument("--samples", type=int, default=8)
     ii.add_argument("--self-ensemble", action="store_true", help="SR: also the mean of the samples drawn under the 8 "
                     "symmetries of the square (EDSR's self-ensemble)")
+    ii.add_argument("--project", action="store_true", help="SR: also each mean (and bicubic) projected onto the outputs "
+                    "consistent with the input (core.degrade.project_consistent)")
     ii.add_argument("--steps", type=int, default=None, help="SR3 / colorization DDIM steps (default the recipe's)")
     ii.add_argument("--palette-steps", type=int, default=10)
     ii.add_argument("--split", default="test", choices=("val", "test"),

@@ -55,6 +55,19 @@ def consistency_error(y: torch.Tensor, low: torch.Tensor, factor: int) -> torch.
     return (downsample(y, factor) - low).pow(2).flatten(1).mean(1).sqrt()
 
 
+def project_consistent(y: torch.Tensor, low: torch.Tensor, factor: int, iterations: int = 20) -> torch.Tensor:
+    """Alternating projections (POCS, Youla & Webb 1982) of y onto the outputs whose downsampling is low, y + A⁺(low −
+    A y) (A the box average, A⁺ the nearest-neighbour upsampling; the range-null-space split of DDNM, Wang et al.
+    2023), and onto [-1, 1]: both sets hold the true image, so no step moves y away from it."""
+    check_factor(y.shape[2:], factor)
+    if tuple(low.shape[2:]) != tuple(s // factor for s in y.shape[2:]):
+        raise ValueError(f"project_consistent: the low-resolution input {tuple(low.shape)} is not the {factor}x "
+                         f"downsampling of {tuple(y.shape)}")
+    for _ in range(iterations):
+        y = (y + F.interpolate(low - downsample(y, factor), scale_factor=factor, mode="nearest")).clamp(-1, 1)
+    return y
+
+
 def to_grayscale(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) RGB to (B, 1, H, W) luma (BT.601 weights); one channel is returned as it is."""
     if x.shape[1] == 1:

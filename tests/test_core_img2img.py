@@ -9,7 +9,7 @@ from torch import nn
 
 from diffsuite.core.conditions import cond_cat, cond_rows, drop_condition, null_like
 from diffsuite.core.degrade import (border_mask, box_mask, check_factor, consistency_error, downsample, free_form_mask,
-                                    inpaint_source, push_pull_fill, sr_source, to_grayscale, upsample)
+                                    inpaint_source, project_consistent, push_pull_fill, sr_source, to_grayscale, upsample)
 from diffsuite.core.denoiser import Denoiser
 from diffsuite.core.guidance import ClassifierFreeGuidance
 from diffsuite.core.samplers import sample
@@ -92,6 +92,27 @@ def test_downsampling_is_exact_and_sr_consistency():
         check_factor((18, 16), 4, "--image")
     with pytest.raises(ValueError, match="multiples of 4"):
         downsample(torch.zeros(1, 1, 2, 2), 4)
+
+
+def test_projection_onto_the_consistent_outputs_is_exact_idempotent_and_never_moves_away_from_the_truth():
+    """project_consistent (POCS with the pixel range): its output downsamples to the input, projecting again changes
+    nothing, and it is never farther from a true image (one with that downsampling) than what it was given; 1-D too."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 16, 16, generator=g) * 1.6 - 0.8  # true images, and outputs that miss them
+    low = downsample(x, 4)
+    y = (x + 0.3 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+    p = project_consistent(y, low, 4)
+    assert float(consistency_error(p, low, 4).max()) < 1e-6 < float(consistency_error(y, low, 4).min())
+    torch.testing.assert_close(project_consistent(p, low, 4), p, rtol=0, atol=1e-6)
+    before, after = (y - x).flatten(1).norm(dim=1), (p - x).flatten(1).norm(dim=1)
+    assert bool((after <= before + 1e-6).all()) and float(after.mean()) < 0.99 * float(before.mean())
+    near = x * 0.6  # an error that is constant on each 4x4 block (what the input sees) is removed exactly
+    blocky = near + torch.nn.functional.interpolate(0.1 * torch.randn(low.shape, generator=g), scale_factor=4)
+    torch.testing.assert_close(project_consistent(blocky, downsample(near, 4), 4), near, rtol=0, atol=1e-5)
+    torch.testing.assert_close(downsample(project_consistent(torch.zeros(2, 1, 8), torch.ones(2, 1, 4) * .5, 2), 2),
+                               torch.ones(2, 1, 4) * .5)
+    with pytest.raises(ValueError, match=r"not the 4x downsampling of \(64, 3, 16, 16\)"):
+        project_consistent(y, low[..., :2], 4)
 
 
 def test_grayscale_and_masks():
