@@ -290,6 +290,7 @@ def _digit_labels(loaded):
 def sr_rows(args, out: Path) -> dict:
     """Super-resolution on the test split: bicubic, SR3 (one sample, mean of k), a regression U-Net (see docstring)."""
     import time
+    import torch
     from diffsuite.core.degrade import consistency_error, downsample, project_consistent, upsample
     from diffsuite.modalities.image import metrics
     from diffsuite.recipes.run import load
@@ -316,12 +317,14 @@ def sr_rows(args, out: Path) -> dict:
     labels = _digit_labels(loaded)
     clf = metrics.digits_classifier(d.image_size, d.digits_mode)[0] if labels is not None else None
     rows = []
-    for name, y in outs.items():
-        extra = {"consistency_rms": float(consistency_error(y, low, f).mean())}
+    for name, y in outs.items():  # PSNR is the mean over tiles; psnr_pooled, that of the mean squared error
+        extra = {"consistency_rms": float(consistency_error(y, low, f).mean()),
+                 "psnr_pooled": float(10 * torch.log10(4 / (y - x).pow(2).mean()))}
         if clf is not None:
             extra["digits_accuracy"] = metrics.accuracy(clf, y, labels[:len(y)])
         rows.append({"method": name, **_scores(y, x, extra)})
         print(f"SR {name:28s} " + "  ".join(f"{k} {v:.4f}" for k, v in rows[-1].items() if k != "method"), flush=True)
+        rows[-1]["psnr_per_tile"] = [round(float(v), 3) for v in metrics.psnr(y, x)]
     res = {"checkpoint": str(loaded.checkpoint), "regression": args.regression, "split": args.split, "n": len(x), "factor": f,
            "sampler": "ddim", "steps": steps, "samples": args.samples, "sr3_seconds": round(seconds, 1), "rows": rows}
     if clf is not None:
