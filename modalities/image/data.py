@@ -285,10 +285,9 @@ class Patches(torch.utils.data.Dataset):
             p = options[int(torch.randint(len(options), ()))]
         top = int(torch.randint(p.shape[1] - self.size + 1, ()))
         left = int(torch.randint(p.shape[2] - self.size + 1, ()))
-        x = p[:, top:top + self.size, left:left + self.size]
-        if self.rot90:
-            x = x.rot90(int(torch.randint(4, ())), (1, 2))
-        return x.flip(-1) if self.hflip and torch.rand(()) < 0.5 else x
+        turns = int(torch.randint(4, ())) if self.rot90 else 0
+        flip = self.hflip and bool(torch.rand(()) < 0.5)
+        return square_symmetry(p[:, top:top + self.size, left:left + self.size], turns + 4 * flip)
 
 
 def square_symmetry(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
