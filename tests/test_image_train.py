@@ -241,6 +241,13 @@ def test_sr3_trains_samples_and_upscales_any_size(tmp_path, monkeypatch, capsys)
     assert Image.open(out).size == (28, 20) and (tmp_path / "up" / "big-1.png").exists()
     assert Image.open(tmp_path / "up" / "big-mean.png").size == (28, 20)
     assert json.loads(out.with_suffix(".json").read_text())["overlap"] == 4
+    from diffsuite.core.degrade import consistency_error  # each output, as written, downsamples to the input
+    from diffsuite.modalities.image import edit
+    low = edit.read_full(str(img), 1)
+    assert float(consistency_error(edit.read_full(str(out), 1), low, 4)) < 0.01  # (8-bit rounding)
+    raw = tmp_path / "raw" / "big.png"
+    assert main(["upscale", str(run_dir), "--image", str(img), "--out", str(raw), "--steps", "3", "--no-project"]) == 0
+    assert float(consistency_error(edit.read_full(str(raw), 1), low, 4)) > 0.05
     # mistakes: one line each, nothing written
     capsys.readouterr()
     Image.fromarray(np.zeros((1, 1), np.uint8)).save(tmp_path / "dot.png")

@@ -15,7 +15,7 @@ from diffsuite.core.config import ConfigError, nonnegative_int, positive_int
 from diffsuite.core.guidance import ClassifierFreeGuidance, repaint as repaint_sample
 from diffsuite.core.losses import variational_bound
 from diffsuite.core.samplers import sample
-from diffsuite.core.degrade import inpaint_source, to_grayscale, upsample
+from diffsuite.core.degrade import inpaint_source, project_consistent, to_grayscale, upsample
 from diffsuite.core.tiles import TiledDenoiser
 from diffsuite.core.utils import atomic_write_json
 
@@ -70,6 +70,8 @@ def add_commands(subparsers) -> None:
     u = subparsers.add_parser("upscale", help="image: super-resolve an image of any size with an SR3 checkpoint")
     u.add_argument("checkpoint")
     u.add_argument("--image", required=True, help="the low-resolution image (PNG / JPEG, any size)")
+    u.add_argument("--no-project", dest="project", action="store_false", help="keep the samples as drawn (default: "
+                   "each is projected onto the images whose box downsampling is the input, core.degrade.project_consistent)")
     _tiled(u)
     u.set_defaults(func=cmd_upscale)
 
@@ -133,9 +135,9 @@ def _check_task(loaded, degradation: str, command: str) -> None:
 
 
 def upscale(loaded, image: str, out: str | Path, samples: int = 1, sampler: str | None = None,
-            steps: int | None = None, seed: int = 0, overlap: int | None = None) -> dict:
-    """SR3 on an image of any size: its bicubic upsampling by the model's factor is the source (write_results names
-    the files)."""
+            steps: int | None = None, seed: int = 0, overlap: int | None = None, project: bool = True) -> dict:
+    """SR3 on an image of any size: its bicubic upsampling by the model's factor is the source, and each sample is
+    projected onto the images consistent with the input unless `project` is false (write_results names the files)."""
     _check_task(loaded, "sr", "upscale")
     d = loaded.recipe.data
     low = edit.read_full(image, d.channels)
@@ -143,16 +145,18 @@ def upscale(loaded, image: str, out: str | Path, samples: int = 1, sampler: str 
         raise ConfigError(f"--image {image}: {low.shape[3]}x{low.shape[2]} pixels is too small to upscale (at least 2x2)")
     H, W = low.shape[2] * d.factor, low.shape[3] * d.factor
     x, overlap = tiled_samples(loaded, upsample(low, d.factor), (H, W), samples, sampler, steps, seed, overlap)
+    x = project_consistent(x, low, d.factor) if project else x
     info = {"checkpoint": str(loaded.checkpoint), "input": str(image), "input_size": [low.shape[3], low.shape[2]],
             "output_size": [W, H], "factor": d.factor, "samples": samples, "sampler": sampler or loaded.recipe.sample.sampler,
-            "steps": steps or loaded.recipe.sample.steps, "seed": seed, "tile": d.image_size, "overlap": overlap}
+            "steps": steps or loaded.recipe.sample.steps, "seed": seed, "tile": d.image_size, "overlap": overlap, "projected": project}
     info["files"] = write_results(x, out, info)
     return info
 
 
 def cmd_upscale(args) -> int:
     loaded = args.load(args.checkpoint, task="image", command="diffsuite upscale")
-    info = upscale(loaded, args.image, args.out, args.samples, args.sampler, args.steps, args.seed, args.overlap)
+    info = upscale(loaded, args.image, args.out, args.samples, args.sampler, args.steps, args.seed, args.overlap,
+                   args.project)
     print(f"{info['input_size'][0]}x{info['input_size'][1]} -> {info['output_size'][0]}x{info['output_size'][1]}: "
           f"written {info['files']['image']}")
     return 0
