@@ -308,12 +308,12 @@ def sr_rows(args, out: Path) -> dict:
     if args.self_ensemble:
         outs[f"sr3, mean of {args.samples} over the symmetries"] = _self_ensemble(loaded, x.shape, src, steps,
                                                                                    args.samples).mean(0)
-    if args.project:
-        outs = {**outs, **{f"{k}, projected": project_consistent(y, low, f) for k, y in outs.items() if "one" not in k}}
     if args.regression:
         reg = load(args.regression)
         outs["regression U-Net (L2)"] = reg.task.finish(_draws(reg.denoiser, x.shape, {"source": src}, "ddim", 1, 1)[0],
                                                         {"source": src}, reg.recipe)  # (a residual one adds its source)
+    if args.project:  # every row but the single sample
+        outs |= {f"{k}, projected": project_consistent(y, low, f) for k, y in outs.items() if k != "sr3, one sample"}
     labels = _digit_labels(loaded)
     clf = metrics.digits_classifier(d.image_size, d.digits_mode)[0] if labels is not None else None
     rows = []
@@ -541,8 +541,8 @@ def main(argv=None):
     ii.add_argument("--samples", type=int, default=8)
     ii.add_argument("--self-ensemble", action="store_true", help="SR: also the mean of the samples drawn under the 8 "
                     "symmetries of the square (EDSR's self-ensemble)")
-    ii.add_argument("--project", action="store_true", help="SR: also each mean (and bicubic) projected onto the outputs "
-                    "consistent with the input (core.degrade.project_consistent)")
+    ii.add_argument("--project", action="store_true", help="SR: also each row but the single sample projected onto the "
+                    "outputs consistent with the input (core.degrade.project_consistent)")
     ii.add_argument("--steps", type=int, default=None, help="SR3 / colorization DDIM steps (default the recipe's)")
     ii.add_argument("--palette-steps", type=int, default=10)
     ii.add_argument("--split", default="test", choices=("val", "test"),
