@@ -295,8 +295,9 @@ def square_symmetry(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Ten
     when k >= 4), or its inverse: the transforms of EDSR's self-ensemble (Lim et al. 2017)."""
     turns, flip = k % 4, k >= 4
     if inverse:
-        return (x.flip(-1) if flip else x).rot90(-turns, (-2, -1))
-    x = x.rot90(turns, (-2, -1))
+        x = x.flip(-1) if flip else x
+        return x.rot90(-turns, (-2, -1)) if turns else x
+    x = x.rot90(turns, (-2, -1)) if turns else x  # (k = 0, the training crops' common case: no copy)
     return x.flip(-1) if flip else x
 
 
