@@ -275,10 +275,11 @@ def _self_ensemble(loaded, x_shape, src, steps: int, k: int) -> "torch.Tensor":
     return torch.stack(sets)
 
 
-def _scores(y, ref, extra=None) -> dict:
+def _scores(y, ref, extra=None, per_tile: bool = False) -> dict:
     from diffsuite.modalities.image import metrics
-    r = {"psnr": float(metrics.psnr(y, ref).mean()), "ssim": float(metrics.ssim(y, ref).mean())}
-    return {**r, **(extra or {})}
+    psnr = metrics.psnr(y, ref)
+    r = {"psnr": float(psnr.mean()), "ssim": float(metrics.ssim(y, ref).mean()), **(extra or {})}
+    return {**r, "psnr_per_tile": [round(float(v), 3) for v in psnr]} if per_tile else r
 
 
 def _digit_labels(loaded):
@@ -322,9 +323,9 @@ def sr_rows(args, out: Path) -> dict:
                  "psnr_pooled": float(10 * torch.log10(4 / (y - x).pow(2).mean()))}
         if clf is not None:
             extra["digits_accuracy"] = metrics.accuracy(clf, y, labels[:len(y)])
-        rows.append({"method": name, **_scores(y, x, extra)})
-        print(f"SR {name:28s} " + "  ".join(f"{k} {v:.4f}" for k, v in rows[-1].items() if k != "method"), flush=True)
-        rows[-1]["psnr_per_tile"] = [round(float(v), 3) for v in metrics.psnr(y, x)]
+        rows.append({"method": name, **_scores(y, x, extra, per_tile=True)})
+        print(f"SR {name:28s} " + "  ".join(f"{k} {v:.4f}" for k, v in rows[-1].items()
+                                            if k not in ("method", "psnr_per_tile")), flush=True)
     res = {"checkpoint": str(loaded.checkpoint), "regression": args.regression, "split": args.split, "n": len(x), "factor": f,
            "sampler": "ddim", "steps": steps, "samples": args.samples, "sr3_seconds": round(seconds, 1), "rows": rows}
     if clf is not None:

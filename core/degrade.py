@@ -64,7 +64,10 @@ def project_consistent(y: torch.Tensor, low: torch.Tensor, factor: int, iteratio
         raise ValueError(f"project_consistent: the low-resolution input {tuple(low.shape)} is not the {factor}x "
                          f"downsampling of {tuple(y.shape)}")
     for _ in range(iterations):
-        y = (y + F.interpolate(low - downsample(y, factor), scale_factor=factor, mode="nearest")).clamp(-1, 1)
+        z = y + F.interpolate(low - downsample(y, factor), scale_factor=factor, mode="nearest")
+        y = z.clamp(-1, 1)
+        if torch.equal(y, z):  # the range did not bind: y is in both sets, and more rounds would add nothing
+            break
     return y
 
 
