@@ -92,7 +92,7 @@ def recipe_minutes(specs: list[str], warm: int = 10, timed: int = 40) -> list[di
     rows = []
     for spec in specs:
         name, *over = spec.split(",")
-        steps, n = run.load_recipe(name).train.steps, timed
+        steps, n = run.load_recipe(name, over).train.steps, timed  # the steps an override sets count
         with tempfile.TemporaryDirectory() as tmp:
             def seconds(k: int) -> float:
                 t0 = time.perf_counter()
