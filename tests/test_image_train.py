@@ -425,6 +425,21 @@ def test_gray_train_adds_the_grayscale_photographs_to_rgb_training_only():
         assert torch.equal(D.photos(split, 32, 3, gray_train=True).x, D.photos(split, 32, 3).x)
 
 
+def test_extra_photos_adds_other_packages_photographs_to_training_only(monkeypatch):
+    """data.extra_photos: the training split also crops the colour photographs scikit-learn and matplotlib ship (read
+    from the installed packages); val / test unchanged; a package without the file gets an error naming it."""
+    from diffsuite.modalities.image import data as D
+    plain, extra = D.photos("train", 32, 3), D.photos("train", 32, 3, extra_photos=True)
+    assert len(extra.photos) == len(plain.photos) + len(D.EXTRA_PHOTOS) == len(plain.photos) + 3
+    assert all(torch.equal(a, b) for a, b in zip(plain.photos, extra.photos))  # the bundled ones first, unchanged
+    assert all(p.shape[0] == 3 and min(p.shape[1:]) == 256 for p in extra.photos[len(plain.photos):])
+    for split in ("val", "test"):
+        assert torch.equal(D.photos(split, 32, 3, extra_photos=True).x, D.photos(split, 32, 3).x)
+    monkeypatch.setattr(D, "EXTRA_PHOTOS", [("sklearn", "datasets/images/no_such.jpg")])
+    with pytest.raises(FileNotFoundError, match="no_such.jpg not found in the installed sklearn"):
+        D.photos("train", 32, 3, extra_photos=True)
+
+
 def _is_crop_of(x, photo) -> bool:
     """Whether x (C, s, s), or its mirror image, is a window of photo (C, H, W)."""
     s = x.shape[-1]

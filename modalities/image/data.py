@@ -221,6 +221,9 @@ PHOTO_SPLITS = {
     "test": ["chelsea", "rocket", "camera"],
 }
 GRAY_PHOTOS = {"brick", "coins", "gravel", "moon", "cell", "microaneurysms", "grass", "camera"}
+#: colour photographs that other installed packages ship (package, path inside it): training only, with extra_photos
+EXTRA_PHOTOS = [("sklearn", "datasets/images/china.jpg"), ("sklearn", "datasets/images/flower.jpg"),
+                ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg")]
 
 
 def _fit_short_side(img: Image.Image, short: int) -> Image.Image:
@@ -243,9 +246,9 @@ def larger_levels(path: Path, channels: int, short_side: int) -> list[np.ndarray
     return [_photo(path, channels, s) for s in sides] + ([full] if n > short_side else [])
 
 
-def photo_files(split: str, channels: int, gray: bool = False) -> list[Path]:
+def photo_files(split: str, channels: int, gray: bool = False, extra: bool = False) -> list[Path]:
     """The split's bundled photographs' files; RGB (channels 3) takes only the colour photographs unless `gray`
-    (then the grayscale ones too, read as gray RGB)."""
+    (then the grayscale ones too, read as gray RGB); `extra` adds EXTRA_PHOTOS."""
     import skimage.data
     folder = Path(skimage.data.__file__).parent  # the files ship in the wheel: read them, never fetch
     names = [n for n in PHOTO_SPLITS[split] if channels == 1 or gray or n not in GRAY_PHOTOS]
@@ -253,6 +256,20 @@ def photo_files(split: str, channels: int, gray: bool = False) -> list[Path]:
     missing = [n for n, f in zip(names, files) if f is None]
     if missing:
         raise FileNotFoundError(f"photos: {missing[0]} is not among scikit-image's bundled photographs in {folder}")
+    return files + (extra_photo_files() if extra else [])
+
+
+def extra_photo_files() -> list[Path]:
+    """EXTRA_PHOTOS' files, where their packages installed them."""
+    import importlib.util
+    files = []
+    for package, rel in EXTRA_PHOTOS:
+        spec = importlib.util.find_spec(package)
+        f = Path(spec.origin).parent / rel if spec and spec.origin else None
+        if f is None or not f.is_file():
+            raise FileNotFoundError(f"data.extra_photos: {rel} not found in the installed {package}; install {package} "
+                                    "or set data.extra_photos=false")
+        files.append(f)
     return files
 
 
@@ -317,13 +334,14 @@ def _as_patches(arrays: list[np.ndarray], split: str, size: int, hflip: bool, fi
 
 
 def photos(split: str, size: int, channels: int, hflip: bool = True, short_side: int = 256, scale_aug: bool = False,
-           gray_train: bool = False, rot90: bool = False):
+           gray_train: bool = False, rot90: bool = False, extra_photos: bool = False):
     """The bundled photographs as patches: random crops for training (from random levels of each photograph's
-    pyramid with scale_aug; RGB training with the grayscale photographs too with gray_train), the tiles of a fixed
-    grid for val / test."""
+    pyramid with scale_aug; RGB training with the grayscale photographs too with gray_train, and other packages'
+    photographs with extra_photos), the tiles of a fixed grid for val / test."""
     if split not in PHOTO_SPLITS:
         raise ValueError(f"photos: split must be one of {sorted(PHOTO_SPLITS)}, got {split!r}")
-    files = photo_files(split, channels, gray_train and split == "train")
+    train = split == "train"
+    files = photo_files(split, channels, gray_train and train, extra_photos and train)
     arrays = [_photo(f, channels, short_side) for f in files]
     return _as_patches(arrays, split, size, hflip, files, channels, short_side, scale_aug, rot90)
 

@@ -70,6 +70,8 @@ class DataConfig:
     scale_aug: bool = False
     # photos, RGB: the training split also takes the grayscale photographs (as gray RGB); val / test unchanged
     gray_train: bool = False
+    # photos: the training split also takes the colour photographs scikit-learn and matplotlib ship (data.EXTRA_PHOTOS)
+    extra_photos: bool = False
     # photos / patches: each training crop also takes a random quarter turn (with hflip, all 8 symmetries of the square)
     rot90: bool = False
     # image-to-image (SR3 / Palette): the model is given degrade(x) as a source image (core.degrade)
@@ -266,7 +268,7 @@ class ImageTask(Task):
             return D.digits(split, data.image_size, data.digits_mode, data.hflip, data.class_cond)
         if data.source == "photos":
             return D.photos(split, data.image_size, data.channels, data.hflip, data.short_side, data.scale_aug,
-                            data.gray_train, data.rot90)
+                            data.gray_train, data.rot90, data.extra_photos)
         if data.source == "folder" and data.patches:
             if not data.path:
                 raise ValueError("data.path: source 'folder' needs the image folder's path")
