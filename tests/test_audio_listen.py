@@ -3,15 +3,14 @@
 import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-spec = importlib.util.spec_from_file_location("bench_audio", Path(__file__).resolve().parents[1] / "benchmarks" / "audio.py")
-A = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(A)
+from tiny import benchmark_script
+
+A = benchmark_script("audio.py", "bench_audio")
 
 
 def test_words_correct_counts_reference_words_heard_in_order():

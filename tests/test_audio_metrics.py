@@ -1,13 +1,11 @@
 """Vocoder metrics of benchmarks/audio.py: zero for identical audio, growing with added noise."""
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-spec = importlib.util.spec_from_file_location("bench_audio", Path(__file__).resolve().parents[1] / "benchmarks" / "audio.py")
-A = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(A)
+from tiny import benchmark_script
+
+A = benchmark_script("audio.py", "bench_audio")
 
 
 def _speechlike(n=22050, seed=0):

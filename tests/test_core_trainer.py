@@ -378,11 +378,8 @@ def test_batch_of_collates_items_as_the_loader_does():
 
 def test_recipe_minutes_counts_the_steps_an_override_sets(tmp_path, monkeypatch):
     """`benchmarks/trainer.py --minutes RECIPE,train.steps=N` prices N steps, not the recipe file's count."""
-    import importlib.util
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "trainer.py"
-    spec = importlib.util.spec_from_file_location("bench_trainer", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from tiny import benchmark_script
+    bench = benchmark_script("trainer.py", "bench_trainer")
     monkeypatch.chdir(tmp_path)
     row, = bench.recipe_minutes(["toy2d,train.steps=77,train.batch_size=16"], warm=1, timed=2)
     assert row["steps"] == 77 and row["steps"] != run.load_recipe("toy2d").train.steps

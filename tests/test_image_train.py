@@ -1,6 +1,5 @@
 """Image end to end: train a few steps through the core trainer, reload the checkpoint, sample reproducibly."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -461,12 +460,9 @@ def test_residual_sr_generates_the_residual_over_the_source(tmp_path, monkeypatc
     x, cond = run.generate(a.denoiser, a.task, a.recipe, n=2, progress=False)
     raw = a.task.finish(x * 0, {"source": cond["source"]}, a.recipe)
     assert torch.equal(raw, cond["source"].clamp(-1, 1)) and x.abs().max() <= 1
-    import importlib.util  # benchmarks/image.py img2img --clip-x0: the sampling transform replaced, weights the same
-    from diffsuite.core.denoiser import clip_x0
-    spec = importlib.util.spec_from_file_location("bench_image", Path(__file__).resolve().parents[1] / "benchmarks" /
-                                                  "image.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from diffsuite.core.denoiser import clip_x0  # benchmarks/image.py img2img --clip-x0: the transform replaced,
+    from tiny import benchmark_script             # the weights the same
+    bench = benchmark_script("image.py", "bench_image")
     assert a.denoiser.x0_transform is None and bench._sampling_x0(a, None) is a
     assert bench._sampling_x0(a, "clip").denoiser.x0_transform is clip_x0 and a.recipe.diffusion.clip_x0 == "clip"
     assert bench._sampling_x0(a, "none").denoiser.x0_transform is None

@@ -14,12 +14,8 @@ torch.set_num_threads(1)
 
 def _evaluate_module():
     """benchmarks/locomotion/evaluate.py, which is a script, not a package module."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "loco_eval", Path(__file__).resolve().parents[1] / "benchmarks" / "locomotion" / "evaluate.py")
-    ev = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ev)
-    return ev
+    from tiny import benchmark_script
+    return benchmark_script("locomotion/evaluate.py", "loco_eval")
 
 
 def test_the_actor_acts_as_stable_baselines3_does():
@@ -269,14 +265,11 @@ def test_sac_training_resumes_with_or_without_its_replay_buffer(tmp_path, capsys
     """benchmarks/locomotion/train_sac.py: an interrupted run resumes from state/; carried over as state/model.zip
     alone (no replay buffer), it refills the buffer from its own policy and trains on; interrupted mid-chunk, it
     saves at once."""
-    import importlib.util
     import json
     import tempfile
     pytest.importorskip("stable_baselines3")
-    spec = importlib.util.spec_from_file_location(
-        "train_sac", Path(__file__).resolve().parents[1] / "benchmarks" / "locomotion" / "train_sac.py")
-    sac = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sac)
+    from tiny import benchmark_script
+    sac = benchmark_script("locomotion/train_sac.py", "train_sac")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where SB3's default logger would make folders
     (tmp_path / "tmp").mkdir()
     work = tmp_path / "sac"

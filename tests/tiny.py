@@ -9,6 +9,15 @@ SR = 22050
 QUIET = {"progress": False, "tensorboard": False, "log_every": 1}
 
 
+def benchmark_script(rel: str, name: str):
+    """A script under benchmarks/ (not a package module) loaded as a module, e.g. benchmark_script("audio.py", "A")."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / rel)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def wav_files(root: Path, n: int = 4, seconds: float = 0.3) -> Path:
     """n short WAVs (tones with a little noise) and a `path|text` list of them; returns the list file."""
     import soundfile as sf
