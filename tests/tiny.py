@@ -1,4 +1,5 @@
-"""Tiny recipes (seconds to train) for every modality, on small data files the tests write themselves."""
+"""Tiny recipes (seconds to train) for every modality, on small data files the tests write themselves; and a loader
+for the scripts under benchmarks/ that tests call into."""
 from __future__ import annotations
 
 from pathlib import Path
