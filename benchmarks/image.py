@@ -291,7 +291,6 @@ def _digit_labels(loaded):
 def sr_rows(args, out: Path) -> dict:
     """Super-resolution on the test split: bicubic, SR3 (one sample, mean of k), a regression U-Net (see docstring)."""
     import time
-    import torch
     from diffsuite.core.degrade import consistency_error, downsample, project_consistent, upsample
     from diffsuite.modalities.image import metrics
     from diffsuite.recipes.run import load
@@ -320,7 +319,7 @@ def sr_rows(args, out: Path) -> dict:
     rows = []
     for name, y in outs.items():  # PSNR is the mean over tiles; psnr_pooled, that of the mean squared error
         extra = {"consistency_rms": float(consistency_error(y, low, f).mean()),
-                 "psnr_pooled": float(10 * torch.log10(4 / (y - x).pow(2).mean()))}
+                 "psnr_pooled": metrics.psnr_pooled(y, x)}
         if clf is not None:
             extra["digits_accuracy"] = metrics.accuracy(clf, y, labels[:len(y)])
         rows.append({"method": name, **_scores(y, x, extra, per_tile=True)})

@@ -166,6 +166,12 @@ def psnr(x: torch.Tensor, ref: torch.Tensor) -> np.ndarray:
     return np.array([peak_signal_noise_ratio(r, a, data_range=2.0) for a, r in zip(_np(x), _np(ref))])
 
 
+def psnr_pooled(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """The PSNR of the squared error pooled over all the images (psnr's convention), where psnr averages per image."""
+    from skimage.metrics import peak_signal_noise_ratio
+    return float(peak_signal_noise_ratio(_np(ref), _np(x), data_range=2.0))
+
+
 def ssim(x: torch.Tensor, ref: torch.Tensor) -> np.ndarray:
     """Per image: SSIM (Wang et al. 2004; scikit-image, 7x7 windows or the image's size if smaller)."""
     from skimage.metrics import structural_similarity
