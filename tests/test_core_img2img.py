@@ -3,8 +3,6 @@
 The exact test: data x0 ~ N(source, s^2 I) given its source image, so the ideal denoiser is known in closed form; every
 sampler must then centre each sample on its own source, which proves the source reaches the network through every
 sampler and guidance wrapper without any of them knowing about it."""
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -241,12 +239,3 @@ def test_sr3_noise_level_options():
     with pytest.raises(ConfigError, match="continuous_t"):
         DiffusionConfig(continuous_t=True, learned_variance=True)
 
-
-def test_pooled_psnr_pools_the_squared_error_where_psnr_averages_per_image():
-    """metrics.psnr_pooled: 10 log10(range² / MSE over all the images), one image's psnr for one image."""
-    from diffsuite.modalities.image import metrics
-    ref = torch.zeros(2, 1, 4, 4)
-    x = torch.stack([torch.full((1, 4, 4), 0.02), torch.full((1, 4, 4), 0.2)])  # MSEs 4e-4 and 4e-2
-    assert abs(metrics.psnr_pooled(x, ref) - 10 * math.log10(4 / ((4e-4 + 4e-2) / 2))) < 1e-4
-    assert abs(metrics.psnr_pooled(x, ref) - metrics.psnr(x, ref).mean()) > 5  # per image: 40 and 20 dB, mean 30
-    assert abs(metrics.psnr_pooled(x[:1], ref[:1]) - metrics.psnr(x[:1], ref[:1])[0]) < 1e-9

@@ -1,4 +1,6 @@
-"""Image U-Net: shapes, the DDPM preset size, overfitting, guidance and inpainting contracts."""
+"""Image U-Net: shapes, the DDPM preset size, overfitting, guidance and inpainting contracts; image metrics."""
+import math
+
 import pytest
 import torch
 
@@ -159,3 +161,12 @@ def test_the_classifier_is_the_unets_down_path_with_a_pooling_head(pool):
     if pool == "attention":
         with pytest.raises(ValueError, match="positions"):
             enc(torch.randn(1, 1, 32, 32), torch.zeros(1))
+
+def test_pooled_psnr_pools_the_squared_error_where_psnr_averages_per_image():
+    """metrics.psnr_pooled: 10 log10(range² / MSE over all the images), one image's psnr for one image."""
+    from diffsuite.modalities.image import metrics
+    ref = torch.zeros(2, 1, 4, 4)
+    x = torch.stack([torch.full((1, 4, 4), 0.02), torch.full((1, 4, 4), 0.2)])  # MSEs 4e-4 and 4e-2
+    assert abs(metrics.psnr_pooled(x, ref) - 10 * math.log10(4 / ((4e-4 + 4e-2) / 2))) < 1e-4
+    assert abs(metrics.psnr_pooled(x, ref) - metrics.psnr(x, ref).mean()) > 5  # per image: 40 and 20 dB, mean 30
+    assert abs(metrics.psnr_pooled(x[:1], ref[:1]) - metrics.psnr(x[:1], ref[:1])[0]) < 1e-9
